@@ -1,0 +1,3 @@
+"""Auxilio: host toolkit for panic-alert bracelets and street alert buttons."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""The `auxilio` command: a table of thin subcommands over the library.
+
+Each entry names a module in this package that defines ``add_arguments(parser)``
+and ``run(args) -> int``. Modules import heavy libraries inside ``run`` so that
+``auxilio --help`` stays fast. Errors derived from ``AuxilioError`` become one
+line on stderr and a non-zero exit; a traceback means a bug in Auxilio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from auxilio import __version__
+from auxilio.errors import AuxilioError
+
+# (command, module, one-line help). Add a command by adding a row and a module.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("decode", "decode", "decode and verify one frame given the device secret"),
+    ("demo", "demo", "run the end-to-end demo"),
+    ("keys", "keys", "gateway keypair: init, show the public key"),
+    ("devices", "devices", "device registry: add, list, show, assign, revoke, ..."),
+    ("gateway", "gateway", "run the C4 gateway: verify, store, ack, forward"),
+    ("monitor", "monitor", "live console of alerts and device health"),
+    ("attend", "attend", "mark an alert as attended by an operator"),
+    ("broker", "broker", "mosquitto config and runner"),
+    ("emulate", "emulate", "run virtual boards (real firmware on the unix port)"),
+    ("vboard", "vboard", "control a running virtual board (press, battery, power...)"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="auxilio", description="Auxilio panic-alert device toolkit")
+    parser.add_argument("--version", action="version", version=f"auxilio {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module_name, help_text in COMMANDS:
+        try:
+            module = importlib.import_module(f"auxilio.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"auxilio.cli.{module_name}":
+                continue  # command not built yet
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(run(args) or 0)
+    except AuxilioError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

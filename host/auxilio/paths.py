@@ -1,0 +1,35 @@
+"""Where the shared assets (codec, firmware, board data) live, installed or in a checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _asset_dir(name: str) -> Path:
+    here = Path(__file__).resolve().parent
+    # Checkout (editable install): host/auxilio/../../<name>
+    repo = here.parent.parent / name
+    if repo.is_dir():
+        return repo
+    # Wheel install: auxilio/assets/<name>
+    return here / "assets" / name
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def protocol_dir() -> Path:
+    return _asset_dir("protocol")
+
+
+def firmware_dir() -> Path:
+    return _asset_dir("firmware")
+
+
+def boards_dir() -> Path:
+    return _asset_dir("boards")
+
+
+def vectors_dir() -> Path:
+    return protocol_dir() / "vectors"

@@ -1,0 +1,33 @@
+"""pytest plugin (entry point `auxilio`): fixtures for brokers and virtual boards.
+
+Usable by this repository's tests and by downstream projects that pip-install
+Auxilio. Fixtures: ``mqtt_broker`` (a real mosquitto on a free loopback port);
+``virtual_board`` and ``virtual_fleet`` come from auxilio.testing.fixtures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
+
+
+@pytest.fixture
+def mqtt_broker() -> Iterator[Mosquitto]:
+    """A fresh mosquitto on 127.0.0.1:<free port>, stopped after the test."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    broker = Mosquitto()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+try:  # virtual boards arrive with the emulator; keep the plugin importable without them
+    from auxilio.testing.fixtures import virtual_board, virtual_fleet  # noqa: F401
+except ImportError:
+    pass
