@@ -1,0 +1,245 @@
+"""Gateway SQL over the registry tables: idempotent alert batches with replay state, acks, attending, queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+log = logging.getLogger(__name__)
+
+# Supervision event types (SPEC §12.7) and the frame types raised as C4 events.
+SUPERVISION_LOST = "SUPERVISION_LOST"
+SUPERVISION_RESTORED = "SUPERVISION_RESTORED"
+
+
+@dataclass
+class Batch:
+    """Everything one group commit writes (SPEC §12.2: frames and replay state in one transaction)."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> replay/last_seen
+    events: list[dict[str, Any]] = field(default_factory=list)
+    acked: list[tuple[int, int, float]] = field(default_factory=list)  # (device, counter, at)
+
+    def __bool__(self) -> bool:
+        return bool(self.alerts or self.devices or self.events or self.acked)
+
+
+def _insert_ignore(conn: Connection, table: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING on the (device_id, counter) key, per dialect."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise RuntimeError(f"unsupported database {name}")
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=["device_id", "counter"])
+
+
+class Store:
+    """Gateway-side queries; the registry owns the schema (auxilio.registry.schema)."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self.engine = registry.engine
+        self.t = registry.tables
+
+    # ------------------------------------------------------------ writes ---
+
+    def commit(self, batch: Batch) -> None:
+        """Write one batch durably in a single transaction (raises on failure: nothing is acked then)."""
+        if not batch:
+            return
+        alerts, devices, events = self.t.alerts, self.t.devices, self.t.events
+        with self.engine.begin() as conn:
+            if batch.alerts:
+                conn.execute(_insert_ignore(conn, alerts), batch.alerts)
+            if batch.devices:
+                conn.execute(
+                    update(devices)
+                    .where(devices.c.id == bindparam("b_id"))
+                    .values(
+                        high_water=bindparam("b_hw"),
+                        window=bindparam("b_win"),
+                        last_seen=bindparam("b_seen"),
+                    ),
+                    [
+                        {
+                            "b_id": k,
+                            "b_hw": v["high_water"],
+                            "b_win": v["window"],
+                            "b_seen": v["last_seen"],
+                        }
+                        for k, v in batch.devices.items()
+                    ],
+                )
+            if batch.acked:
+                conn.execute(
+                    update(alerts)
+                    .where(
+                        and_(
+                            alerts.c.device_id == bindparam("b_dev"),
+                            alerts.c.counter == bindparam("b_ctr"),
+                            alerts.c.acked_at.is_(None),
+                        )
+                    )
+                    .values(acked_at=bindparam("b_at")),
+                    [{"b_dev": d, "b_ctr": c, "b_at": at} for d, c, at in batch.acked],
+                )
+            if batch.events:
+                conn.execute(insert(events), batch.events)
+
+    def add_events(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(self.t.events), rows)
+
+    def mark_attending(self, alert_id: int, operator: str, at: float) -> dict[str, Any] | None:
+        """Record that an operator attends the alert; return the alert row (None if unknown)."""
+        alerts = self.t.alerts
+        with self.engine.begin() as conn:
+            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+            if row is None:
+                return None
+            if row["attending_at"] is None:
+                conn.execute(
+                    update(alerts)
+                    .where(alerts.c.id == alert_id)
+                    .values(attending_at=at, attending_by=operator[:64], disposition="attending")
+                )
+            self.registry_audit(conn, operator, "attend", f"alert:{alert_id}")
+            return dict(
+                conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+            )
+
+    def registry_audit(self, conn: Connection, actor: str, action: str, target: str) -> None:
+        audit = self.t.audit
+        conn.execute(
+            insert(audit).values(
+                at=dt.datetime.now(dt.timezone.utc),
+                actor=actor[:64],
+                action=action,
+                target=target,
+                detail="",
+            )
+        )
+
+    # ------------------------------------------------------------- reads ---
+
+    def stored(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
+        """(device, counter) -> {type, disposition, attending_at, id} for those already stored."""
+        keys = list(set(keys))
+        if not keys:
+            return {}
+        a = self.t.alerts
+        out: dict[tuple[int, int], dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 200):
+                chunk = keys[i : i + 200]
+                cond = or_(*[and_(a.c.device_id == d, a.c.counter == c) for d, c in chunk])
+                for r in conn.execute(
+                    select(
+                        a.c.id,
+                        a.c.device_id,
+                        a.c.counter,
+                        a.c.type,
+                        a.c.disposition,
+                        a.c.attending_at,
+                    ).where(cond)
+                ).mappings():
+                    out[(r["device_id"], r["counter"])] = dict(r)
+        return out
+
+    def device_rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Current lifecycle fields of some devices (read once per batch, so revocation bites at once)."""
+        d = self.t.devices
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(d.c.id, d.c.state, d.c.heartbeat_s, d.c.key_epoch).where(
+                    d.c.id.in_(list(ids))
+                )
+            ).mappings()
+            return {r["id"]: dict(r) for r in rows}
+
+    def supervised_devices(self) -> list[dict[str, Any]]:
+        """Devices seen at least once and still in service, with their last supervision event."""
+        d, e = self.t.devices, self.t.events
+        with self.engine.connect() as conn:
+            devs = [
+                dict(r)
+                for r in conn.execute(
+                    select(d.c.id, d.c.kind, d.c.state, d.c.heartbeat_s, d.c.last_seen).where(
+                        d.c.last_seen.is_not(None), d.c.state.not_in(("revoked", "retired"))
+                    )
+                ).mappings()
+            ]
+            last = (
+                select(e.c.device_id, func.max(e.c.id).label("mid"))
+                .where(e.c.type.in_((SUPERVISION_LOST, SUPERVISION_RESTORED)))
+                .group_by(e.c.device_id)
+                .subquery()
+            )
+            lost = {
+                r[0]
+                for r in conn.execute(
+                    select(e.c.device_id)
+                    .join(last, e.c.id == last.c.mid)
+                    .where(e.c.type == SUPERVISION_LOST)
+                )
+            }
+        for r in devs:
+            r["lost"] = r["id"] in lost
+        return devs
+
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        a = self.t.alerts
+        with self.engine.connect() as conn:
+            r = conn.execute(select(a).where(a.c.id == alert_id)).mappings().first()
+            return dict(r) if r else None
+
+    def recent_alerts(
+        self, limit: int = 20, include_heartbeats: bool = False
+    ) -> list[dict[str, Any]]:
+        a, d = self.t.alerts, self.t.devices
+        with self.engine.connect() as conn:
+            q = (
+                select(a, d.c.kind)
+                .join(d, d.c.id == a.c.device_id)
+                .order_by(a.c.id.desc())
+                .limit(limit)
+            )
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        e = self.t.events
+        with self.engine.connect() as conn:
+            return [
+                dict(r)
+                for r in conn.execute(select(e).order_by(e.c.id.desc()).limit(limit)).mappings()
+            ]
+
+    def devices_health(self) -> list[dict[str, Any]]:
+        """Every device with state, last_seen and its latest supervision status."""
+        d = self.t.devices
+        sup = {r["id"]: r["lost"] for r in self.supervised_devices()}
+        with self.engine.connect() as conn:
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    select(
+                        d.c.id, d.c.kind, d.c.state, d.c.last_seen, d.c.heartbeat_s, d.c.fw_version
+                    ).order_by(d.c.id)
+                ).mappings()
+            ]
+        for r in rows:
+            r["supervision"] = None if r["id"] not in sup else ("lost" if sup[r["id"]] else "ok")
+        return rows
