@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
+from auxilio.testing.postgres import postgres_cluster, postgres_url  # noqa: F401
 
 
 @pytest.fixture

@@ -1,0 +1,116 @@
+"""Versioned schema migrations: ordered functions, one transaction, refuse a newer database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    func,
+    inspect,
+    select,
+    text,
+)
+
+from auxilio.errors import AuxilioError
+from auxilio.registry.schema import LATEST_VERSION, UTCDateTime, define
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every Auxilio process.
+_PG_MIGRATION_LOCK = 0x41555831  # "AUX1"
+
+_version_md = MetaData()
+schema_version = Table(
+    "schema_version",
+    _version_md,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+
+class SchemaTooNew(AuxilioError):
+    """The database was written by a newer Auxilio; refuse rather than corrupt it."""
+
+
+def _m1_initial(conn: Connection) -> None:
+    define(MetaData(), version=1).create_all(conn)
+
+
+def _m2_mqtt_password(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE devices ADD COLUMN mqtt_password_hash VARCHAR(200)"))
+    conn.execute(text("CREATE INDEX ix_alerts_received_at ON alerts (received_at)"))
+
+
+def _m3_audit_append_only(conn: Connection) -> None:
+    # The API has no UPDATE/DELETE path for audit; the database enforces it too,
+    # so a bug or a careless ad-hoc query cannot rewrite who did what.
+    if conn.dialect.name == "sqlite":
+        for op in ("UPDATE", "DELETE"):
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER audit_no_{op.lower()} BEFORE {op} ON audit "
+                    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END"
+                )
+            )
+    elif conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "CREATE FUNCTION auxilio_audit_append_only() RETURNS trigger AS $$ "
+                "BEGIN RAISE EXCEPTION 'audit log is append-only'; END; $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit "
+                "FOR EACH STATEMENT EXECUTE FUNCTION auxilio_audit_append_only()"
+            )
+        )
+
+
+# Ordered: index i holds the migration that produces version i + 1. Never edit a
+# released migration; append a new one and bump schema.LATEST_VERSION.
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _m1_initial,
+    _m2_mqtt_password,
+    _m3_audit_append_only,
+]
+assert len(MIGRATIONS) == LATEST_VERSION
+
+
+def current_version(conn: Connection) -> int:
+    """0 for an empty database."""
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    return int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
+
+
+def migrate(engine: Engine, target: int = LATEST_VERSION) -> tuple[int, int]:
+    """Bring the database to ``target``; returns (version before, version after)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes opening a fresh database at once must not both migrate.
+            conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+        _version_md.create_all(conn, checkfirst=True)
+        before = current_version(conn)
+        if before > LATEST_VERSION:
+            raise SchemaTooNew(
+                f"registry schema version {before} is newer than this Auxilio supports "
+                f"({LATEST_VERSION}); upgrade Auxilio"
+            )
+        for version in range(before + 1, target + 1):
+            log.info("registry: migrating schema to version %d", version)
+            MIGRATIONS[version - 1](conn)
+            conn.execute(
+                schema_version.insert().values(
+                    version=version, applied_at=dt.datetime.now(dt.timezone.utc)
+                )
+            )
+        return before, max(before, target)

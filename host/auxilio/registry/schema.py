@@ -1,0 +1,189 @@
+"""Registry tables (SQLAlchemy Core), defined per schema version so migrations can replay history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import DateTime, TypeDecorator
+
+# The schema version this code writes; migrations.py brings older files up to it.
+LATEST_VERSION = 3
+
+KINDS = ("bracelet", "button")
+STATES = ("spare", "assigned", "lost", "revoked", "retired")
+
+_U64_SIGN = 1 << 63
+_U64_MOD = 1 << 64
+
+
+class U64(TypeDecorator[int]):
+    """Unsigned 64-bit integer (the replay window bitmap) in a signed BIGINT column.
+
+    Both SQLite and PostgreSQL store signed 64-bit integers; bit 63 of the window
+    would overflow. This maps two's complement transparently in both directions, so
+    gateway code can read and write plain non-negative ints through the table.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Any) -> int | None:
+        if value is None:
+            return None
+        value = int(value)
+        if not 0 <= value < _U64_MOD:
+            raise ValueError("U64 out of range")
+        return value - _U64_MOD if value >= _U64_SIGN else value
+
+    def process_result_value(self, value: int | None, dialect: Any) -> int | None:
+        if value is None:
+            return None
+        return value + _U64_MOD if value < 0 else value
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (stored naive UTC).
+
+    Binding also accepts a unix timestamp (int/float), which is what the gateway's
+    hot path has at hand.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, (int, float)):
+            return dt.datetime.fromtimestamp(value, dt.timezone.utc).replace(tzinfo=None)
+        if not isinstance(value, dt.datetime):
+            raise TypeError("UTCDateTime needs a datetime or a unix timestamp")
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware datetime (UTC)")
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc)
+
+
+# An autoincrementing 64-bit key: SQLite only autoincrements "INTEGER PRIMARY KEY".
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
+    """Add the tables as they are at schema ``version`` to ``metadata``."""
+    device_cols: list[Any] = [
+        Column("id", BigInteger, primary_key=True, autoincrement=False),  # u32 device id
+        Column("kind", String(16), nullable=False),  # bracelet | button
+        Column("board", String(64), nullable=False),
+        Column("fw_version", String(32)),
+        Column("state", String(16), nullable=False, default="spare"),
+        Column("key_epoch", Integer, nullable=False, default=1),  # +1 on each re-key
+        Column("sealed_secret", LargeBinary, nullable=False),  # auxilio.keys.seal() blob
+        Column("heartbeat_s", Integer),  # from the last CONFIG; NULL = board default
+        Column("config_seq", BigInteger, nullable=False, default=0),  # last CONFIG counter
+        Column("high_water", BigInteger),  # highest accepted counter; NULL = none yet
+        Column("window", U64, nullable=False, default=0),  # bit i = high_water - i seen
+        Column("last_seen", UTCDateTime),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    ]
+    if version >= 2:
+        # v2: mosquitto password hash ($7$ PBKDF2-SHA512); the plaintext goes only
+        # to the provisioning file, never into the registry.
+        device_cols.append(Column("mqtt_password_hash", String(200)))
+    Table("devices", metadata, *device_cols)
+
+    Table(
+        "assignments",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("device_id", BigInteger, ForeignKey("devices.id"), nullable=False),
+        Column("kind", String(8), nullable=False),  # case | site
+        Column("case_ref", String(32)),  # bracelet: pseudonymous, never a name
+        Column("site", String(120)),  # button: public place name
+        Column("lat", Float),
+        Column("lon", Float),
+        Column("sector", String(40)),  # C4 sector
+        Column("valid_from", UTCDateTime, nullable=False),
+        Column("valid_to", UTCDateTime),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("ended_at", UTCDateTime),  # NULL = the device's current assignment
+        Index("ix_assignments_device", "device_id", "ended_at"),
+    )
+
+    Table(
+        "alerts",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("device_id", BigInteger, ForeignKey("devices.id"), nullable=False),
+        Column("counter", BigInteger, nullable=False),
+        Column("type", String(16), nullable=False),
+        Column("flags", Integer, nullable=False, default=0),
+        Column("device_ts", BigInteger),  # header timestamp; 0 = clock unknown
+        Column("payload", JSON),  # decoded (decrypted) payload fields
+        Column("raw", LargeBinary),  # the frame as received
+        Column("received_at", UTCDateTime, nullable=False),
+        Column("acked_at", UTCDateTime),
+        Column("attending_at", UTCDateTime),
+        Column("attending_by", String(64)),
+        Column("disposition", String(16)),  # received | attending | rejected ...
+        Column("forwarded_at", UTCDateTime),
+        Column("cancelled_at", UTCDateTime),
+        Column("test", Boolean, nullable=False, default=False),
+        Column("lost", Boolean, nullable=False, default=False),
+        UniqueConstraint("device_id", "counter", name="uq_alerts_device_counter"),
+    )
+
+    Table(
+        "events",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("device_id", BigInteger),  # no FK: REJECTED events name unknown devices
+        Column("type", String(32), nullable=False),  # SUPERVISION_LOST, TAMPER, ...
+        Column("at", UTCDateTime, nullable=False),
+        Column("detail", JSON),
+        Column("alert_id", BigInteger),
+        Index("ix_events_at", "at"),
+    )
+
+    Table(
+        "audit",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("at", UTCDateTime, nullable=False),
+        Column("actor", String(64), nullable=False),
+        Column("action", String(32), nullable=False),
+        Column("target", String(64), nullable=False),
+        Column("detail", Text, nullable=False, default=""),
+    )
+    if version >= 2:
+        Index("ix_alerts_received_at", metadata.tables["alerts"].c.received_at)
+    return metadata
+
+
+metadata = define(MetaData())
+devices = metadata.tables["devices"]
+assignments = metadata.tables["assignments"]
+alerts = metadata.tables["alerts"]
+events = metadata.tables["events"]
+audit = metadata.tables["audit"]

@@ -1,0 +1,593 @@
+"""The Registry: devices, assignments, lifecycle and audit over SQLite or PostgreSQL (one code path)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageError
+from auxilio.registry import migrations, schema
+from auxilio.registry import validate as v
+
+log = logging.getLogger(__name__)
+
+# Default registry file when neither --registry nor $AUXILIO_REGISTRY is given.
+DEFAULT_REGISTRY = "var/auxilio.db"
+# How long a writer waits for another writer's lock before failing (SQLite).
+SQLITE_BUSY_TIMEOUT_S = 30
+# How long to wait for PostgreSQL to answer a connection attempt.
+PG_CONNECT_TIMEOUT_S = 5
+
+# Lifecycle (issue 4 §1): which states set_state may move to from each state.
+# spare <-> assigned goes through assign/unassign. A lost device may have been in an
+# abuser's hands, so it never returns to service with the same secret: revoke or
+# retire it and re-provision (rekey) instead. retired is final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "spare": frozenset({"lost", "revoked", "retired"}),
+    "assigned": frozenset({"lost", "revoked", "retired"}),
+    "lost": frozenset({"revoked", "retired"}),
+    "revoked": frozenset({"retired"}),
+    "retired": frozenset(),
+}
+# States whose current assignment ends with the transition (lost keeps it: the
+# operator still needs to know whose bracelet raised a flagged alert).
+_ENDS_ASSIGNMENT = frozenset({"revoked", "retired"})
+
+
+class RegistryError(AuxilioError):
+    """A registry operation that cannot be done (bad transition, duplicate, ...)."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One devices row. ``window`` is the unsigned 64-bit replay bitmap."""
+
+    id: int
+    kind: str
+    board: str
+    fw_version: str | None
+    state: str
+    key_epoch: int
+    sealed_secret: bytes = field(repr=False)
+    heartbeat_s: int | None
+    config_seq: int
+    high_water: int | None
+    window: int
+    last_seen: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    mqtt_password_hash: str | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        """Printed form, e.g. '0938-NKRT'."""
+        return v.codec.device_str(self.id)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Fields safe to print or export (no sealed secret, no password hash)."""
+        return {
+            "device": self.label,
+            "id": self.id,
+            "kind": self.kind,
+            "board": self.board,
+            "fw_version": self.fw_version,
+            "state": self.state,
+            "key_epoch": self.key_epoch,
+            "heartbeat_s": self.heartbeat_s,
+            "config_seq": self.config_seq,
+            "high_water": self.high_water,
+            "last_seen": _iso(self.last_seen),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def resolve_url(url: str | os.PathLike[str] | None = None) -> URL:
+    """Registry location -> SQLAlchemy URL (psycopg 3 for PostgreSQL)."""
+    raw = os.fspath(url) if url else os.environ.get("AUXILIO_REGISTRY") or DEFAULT_REGISTRY
+    if "://" not in raw:
+        return URL.create("sqlite+pysqlite", database=str(Path(raw).expanduser()))
+    try:
+        u = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise UsageError(
+            "bad registry URL (expected a file path, sqlite:///… or postgresql://…)"
+        ) from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return u.set(drivername="sqlite+pysqlite")
+    if backend in ("postgresql", "postgres"):
+        return u.set(drivername="postgresql+psycopg")
+    raise UsageError(f"unsupported registry URL scheme {u.drivername!r} (use sqlite or postgresql)")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Autocommit at the driver level so that our "begin" hook decides how a
+    # transaction starts (pysqlite would otherwise begin lazily, deferred).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cur.execute("PRAGMA synchronous=FULL")  # an acked alert survives power loss
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+    # then writes can fail with SQLITE_BUSY at once instead of waiting its turn.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_registry_engine(u: URL) -> Engine:
+    if u.get_backend_name() == "sqlite":
+        memory = u.database in (None, "", ":memory:")
+        if not memory:
+            try:
+                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConnectionFailed(
+                    f"cannot create registry directory for {u.database}: {exc.strerror}"
+                ) from None
+        kwargs: dict[str, Any] = {
+            "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        }
+        if memory:
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(u, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(
+        u, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    )
+
+
+def open_registry(url: str | os.PathLike[str] | None = None) -> Registry:
+    """Open (creating or migrating as needed) the registry at ``url``.
+
+    None -> $AUXILIO_REGISTRY, else the file var/auxilio.db. A plain path is a SQLite
+    file; ``sqlite:///…`` and ``postgresql://…`` URLs are accepted.
+    """
+    u = resolve_url(url)
+    shown = u.render_as_string(hide_password=True)
+    engine = create_registry_engine(u)
+    try:
+        before, after = migrations.migrate(engine)
+    except AuxilioError:
+        engine.dispose()
+        raise
+    except (DBAPIError, SQLAlchemyError) as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+        raise ConnectionFailed(
+            f"registry {shown} unreachable: {reason[0] if reason else type(exc).__name__}"
+        ) from None
+    if before != after:
+        log.info("registry %s: schema %d -> %d", shown, before, after)
+    return Registry(engine)
+
+
+class Registry:
+    """Devices and their keys, assignments, alerts, events and the audit log.
+
+    ``engine`` and ``tables`` are public so the gateway can add its own hot-path
+    queries. Every mutating method here writes its audit row in the same transaction.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tables = SimpleNamespace(
+            devices=schema.devices,
+            assignments=schema.assignments,
+            alerts=schema.alerts,
+            events=schema.events,
+            audit=schema.audit,
+            schema_version=migrations.schema_version,
+        )
+
+    # ------------------------------------------------------------ lifecycle ---
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return migrations.current_version(conn)
+
+    # -------------------------------------------------------------- devices ---
+
+    def add_device(
+        self,
+        device_id: int,
+        kind: str,
+        board: str,
+        sealed_secret: bytes,
+        fw_version: str | None = None,
+        actor: str = "cli",
+        mqtt_password_hash: str | None = None,
+    ) -> None:
+        """Register a new spare device with its sealed secret."""
+        device_id = v.device_id(device_id)
+        if kind not in schema.KINDS:
+            raise UsageError(f"kind must be one of {', '.join(schema.KINDS)}")
+        board = v.board(board)
+        fw_version = v.fw_version(fw_version)
+        actor = v.actor(actor)
+        if not isinstance(sealed_secret, (bytes, bytearray)) or not sealed_secret:
+            raise UsageError("sealed secret is missing")
+        now = utcnow()
+        d = schema.devices
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    d.insert().values(
+                        id=device_id,
+                        kind=kind,
+                        board=board,
+                        fw_version=fw_version,
+                        state="spare",
+                        key_epoch=1,
+                        sealed_secret=bytes(sealed_secret),
+                        mqtt_password_hash=mqtt_password_hash,
+                        config_seq=0,
+                        window=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                self._audit(conn, actor, "add", device_id, f"kind={kind} board={board}")
+        except IntegrityError:
+            raise RegistryError(
+                f"device {v.codec.device_str(device_id)} is already registered"
+            ) from None
+
+    def get_device(self, device_id: int | str) -> DeviceRecord | None:
+        device_id = v.device_id(device_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(schema.devices).where(schema.devices.c.id == device_id)
+            ).first()
+        return _record(row) if row is not None else None
+
+    def require_device(self, device_id: int | str) -> DeviceRecord:
+        rec = self.get_device(device_id)
+        if rec is None:
+            raise NotFoundError(f"device {v.codec.device_str(v.device_id(device_id))} not found")
+        return rec
+
+    def list_devices(self, state: str | None = None) -> list[DeviceRecord]:
+        q = select(schema.devices).order_by(schema.devices.c.id)
+        if state is not None:
+            if state not in schema.STATES:
+                raise UsageError(f"state must be one of {', '.join(schema.STATES)}")
+            q = q.where(schema.devices.c.state == state)
+        with self.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(q)]
+
+    def set_state(
+        self, device_id: int | str, state: str, actor: str, note: str | None = None
+    ) -> None:
+        """mark-lost / revoke / retire, with audit. Invalid transitions raise."""
+        device_id = v.device_id(device_id)
+        actor = v.actor(actor)
+        if state not in schema.STATES:
+            raise UsageError(f"state must be one of {', '.join(schema.STATES)}")
+        if state in ("spare", "assigned"):
+            raise RegistryError(f"use assign/unassign to make a device {state}")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            if state not in TRANSITIONS[rec.state]:
+                raise RegistryError(f"device {rec.label} is {rec.state}; it cannot become {state}")
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(state=state, updated_at=now)
+            )
+            if state in _ENDS_ASSIGNMENT:
+                self._end_assignment(conn, device_id, now)
+            detail = f"{rec.state}->{state}" + (f" note={note}" if note else "")
+            self._audit(conn, actor, state if state != "lost" else "mark-lost", device_id, detail)
+
+    def rekey(
+        self,
+        device_id: int | str,
+        sealed_secret: bytes,
+        actor: str,
+        mqtt_password_hash: str | None = None,
+    ) -> int:
+        """Install a new sealed secret (re-provisioning); returns the new key epoch.
+
+        The replay state restarts because frames under the new key are a new
+        sequence. A lost or revoked device comes back as spare; retired is final.
+        """
+        device_id = v.device_id(device_id)
+        actor = v.actor(actor)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            if rec.state == "retired":
+                raise RegistryError(f"device {rec.label} is retired")
+            state = "spare" if rec.state in ("lost", "revoked") else rec.state
+            epoch = rec.key_epoch + 1
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(
+                    sealed_secret=bytes(sealed_secret),
+                    mqtt_password_hash=mqtt_password_hash,
+                    key_epoch=epoch,
+                    high_water=None,
+                    window=0,
+                    state=state,
+                    updated_at=now,
+                )
+            )
+            if state == "spare":
+                self._end_assignment(conn, device_id, now)
+            self._audit(conn, actor, "rekey", device_id, f"epoch={epoch} state={state}")
+        return epoch
+
+    def set_mqtt_password_hash(self, device_id: int | str, password_hash: str, actor: str) -> None:
+        device_id = v.device_id(device_id)
+        with self.engine.begin() as conn:
+            self._lock_device(conn, device_id)
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(mqtt_password_hash=password_hash, updated_at=utcnow())
+            )
+            self._audit(conn, v.actor(actor), "mqtt-password", device_id, "")
+
+    def set_heartbeat(self, device_id: int | str, heartbeat_s: int | None, actor: str) -> int:
+        """Record a new heartbeat interval to push by CONFIG; returns the new config_seq."""
+        device_id = v.device_id(device_id)
+        if heartbeat_s is not None and not 10 <= int(heartbeat_s) <= 86400:
+            raise UsageError("heartbeat must be between 10 s and 86400 s")
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            seq = rec.config_seq + 1
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(heartbeat_s=heartbeat_s, config_seq=seq, updated_at=utcnow())
+            )
+            self._audit(
+                conn, v.actor(actor), "config", device_id, f"heartbeat_s={heartbeat_s} seq={seq}"
+            )
+        return seq
+
+    def device_secret(self, device_id: int | str, private_key: Any) -> bytes:
+        """Unseal a device's secret with the gateway private key (gateway only)."""
+        from auxilio.keys import unseal
+
+        rec = self.require_device(device_id)
+        return unseal(rec.sealed_secret, private_key, rec.id)
+
+    # ---------------------------------------------------------- assignments ---
+
+    def assign_case(
+        self,
+        device_id: int | str,
+        case_ref: str,
+        valid_from: dt.datetime | str | None = None,
+        valid_to: dt.datetime | str | None = None,
+        actor: str = "cli",
+    ) -> None:
+        """Link a bracelet to a pseudonymous case reference (never a name)."""
+        ref = v.case_ref(case_ref)
+        self._assign(
+            device_id,
+            "bracelet",
+            {"kind": "case", "case_ref": ref},
+            valid_from,
+            valid_to,
+            actor,
+            f"case={ref}",
+        )
+
+    def assign_site(
+        self,
+        device_id: int | str,
+        site: str,
+        lat: float | str,
+        lon: float | str,
+        sector: str,
+        valid_from: dt.datetime | str | None = None,
+        valid_to: dt.datetime | str | None = None,
+        actor: str = "cli",
+    ) -> None:
+        """Place a street button at a public site with coordinates and a C4 sector."""
+        values = {
+            "kind": "site",
+            "site": v.site(site),
+            "lat": v.coordinate(lat, "latitude", 90),
+            "lon": v.coordinate(lon, "longitude", 180),
+            "sector": v.sector(sector),
+        }
+        self._assign(
+            device_id,
+            "button",
+            values,
+            valid_from,
+            valid_to,
+            actor,
+            f"site={values['site']} sector={values['sector']}",
+        )
+
+    def _assign(
+        self,
+        device_id: int | str,
+        kind: str,
+        values: dict[str, Any],
+        valid_from: dt.datetime | str | None,
+        valid_to: dt.datetime | str | None,
+        actor: str,
+        detail: str,
+    ) -> None:
+        device_id = v.device_id(device_id)
+        actor = v.actor(actor)
+        now = utcnow()
+        start = v.timestamp(valid_from, "valid_from") or now
+        end = v.timestamp(valid_to, "valid_to")
+        if end is not None and end <= start:
+            raise UsageError("valid_to must be after valid_from")
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            if rec.kind != kind:
+                what = "a case reference" if kind == "bracelet" else "a site"
+                raise RegistryError(
+                    f"device {rec.label} is a {rec.kind}; only a {kind} takes {what}"
+                )
+            if rec.state not in ("spare", "assigned"):
+                raise RegistryError(f"device {rec.label} is {rec.state}; it cannot be assigned")
+            self._end_assignment(conn, device_id, now)
+            conn.execute(
+                schema.assignments.insert().values(
+                    device_id=device_id, valid_from=start, valid_to=end, created_at=now, **values
+                )
+            )
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(state="assigned", updated_at=now)
+            )
+            self._audit(conn, actor, "assign", device_id, detail)
+
+    def unassign(self, device_id: int | str, actor: str = "cli") -> None:
+        """End the current assignment; an assigned device goes back to spare."""
+        device_id = v.device_id(device_id)
+        actor = v.actor(actor)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            if not self._end_assignment(conn, device_id, now):
+                raise RegistryError(f"device {rec.label} has no current assignment")
+            if rec.state == "assigned":
+                conn.execute(
+                    schema.devices.update()
+                    .where(schema.devices.c.id == device_id)
+                    .values(state="spare", updated_at=now)
+                )
+            self._audit(conn, actor, "unassign", device_id, "")
+
+    def current_assignment(self, device_id: int | str) -> dict[str, Any] | None:
+        """The open assignment row as a dict (plus ``active``: inside its validity now)."""
+        device_id = v.device_id(device_id)
+        a = schema.assignments
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(a)
+                .where(a.c.device_id == device_id, a.c.ended_at.is_(None))
+                .order_by(a.c.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        now = utcnow()
+        out["active"] = out["valid_from"] <= now and (
+            out["valid_to"] is None or now < out["valid_to"]
+        )
+        return out
+
+    # ---------------------------------------------------------------- audit ---
+
+    def audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
+        """Append one audit row (there is no way to change or remove one)."""
+        with self.engine.begin() as conn:
+            self._audit(conn, v.actor(actor), action, target, detail)
+
+    def audit_log(self, limit: int = 100, target: str | None = None) -> list[dict[str, Any]]:
+        """Newest first."""
+        t = schema.audit
+        q = select(t).order_by(t.c.id.desc()).limit(limit)
+        if target is not None:
+            q = q.where(t.c.target == target)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------- internal ---
+
+    @staticmethod
+    def _audit(conn: Connection, actor: str, action: str, target: int | str, detail: str) -> None:
+        if isinstance(target, int):
+            target = v.codec.device_str(target)
+        conn.execute(
+            schema.audit.insert().values(
+                at=utcnow(), actor=actor, action=action[:32], target=str(target)[:64], detail=detail
+            )
+        )
+
+    @staticmethod
+    def _lock_device(conn: Connection, device_id: int) -> DeviceRecord:
+        # FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE).
+        row = conn.execute(
+            select(schema.devices).where(schema.devices.c.id == device_id).with_for_update()
+        ).first()
+        if row is None:
+            raise NotFoundError(f"device {v.codec.device_str(device_id)} not found")
+        return _record(row)
+
+    @staticmethod
+    def _end_assignment(conn: Connection, device_id: int, now: dt.datetime) -> bool:
+        a = schema.assignments
+        res = conn.execute(
+            a.update()
+            .where(a.c.device_id == device_id, a.c.ended_at.is_(None))
+            .values(ended_at=now)
+        )
+        return bool(res.rowcount)
+
+
+def _record(row: Any) -> DeviceRecord:
+    m = row._mapping
+    return DeviceRecord(
+        id=m["id"],
+        kind=m["kind"],
+        board=m["board"],
+        fw_version=m["fw_version"],
+        state=m["state"],
+        key_epoch=m["key_epoch"],
+        sealed_secret=bytes(m["sealed_secret"]),
+        heartbeat_s=m["heartbeat_s"],
+        config_seq=m["config_seq"],
+        high_water=m["high_water"],
+        window=m["window"],
+        last_seen=m["last_seen"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        mqtt_password_hash=m.get("mqtt_password_hash"),
+    )
+
+
+def sqlite_path(registry: Registry) -> str | None:
+    """The SQLite file behind a registry, or None (for messages and tests)."""
+    u = registry.engine.url
+    return u.database if u.get_backend_name() == "sqlite" else None
