@@ -1,0 +1,1 @@
+"""Protocol v1 tests: vectors on both runtimes, reference check, properties, CLI."""
