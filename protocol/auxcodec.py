@@ -383,10 +383,12 @@ def topic(prefix, device, leaf):
 
 
 def type_code(name_or_code):
-    if isinstance(name_or_code, int):
+    # Only str names and int codes: anything else (a list from JSON, a bool) is
+    # unknown_type, never a TypeError (the codec raises nothing but FrameError).
+    if isinstance(name_or_code, int) and not isinstance(name_or_code, bool):
         if name_or_code in TYPES:
             return name_or_code
-    elif name_or_code in _TYPE_CODES:
+    elif isinstance(name_or_code, str) and name_or_code in _TYPE_CODES:
         return _TYPE_CODES[name_or_code]
     raise FrameError("unknown_type")
 
