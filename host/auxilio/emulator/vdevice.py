@@ -1,0 +1,237 @@
+"""A virtual device: a virtual board running the firmware, with its control channel and network.
+
+This is the control API for tests and people: buttons, battery, mains, tamper,
+network (through the broker proxy), power, and the feedback event stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from auxilio.emulator.board import VirtualBoard
+from auxilio.emulator.boards import Board, load_board
+from auxilio.emulator.control import ControlServer, Event
+from auxilio.emulator.image import FlashImage
+from auxilio.emulator.netem import BrokerProxy
+from auxilio.errors import UsageError
+from auxilio.paths import firmware_dir, protocol_dir
+
+log = logging.getLogger(__name__)
+
+# Files of a firmware tree that go onto the device (sources or mpy-cross output).
+FIRMWARE_SUFFIXES = (".py", ".mpy")
+# The bracelet's alert gesture is a hold of hold_ms (2 s); a little margin over it.
+HOLD_MARGIN_S = 0.3
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """'mqtt://host:port' / 'mqtts://host:port' -> (host, port, tls)."""
+    for scheme, port, tls in (("mqtt://", 1883, False), ("mqtts://", 8883, True)):
+        if url.startswith(scheme):
+            rest = url[len(scheme) :].rstrip("/")
+            host, _, p = rest.partition(":")
+            try:
+                return host or "127.0.0.1", int(p) if p else port, tls
+            except ValueError:
+                break
+    raise UsageError(f"broker must be a URL like mqtt://127.0.0.1:1883, not {url!r}")
+
+
+def new_identity(role: str, broker_url: str, prefix: str = "auxilio") -> dict[str, Any]:
+    """A fresh config.json for one device: random id and 32-byte secret (never logged)."""
+    from auxilio.protocol import codec
+
+    device = codec.device_str(secrets.randbelow(0xFFFFFFFE) + 1)
+    return {
+        "device": device,
+        "secret": secrets.token_hex(32),
+        "role": role,
+        "broker": broker_url,
+        "username": device,
+        "password": secrets.token_urlsafe(18),
+        "tls_ca": None,
+        "wifi": {"ssid": "virtual", "password": "virtual"},
+        "prefix": prefix,
+    }
+
+
+def firmware_files(fw: Path | None = None) -> dict[str, bytes | Path]:
+    """Device path -> host file for the firmware tree plus the codec, as deployed on a board."""
+    fw = Path(fw) if fw else firmware_dir()
+    if not (fw / "main.py").exists() and not (fw / "main.mpy").exists():
+        raise UsageError(f"{fw} is not a firmware tree (no main.py)")
+    files: dict[str, bytes | Path] = {}
+    for path in sorted(fw.rglob("*")):
+        if path.is_file() and path.suffix in FIRMWARE_SUFFIXES and "__pycache__" not in path.parts:
+            files[path.relative_to(fw).as_posix()] = path
+    if "auxcodec.py" not in files and "auxcodec.mpy" not in files:
+        files["auxcodec.py"] = protocol_dir() / "auxcodec.py"
+    return files
+
+
+class VirtualDevice:
+    """A board + its firmware + config + control channel + broker proxy, started together."""
+
+    def __init__(
+        self,
+        board: Board | str,
+        image: str | os.PathLike[str],
+        *,
+        config: dict[str, Any] | None = None,
+        broker_url: str | None = None,
+        firmware: str | os.PathLike[str] | None = None,
+        deploy: bool = True,
+        format: bool = False,
+        pty_link: str | os.PathLike[str] | None = None,
+        rfc2217_port: int | None = 0,
+        heapsize: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.board_def = load_board(board) if isinstance(board, str) else board
+        self.image = FlashImage(image, self.board_def)
+        self.format = format
+        self.deploy = deploy
+        self.firmware = Path(firmware) if firmware else None
+        self.config = dict(config) if config else None
+        self.broker_url = broker_url or (self.config or {}).get("broker")
+        self.control = ControlServer()
+        self.proxy: BrokerProxy | None = None
+        self.board = VirtualBoard(
+            self.board_def,
+            self.image.path,
+            pty_link=pty_link,
+            rfc2217_port=rfc2217_port,
+            env={"AUXILIO_HAL_CONTROL": self.control.address},
+            heapsize=heapsize,
+            name=name,
+        )
+
+    @property
+    def device(self) -> str | None:
+        """The printed device id (from config.json)."""
+        return (self.config or {}).get("device")
+
+    def prepare(self) -> None:
+        """Format when asked, then deploy firmware, board.json and config.json."""
+        if self.format:
+            self.image.create()
+        self.image.check()
+        files: dict[str, bytes | Path] = {}
+        if self.deploy:
+            files.update(firmware_files(self.firmware))
+            files["board.json"] = json.dumps(self.board_def.data, indent=1).encode()
+        if self.broker_url:
+            host, port, tls = parse_broker_url(self.broker_url)
+            self.proxy = BrokerProxy(host, port)
+        if self.config is None and self.broker_url and self.deploy:
+            self.config = new_identity(self.board_def.role, self.broker_url)
+        if self.config is not None:
+            cfg = dict(self.config)
+            if self.proxy is not None:
+                # The device's network is the proxy: it forwards to the real broker.
+                scheme = "mqtts" if parse_broker_url(self.broker_url or "")[2] else "mqtt"
+                cfg["broker"] = f"{scheme}://127.0.0.1:{self.proxy.port}"
+            files["config.json"] = json.dumps(cfg).encode()
+        if files:
+            self.image.deploy(files)
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> VirtualDevice:
+        try:
+            self.prepare()
+            self.board.start(wait=False)
+            if wait:
+                self.control.wait_connected(timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        self.board.close()
+        self.control.close()
+        if self.proxy is not None:
+            self.proxy.close()
+
+    def __enter__(self) -> VirtualDevice:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inputs -----------------------------------------------------------------
+
+    def _send(self, op: str, dev: int = 0, **fields: Any) -> None:
+        if not self.control.send(op, dev, **fields):
+            raise UsageError("the firmware is not connected to the control channel")
+
+    def press(self, dev: int = 0) -> None:
+        self._send("press", dev)
+
+    def release(self, dev: int = 0) -> None:
+        self._send("release", dev)
+
+    def hold(self, seconds: float | None = None, dev: int = 0) -> None:
+        """Press, keep it down (default: the board's alert hold + margin), release."""
+        if seconds is None:
+            roles = self.board_def.data.get("roles") or {}
+            hold_ms = (roles.get(self.board_def.role) or {}).get("hold_ms", 2000)
+            seconds = hold_ms / 1000 + HOLD_MARGIN_S
+        self.press(dev)
+        time.sleep(seconds)
+        self.release(dev)
+
+    def battery(self, pct: int, dev: int = 0) -> None:
+        self._send("battery", dev, pct=int(pct))
+
+    def mains(self, on: bool, dev: int = 0) -> None:
+        self._send("mains", dev, on=bool(on))
+
+    def tamper(self, opened: bool, dev: int = 0) -> None:
+        self._send("tamper", dev, open=bool(opened))
+
+    def network(self, up: bool) -> None:
+        """Link up/down: the proxy cuts or restores the path, the HAL sees the link."""
+        if self.proxy is not None:
+            self.proxy.set_link(up)
+        self.control.send("link", 0, up=bool(up))
+
+    def latency(self, ms: float) -> None:
+        self._need_proxy().set_latency(ms)
+
+    def drop(self, pct: float) -> None:
+        self._need_proxy().set_drop(pct)
+
+    def _need_proxy(self) -> BrokerProxy:
+        if self.proxy is None:
+            raise UsageError("this virtual device has no broker (start it with a broker URL)")
+        return self.proxy
+
+    def power_cut(self) -> None:
+        self.board.power_cut()
+
+    def power_restore(self) -> None:
+        self.board.power_restore()
+
+    def hard_reset(self) -> None:
+        self.board.hard_reset()
+
+    def soft_reset(self, dev: int = 0) -> None:
+        """The control op "reset": the firmware reboots its Device object in place."""
+        self._send("reset", dev)
+
+    # -- outputs ----------------------------------------------------------------
+
+    def events(self, since: int = 0) -> list[Event]:
+        return self.control.events(since)
+
+    def mark(self) -> int:
+        return self.control.mark()
+
+    def wait_event(self, timeout: float = 30.0, since: int = 0, **fields: Any) -> Event:
+        return self.control.wait_event(timeout=timeout, since=since, **fields)
