@@ -28,7 +28,8 @@ def device_id(value: int | str) -> int:
     try:
         return codec.device_int(value)
     except FrameError as exc:
-        detail = f" ({exc.args[1]})" if len(exc.args) > 1 else ""
+        text = str(exc)
+        detail = f" ({text.split(': ', 1)[1]})" if ": " in text else ""
         raise UsageError(f"bad device id {value!r}{detail}") from None
 
 
@@ -43,6 +44,9 @@ def site(value: str) -> str:
     v = (value or "").strip()
     if not v or len(v) > SITE_MAX or any(ord(c) < 32 for c in v):
         raise UsageError(f"site name must be 1-{SITE_MAX} printable characters")
+    if v[0] in "=+-@":
+        # A leading formula character turns an exported CSV cell into a spreadsheet formula.
+        raise UsageError("site name must not start with '=', '+', '-' or '@'")
     return v
 
 

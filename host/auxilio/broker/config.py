@@ -1,0 +1,277 @@
+"""Write mosquitto.conf, the password file and the ACL from the registry (issue 4 §8).
+
+Each device in service (spare, assigned, lost) gets a user named by its printed id
+with the hash stored at `devices add`; revoked and retired devices get none, so they
+cannot even connect. Pattern ACLs confine each device to its own topics (SPEC §10):
+it may write only ``<prefix>/v1/<itself>/up`` and ``…/status`` and read only
+``…/down``. One gateway user reads every ``up``/``status`` and writes every ``down``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auxilio.broker.passwords import hash_password, new_password
+from auxilio.errors import UsageError
+from auxilio.protocol import codec
+
+log = logging.getLogger(__name__)
+
+CONF_FILE = "mosquitto.conf"
+PASSWD_FILE = "passwd"
+ACL_FILE = "acl"
+# The gateway's own MQTT credentials (plaintext, mode 0600), kept across regenerations
+# so rewriting the config never locks out a running gateway.
+GATEWAY_FILE = "gateway.json"
+DEFAULT_GATEWAY_USER = "gateway"
+DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+# States whose devices may connect; a lost device still reports (its alerts are
+# recorded and flagged by the gateway), revoked and retired ones may not.
+CONNECTABLE_STATES = ("spare", "assigned", "lost")
+# How often mosquitto writes its persistence file (seconds). Devices retry until a
+# genuine ACK anyway, so this only bounds what a broker crash makes them resend.
+AUTOSAVE_INTERVAL_S = 5
+# Per-client queue while a client (e.g. the gateway) is offline; mosquitto's default
+# of 1000 could drop a burst of alerts during a gateway restart.
+MAX_QUEUED_MESSAGES = 100000
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass
+class BrokerFiles:
+    """What write_config produced."""
+
+    directory: Path
+    conf: Path
+    passwd: Path
+    acl: Path
+    gateway: Path
+    devices: list[str] = field(default_factory=list)  # printed ids with a broker user
+    skipped: list[str] = field(default_factory=list)  # in service but no password hash
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "conf": str(self.conf),
+            "passwd": str(self.passwd),
+            "acl": str(self.acl),
+            "gateway": str(self.gateway),
+            "devices": len(self.devices),
+            "skipped": self.skipped,
+        }
+
+
+def render_acl(prefix: str = codec.DEFAULT_PREFIX, gateway_user: str = DEFAULT_GATEWAY_USER) -> str:
+    """The ACL file: one gateway user plus patterns where %u is the device's printed id."""
+    return (
+        "# Written by `auxilio broker config`; regenerate rather than edit.\n"
+        "# The gateway reads every uplink and status, and writes every downlink.\n"
+        f"user {gateway_user}\n"
+        f"topic read {prefix}/v1/+/up\n"
+        f"topic read {prefix}/v1/+/status\n"
+        f"topic write {prefix}/v1/+/down\n"
+        "\n"
+        "# Every device: only its own topics (username = printed device id).\n"
+        f"pattern write {prefix}/v1/%u/up\n"
+        f"pattern write {prefix}/v1/%u/status\n"
+        f"pattern read {prefix}/v1/%u/down\n"
+    )
+
+
+def render_conf(
+    directory: Path,
+    *,
+    port: int = DEFAULT_PORT,
+    bind: str = "127.0.0.1",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_ca: Path | None = None,
+    tls_port: int = DEFAULT_TLS_PORT,
+    tls_bind: str | None = None,
+    run_as: str | None = None,
+    log_file: Path | None = None,
+) -> str:
+    lines = [
+        "# Written by `auxilio broker config`; regenerate rather than edit.",
+        f"# {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {directory / PASSWD_FILE}",
+        f"acl_file {directory / ACL_FILE}",
+        # Nagle + delayed ACK adds ~88 ms per QoS1 round trip (NOTES.md, DESIGN §3).
+        "set_tcp_nodelay true",
+        "persistence true",
+        f"persistence_location {directory / 'data'}/",
+        f"autosave_interval {AUTOSAVE_INTERVAL_S}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"log_dest file {log_file}" if log_file else "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages true",
+    ]
+    if run_as:
+        lines.append(f"user {run_as}")
+    lines += ["", f"listener {port} {bind}"]
+    if tls_cert is not None and tls_key is not None:
+        lines += [
+            "",
+            f"listener {tls_port} {tls_bind or bind}",
+            f"certfile {tls_cert}",
+            f"keyfile {tls_key}",
+            "tls_version tlsv1.2",
+        ]
+        if tls_ca is not None:
+            lines.append(f"cafile {tls_ca}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, data: str, mode: int) -> None:
+    # Write beside, then rename: a mosquitto reloading on SIGHUP never reads half a file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _gateway_credentials(path: Path, user: str) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+        if (
+            data.get("username") == user
+            and isinstance(data.get("password"), str)
+            and data["password"]
+        ):
+            return {"username": user, "password": data["password"]}
+    except (OSError, ValueError):
+        pass
+    return {"username": user, "password": new_password()}
+
+
+def _check_file(p: str | os.PathLike[str] | None, what: str) -> Path | None:
+    if p is None:
+        return None
+    path = Path(p).resolve()
+    if not path.is_file():
+        raise UsageError(f"{what} {p} not found")
+    return path
+
+
+def write_config(
+    out_dir: str | os.PathLike[str],
+    registry: Any,
+    *,
+    port: int = DEFAULT_PORT,
+    bind: str = "127.0.0.1",
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_port: int = DEFAULT_TLS_PORT,
+    tls_bind: str | None = None,
+    prefix: str = codec.DEFAULT_PREFIX,
+    gateway_user: str = DEFAULT_GATEWAY_USER,
+    run_as: str | None = None,
+    log_file: str | os.PathLike[str] | None = None,
+) -> BrokerFiles:
+    """Generate the broker files in ``out_dir`` from the registry's devices."""
+    if not _PREFIX_RE.match(prefix):
+        raise UsageError("topic prefix must be 1-32 letters, digits, '_' or '-'")
+    if not _USER_RE.match(gateway_user):
+        raise UsageError("gateway user must be 1-64 letters, digits, '_', '.' or '-'")
+    for name, value in (("port", port), ("TLS port", tls_port)):
+        if not 1 <= int(value) <= 65535:
+            raise UsageError(f"{name} must be 1-65535")
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("a TLS listener needs both --tls-cert and --tls-key")
+    cert, key, ca = (
+        _check_file(tls_cert, "TLS certificate"),
+        _check_file(tls_key, "TLS key"),
+        _check_file(tls_ca, "TLS CA file"),
+    )
+    directory = Path(out_dir).resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "data").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {directory}: {exc.strerror}") from None
+
+    files = BrokerFiles(
+        directory=directory,
+        conf=directory / CONF_FILE,
+        passwd=directory / PASSWD_FILE,
+        acl=directory / ACL_FILE,
+        gateway=directory / GATEWAY_FILE,
+    )
+    gw = _gateway_credentials(files.gateway, gateway_user)
+    lines = [f"{gateway_user}:{hash_password(gw['password'])}"]
+    for rec in registry.list_devices():
+        if rec.state not in CONNECTABLE_STATES:
+            continue
+        if not rec.mqtt_password_hash:
+            files.skipped.append(rec.label)
+            continue
+        if rec.label == gateway_user:
+            raise UsageError("gateway user name collides with a device id")
+        lines.append(f"{rec.label}:{rec.mqtt_password_hash}")
+        files.devices.append(rec.label)
+
+    url = f"mqtt://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
+    _write_atomic(
+        files.gateway, json.dumps({**gw, "url": url, "prefix": prefix}, indent=2) + "\n", 0o600
+    )
+    _write_atomic(files.passwd, "\n".join(lines) + "\n", 0o600)
+    _write_atomic(files.acl, render_acl(prefix, gateway_user), 0o644)
+    _write_atomic(
+        files.conf,
+        render_conf(
+            directory,
+            port=port,
+            bind=bind,
+            tls_cert=cert,
+            tls_key=key,
+            tls_ca=ca,
+            tls_port=tls_port,
+            tls_bind=tls_bind,
+            run_as=run_as,
+            log_file=Path(log_file).resolve() if log_file else None,
+        ),
+        0o644,
+    )
+    _hand_to_broker_user(files, run_as)
+    if files.skipped:
+        log.warning(
+            "broker config: %d device(s) have no MQTT password and were left out",
+            len(files.skipped),
+        )
+    return files
+
+
+def _hand_to_broker_user(files: BrokerFiles, run_as: str | None) -> None:
+    """As root, mosquitto drops to its own user before reading the password file.
+
+    Give that user the files it must read or write (password file, ACL, persistence
+    dir); when run_as is root (or we are not root) nothing needs changing.
+    """
+    if os.geteuid() != 0 or run_as == "root":
+        return
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(run_as or "mosquitto")
+    except KeyError:
+        return
+    for p in (files.passwd, files.acl, files.directory / "data"):
+        os.chown(p, pw.pw_uid, pw.pw_gid)

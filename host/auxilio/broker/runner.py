@@ -1,0 +1,66 @@
+"""Run the broker: mosquitto with the generated config, else the embedded amqtt demo broker."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from auxilio.errors import AuxilioError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+# Shown whenever the embedded broker runs: it is a demo convenience, not a C4 broker.
+EMBEDDED_NOTE = (
+    "NOTA: broker MQTT embebido (amqtt) solo para demostraciones: sin usuarios por "
+    "dispositivo ni ACL, más lento y sin TCP_NODELAY. En producción use mosquitto "
+    "(`auxilio broker config` + `auxilio broker run`) o un broker en clúster.\n"
+    "NOTE: embedded MQTT broker (amqtt) for demos only: no per-device users or ACLs, "
+    "slower, no TCP_NODELAY. Production needs mosquitto or a clustered broker."
+)
+
+
+def mosquitto_binary() -> str | None:
+    """The mosquitto executable, if installed (Debian puts it in /usr/sbin)."""
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+
+
+def run_mosquitto(conf: str | Path) -> int:
+    """Run mosquitto in the foreground; SIGINT/SIGTERM stop it, SIGHUP reloads it."""
+    binary = mosquitto_binary()
+    if binary is None:
+        raise NotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+    conf = Path(conf)
+    if not conf.exists():
+        raise NotFoundError(f"{conf} not found (run `auxilio broker config` first)")
+    proc = subprocess.Popen([binary, "-c", str(conf)])
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    rc = proc.wait()
+    if rc not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise AuxilioError(f"mosquitto exited with status {rc} (see its log above)")
+    return 0
+
+
+def run_embedded(bind: str = "127.0.0.1", port: int = 1883) -> int:
+    """Run the amqtt broker in the foreground until SIGINT/SIGTERM."""
+    import asyncio
+
+    from auxilio.broker.embedded import serve
+
+    sys.stderr.write(EMBEDDED_NOTE + "\n")
+    sys.stderr.flush()
+    try:
+        asyncio.run(serve(bind, port))
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,419 @@
+"""`auxilio devices …`: the device registry for people (tables) and machines (--json).
+
+Never prints a secret: `add` writes the plaintext secret and MQTT password only to a
+0600 provisioning file given with --secret-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+from auxilio.i18n import _, register
+
+register(
+    {
+        "Dispositivo": "Device",
+        "Tipo": "Kind",
+        "Placa": "Board",
+        "Firmware": "Firmware",
+        "Estado": "State",
+        "Época de clave": "Key epoch",
+        "Última señal": "Last seen",
+        "Asignación": "Assignment",
+        "Vigencia": "Valid",
+        "Sector": "Sector",
+        "Creado": "Created",
+        "Actualizado": "Updated",
+        "Latido (s)": "Heartbeat (s)",
+        "Cuándo": "When",
+        "Quién": "Who",
+        "Acción": "Action",
+        "Detalle": "Detail",
+        "Dispositivos": "Devices",
+        "Historial": "History",
+        "pulsera": "bracelet",
+        "botón": "button",
+        "repuesto": "spare",
+        "asignado": "assigned",
+        "perdido": "lost",
+        "revocado": "revoked",
+        "retirado": "retired",
+        "caso": "case",
+        "sin asignar": "unassigned",
+        "Campo": "Field",
+        "Valor": "Value",
+        "Dispositivo registrado": "Device registered",
+        "Archivo de aprovisionamiento": "Provisioning file",
+        "ninguno: el secreto queda sellado": "none: the secret stays sealed",
+    }
+)
+
+KIND_LABEL = {"bracelet": "pulsera", "button": "botón"}
+STATE_LABEL = {
+    "spare": "repuesto",
+    "assigned": "asignado",
+    "lost": "perdido",
+    "revoked": "revocado",
+    "retired": "retirado",
+}
+
+
+def _common(json_flag: bool = True) -> argparse.ArgumentParser:
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument(
+        "--registry", help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)"
+    )
+    c.add_argument(
+        "--actor", help="who is acting, for the audit log (default $AUXILIO_ACTOR or cli:<user>)"
+    )
+    if json_flag:
+        c.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    return c
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common = _common()
+    sub = p.add_subparsers(dest="devices_cmd", metavar="ACTION", required=True)
+
+    a = sub.add_parser("add", parents=[common], help="enrol a device with a new sealed secret")
+    a.add_argument("--id", dest="device", help="printed device id (default: a random free one)")
+    a.add_argument("--kind", required=True, choices=["bracelet", "button"])
+    a.add_argument("--board", required=True, help="board name (boards/<name>.json)")
+    a.add_argument("--fw", help="firmware version, e.g. 1.0.0")
+    a.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
+    a.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    a.add_argument(
+        "--secret-out",
+        metavar="FILE",
+        help="write the plaintext secret and MQTT password here (mode 0600) for provisioning",
+    )
+
+    ls = sub.add_parser("list", parents=[common], help="list devices")
+    ls.add_argument("--state", choices=["spare", "assigned", "lost", "revoked", "retired"])
+
+    sh = sub.add_parser("show", parents=[common], help="one device, its assignment and history")
+    sh.add_argument("device", help="printed device id, e.g. 0938-NKRT")
+
+    asg = sub.add_parser(
+        "assign", parents=[common], help="assign a case (bracelet) or site (button)"
+    )
+    asg.add_argument("device")
+    asg.add_argument(
+        "--case", help="pseudonymous case reference, e.g. PR-2026-00123 (never a name)"
+    )
+    asg.add_argument("--site", help="public site name (button)")
+    asg.add_argument("--lat", help="latitude (button)")
+    asg.add_argument("--lon", help="longitude (button)")
+    asg.add_argument("--sector", help="C4 sector (button)")
+    asg.add_argument("--from", dest="valid_from", help="valid from (ISO 8601, default now)")
+    asg.add_argument("--to", dest="valid_to", help="valid until (ISO 8601, default open)")
+
+    un = sub.add_parser("unassign", parents=[common], help="end the current assignment")
+    un.add_argument("device")
+
+    for name, help_text in (
+        ("mark-lost", "mark a device lost (its alerts are still recorded, flagged)"),
+        ("revoke", "revoke a device: its frames are rejected and reported"),
+        ("retire", "retire a device for good"),
+    ):
+        s = sub.add_parser(name, parents=[common], help=help_text)
+        s.add_argument("device")
+        s.add_argument("--note", help="why (kept in the audit log)")
+
+    im = sub.add_parser("import-csv", parents=[common], help="import devices and assignments")
+    im.add_argument("file", help="CSV file ('-' for stdin)")
+    im.add_argument(
+        "--secret-dir",
+        help="enrol unknown devices, writing <ID>.json provisioning files here (mode 0600)",
+    )
+    im.add_argument("--pubkey", help="gateway public key file (for enrolling)")
+    im.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+
+    ex = sub.add_parser("export-csv", parents=[common], help="export devices and assignments")
+    ex.add_argument("file", nargs="?", default="-", help="CSV file (default stdout)")
+
+
+def _actor(args: argparse.Namespace) -> str:
+    if args.actor:
+        return args.actor
+    env = os.environ.get("AUXILIO_ACTOR")
+    if env:
+        return env
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _fmt_time(t: Any) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "—"
+
+
+def _assignment_text(a: dict[str, Any] | None) -> str:
+    if a is None:
+        return _("sin asignar")
+    if a["kind"] == "case":
+        return f"{_('caso')} {a['case_ref']}"
+    return f"{a['site']} ({a['sector']})"
+
+
+def _assignment_json(a: dict[str, Any] | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    out = {k: a[k] for k in ("kind", "case_ref", "site", "lat", "lon", "sector", "active")}
+    out["valid_from"] = a["valid_from"].isoformat()
+    out["valid_to"] = a["valid_to"].isoformat() if a["valid_to"] else None
+    return {k: val for k, val in out.items() if val is not None or k == "valid_to"}
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(soft_wrap=False)
+
+
+def _device_table(rows: list[tuple[Any, dict[str, Any] | None]]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=_("Dispositivos"))
+    for h in ("Dispositivo", "Tipo", "Placa", "Firmware", "Estado", "Asignación", "Última señal"):
+        t.add_column(_(h))
+    for rec, a in rows:
+        t.add_row(
+            rec.label,
+            _(KIND_LABEL[rec.kind]),
+            rec.board,
+            rec.fw_version or "—",
+            _(STATE_LABEL[rec.state]),
+            _assignment_text(a),
+            _fmt_time(rec.last_seen),
+        )
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    from auxilio.registry import open_registry
+
+    cmd = args.devices_cmd
+    registry = open_registry(args.registry)
+    try:
+        return _HANDLERS[cmd](args, registry)
+    finally:
+        registry.close()
+
+
+def _public_key(args: argparse.Namespace) -> Any:
+    from auxilio import keys
+
+    return keys.load_public_key(args.pubkey or keys.keys_dir(args.keys_dir) / keys.PUBLIC_KEY_FILE)
+
+
+def _add(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.registry.enrol import check_secret_out, enrol_device
+
+    check_secret_out(args.secret_out)
+    pub = _public_key(args)
+    e = enrol_device(
+        registry,
+        pub,
+        args.kind,
+        args.board,
+        device_id=args.device,
+        fw_version=args.fw,
+        actor=_actor(args),
+        secret_out=args.secret_out,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "device": e.label,
+                    "id": e.device_id,
+                    "kind": e.kind,
+                    "board": e.board,
+                    "state": "spare",
+                    "secret_out": str(e.secret_file) if e.secret_file else None,
+                }
+            )
+        )
+        return 0
+    from rich.table import Table
+
+    t = Table(title=_("Dispositivo registrado"), show_header=False)
+    t.add_row(_("Dispositivo"), e.label)
+    t.add_row(_("Tipo"), _(KIND_LABEL[e.kind]))
+    t.add_row(_("Placa"), e.board)
+    t.add_row(
+        _("Archivo de aprovisionamiento"),
+        str(e.secret_file) if e.secret_file else _("ninguno: el secreto queda sellado"),
+    )
+    _console().print(t)
+    return 0
+
+
+def _list(args: argparse.Namespace, registry: Any) -> int:
+    recs = registry.list_devices(args.state)
+    rows = [(r, registry.current_assignment(r.id)) for r in recs]
+    if args.json:
+        print(json.dumps([{**r.public_dict(), "assignment": _assignment_json(a)} for r, a in rows]))
+        return 0
+    _console().print(_device_table(rows))
+    return 0
+
+
+def _show(args: argparse.Namespace, registry: Any) -> int:
+    rec = registry.require_device(args.device)
+    a = registry.current_assignment(rec.id)
+    history = registry.audit_log(limit=20, target=rec.label)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    **rec.public_dict(),
+                    "assignment": _assignment_json(a),
+                    "history": [
+                        {
+                            "at": h["at"].isoformat(),
+                            "actor": h["actor"],
+                            "action": h["action"],
+                            "detail": h["detail"],
+                        }
+                        for h in history
+                    ],
+                }
+            )
+        )
+        return 0
+    from rich.table import Table
+
+    t = Table(title=rec.label, show_header=False)
+    for label, value in (
+        ("Tipo", _(KIND_LABEL[rec.kind])),
+        ("Placa", rec.board),
+        ("Firmware", rec.fw_version or "—"),
+        ("Estado", _(STATE_LABEL[rec.state])),
+        ("Época de clave", str(rec.key_epoch)),
+        ("Latido (s)", str(rec.heartbeat_s) if rec.heartbeat_s else "—"),
+        ("Asignación", _assignment_text(a)),
+        (
+            "Vigencia",
+            f"{_fmt_time(a['valid_from'])} → {_fmt_time(a['valid_to'])}" if a else "—",
+        ),
+        ("Última señal", _fmt_time(rec.last_seen)),
+        ("Creado", _fmt_time(rec.created_at)),
+        ("Actualizado", _fmt_time(rec.updated_at)),
+    ):
+        t.add_row(_(label), value)
+    h = Table(title=_("Historial"))
+    for col in ("Cuándo", "Quién", "Acción", "Detalle"):
+        h.add_column(_(col))
+    for e in history:
+        h.add_row(_fmt_time(e["at"]), e["actor"], e["action"], e["detail"])
+    con = _console()
+    con.print(t)
+    con.print(h)
+    return 0
+
+
+def _assign(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.errors import UsageError
+
+    site_args = (args.site, args.lat, args.lon, args.sector)
+    if args.case and any(x is not None for x in site_args):
+        raise UsageError("give either --case or --site/--lat/--lon/--sector, not both")
+    if args.case:
+        registry.assign_case(
+            args.device, args.case, args.valid_from, args.valid_to, actor=_actor(args)
+        )
+    elif all(x is not None for x in site_args):
+        registry.assign_site(
+            args.device, *site_args, args.valid_from, args.valid_to, actor=_actor(args)
+        )
+    else:
+        raise UsageError("assign needs --case REF, or --site, --lat, --lon and --sector")
+    return _done(args, registry, args.device)
+
+
+def _done(args: argparse.Namespace, registry: Any, device: str) -> int:
+    rec = registry.require_device(device)
+    a = registry.current_assignment(rec.id)
+    if args.json:
+        print(json.dumps({**rec.public_dict(), "assignment": _assignment_json(a)}))
+    else:
+        print(f"{rec.label}: {_(STATE_LABEL[rec.state])} — {_assignment_text(a)}")
+    return 0
+
+
+def _unassign(args: argparse.Namespace, registry: Any) -> int:
+    registry.unassign(args.device, actor=_actor(args))
+    return _done(args, registry, args.device)
+
+
+def _state(target: str) -> Any:
+    def handler(args: argparse.Namespace, registry: Any) -> int:
+        registry.set_state(args.device, target, _actor(args), note=args.note)
+        return _done(args, registry, args.device)
+
+    return handler
+
+
+def _import(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.errors import UsageError
+    from auxilio.registry import csvio
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file} is not UTF-8 text") from None
+    if args.secret_dir and not os.path.isdir(args.secret_dir):
+        raise UsageError(f"--secret-dir {args.secret_dir} is not a directory")
+    plan = csvio.read_csv(text, registry, can_enrol=bool(args.secret_dir))
+    pub = _public_key(args) if any(r["existing"] is None for r in plan.rows) else None
+    result = csvio.apply_plan(plan, registry, _actor(args), pub, args.secret_dir)
+    summary = result.as_dict()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _export(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.errors import UsageError
+    from auxilio.registry import csvio
+
+    rows = csvio.export_rows(registry)
+    if args.file == "-":
+        n = csvio.write_csv(rows, sys.stdout)
+    else:
+        try:
+            with open(args.file, "w", encoding="utf-8", newline="") as f:
+                n = csvio.write_csv(rows, f)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.file}: {exc.strerror}") from None
+    # Who took a copy of the case references is worth knowing.
+    registry.audit(_actor(args), "export-csv", "devices", f"{n} rows")
+    if args.file != "-":
+        print(json.dumps({"rows": n, "file": args.file}) if args.json else f"{n} → {args.file}")
+    return 0
+
+
+_HANDLERS = {
+    "add": _add,
+    "list": _list,
+    "show": _show,
+    "assign": _assign,
+    "unassign": _unassign,
+    "mark-lost": _state("lost"),
+    "revoke": _state("revoked"),
+    "retire": _state("retired"),
+    "import-csv": _import,
+    "export-csv": _export,
+}

@@ -1,0 +1,117 @@
+"""Enrol a new device: fresh secret and MQTT password, sealed/hashed into the registry,
+plaintext only into a 0600 provisioning file (never printed, never logged)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auxilio.broker.passwords import hash_password, new_password
+from auxilio.errors import UsageError
+from auxilio.keys import new_device_secret, seal
+from auxilio.protocol import codec
+from auxilio.registry import validate as v
+from auxilio.registry.store import Registry
+
+log = logging.getLogger(__name__)
+
+# Attempts to draw an unused random device id before giving up (2^32 ids: a clash is rare).
+RANDOM_ID_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    device_id: int
+    label: str
+    kind: str
+    board: str
+    secret_file: Path | None
+
+
+def _random_id(registry: Registry) -> int:
+    for _ in range(RANDOM_ID_ATTEMPTS):
+        candidate = secrets.randbelow(0xFFFFFFFF) + 1
+        if registry.get_device(candidate) is None:
+            return candidate
+    raise UsageError("could not find a free device id")  # pragma: no cover
+
+
+def check_secret_out(path: str | os.PathLike[str] | None) -> Path | None:
+    """Refuse before touching the registry if the provisioning file cannot be created."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists():
+        raise UsageError(f"{p} already exists; refusing to overwrite a provisioning file")
+    if not p.parent.is_dir():
+        raise UsageError(f"directory {p.parent} does not exist")
+    return p
+
+
+def write_secret_file(path: Path, data: dict[str, Any]) -> None:
+    """Create the provisioning file with mode 0600 from the first byte (O_EXCL)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; refusing to overwrite") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def enrol_device(
+    registry: Registry,
+    public_key: Any,
+    kind: str,
+    board: str,
+    *,
+    device_id: int | str | None = None,
+    fw_version: str | None = None,
+    actor: str = "cli",
+    secret_out: str | os.PathLike[str] | None = None,
+) -> Enrolled:
+    """Register a device with a new sealed secret; plaintext goes only to ``secret_out``.
+
+    The provisioning file holds the fields of the device's config.json that come
+    from enrolment: device, role, secret, username, password.
+    """
+    out = check_secret_out(secret_out)
+    did = v.device_id(device_id) if device_id is not None else _random_id(registry)
+    label = codec.device_str(did)
+    secret = new_device_secret()
+    password = new_password()
+    registry.add_device(
+        did,
+        kind,
+        board,
+        seal(secret, public_key, did),
+        fw_version=fw_version,
+        actor=actor,
+        mqtt_password_hash=hash_password(password),
+    )
+    if out is not None:
+        write_secret_file(
+            out,
+            {
+                "device": label,
+                "role": kind,
+                "secret": secret.hex(),
+                "username": label,
+                "password": password,
+                "key_epoch": 1,
+            },
+        )
+    else:
+        log.warning(
+            "device %s enrolled without --secret-out: its secret stays sealed and the "
+            "device cannot be provisioned until it is re-keyed",
+            label,
+        )
+    return Enrolled(did, label, kind, board, out)
