@@ -246,11 +246,12 @@ class Gateway:
 
         def _sig(signum: int, frame: Any) -> None:
             done.set()
+            self._stop.set()  # also ends a connect-retry loop
 
         signal.signal(signal.SIGTERM, _sig)
         signal.signal(signal.SIGINT, _sig)
         self.start()
-        log.warning("gateway: running (prefix %s)", self.prefix)
+        log.info("gateway: running (prefix %s)", self.prefix)
         while not done.wait(0.5):
             if self._worker is not None and not self._worker.is_alive():
                 break

@@ -1,0 +1,171 @@
+"""Durability: kill -9 around the commit (redelivery, exactly once), a webhook down for 30 s loses nothing."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from auxilio.gateway import Gateway
+from auxilio.gateway.forward import WebhookForwarder
+from auxilio.testing.mosquitto import free_port
+from sqlalchemy import select
+
+from .conftest import WAIT_S, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _gateway_proc(
+    broker: Any, registry_url: str, key_file: Path, env_extra: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **env_extra}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "auxilio.cli",
+            "-vv",
+            "gateway",
+            "--broker",
+            broker.url,
+            "--registry",
+            registry_url,
+            "--keys",
+            str(key_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),
+        env=env,
+    )
+
+
+def _stored(registry: Any, device: int) -> list[tuple[int, str]]:
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                select(a.c.counter, a.c.disposition).where(a.c.device_id == device)
+            )
+        ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before_commit", "after_commit"])
+def test_kill_9_between_receive_and_ack_redelivered_stored_once(
+    point: str,
+    fleet: Any,
+    registry: Any,
+    registry_url: str,
+    gw_key_file: Path,
+    mqtt_broker: Any,
+    tmp_path: Path,
+) -> None:
+    sim = fleet.sim()
+    log = tmp_path / "gateway.log"
+    # First run only subscribes (creates the persistent session), then is stopped cleanly.
+    p = _gateway_proc(mqtt_broker, registry_url, gw_key_file, {}, log)
+    try:
+        # Retry like a device until the gateway has subscribed and answers.
+        wait_for(
+            lambda: sim.wait_ack(sim.send("TAMPER", open=False), timeout=0.5), what="first ack"
+        )
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(WAIT_S)
+    # Second run dies hard (SIGKILL from its own debug hook) at the chosen point.
+    p = _gateway_proc(
+        mqtt_broker, registry_url, gw_key_file, {"AUXILIO_GATEWAY_CRASH_AT": point}, log
+    )
+    c = sim.send("ALERT")
+    assert p.wait(WAIT_S) == -signal.SIGKILL
+    assert sim.wait_ack(c, timeout=0.5) is None  # nothing acked by the dead gateway
+    before = [r for r in _stored(registry, sim.device) if r[0] == c]
+    assert before == ([] if point == "before_commit" else [(c, "received")])
+    # Third run: the broker redelivers the un-PUBACKed frame; the device never re-sent it.
+    p = _gateway_proc(mqtt_broker, registry_url, gw_key_file, {}, log)
+    try:
+        ack = sim.wait_ack(c, timeout=WAIT_S)
+        assert ack is not None and ack["disposition"] == "received"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(WAIT_S)
+    assert [r for r in _stored(registry, sim.device) if r[0] == c] == [(c, "received")]
+    secret_hex = fleet.secrets[sim.device].hex()
+    text = log.read_text()
+    assert secret_hex not in text and secret_hex.upper() not in text
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+    keys: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        type(self).keys.append(self.headers["Idempotency-Key"])
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "registry_url", ["sqlite"], indirect=True
+)  # 30 s of wall time: once is enough
+def test_webhook_down_30s_loses_nothing(
+    registry: Any, gw_key: Any, fleet: Any, mqtt_broker: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/c4"
+    qdir = tmp_path / "queue"
+    gw = Gateway(registry, gw_key, mqtt_broker.url, forwarder=WebhookForwarder(url, qdir))
+    gw.start(connect_attempts=50)
+    assert gw.connected.wait(WAIT_S)
+    sim = fleet.sim()
+    sent = []
+    try:
+        for _ in range(5):
+            c = sim.send("ALERT")
+            sent.append(c)
+            assert sim.wait_ack(c)  # acked while the webhook is down
+        wait_for(lambda: gw.forwarder.failures >= 1, what="a failed delivery")
+    finally:
+        gw.stop()  # the gateway restarts during the outage too
+    assert len(list(qdir.glob("*.json"))) == 5
+    import time
+
+    time.sleep(30 - 1)  # the webhook stays down for 30 s in total
+    gw = Gateway(registry, gw_key, mqtt_broker.url, forwarder=WebhookForwarder(url, qdir))
+    gw.start(connect_attempts=50)
+    _Hook.received, _Hook.keys = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Hook)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        c = sim.send("ALERT")
+        sent.append(c)
+        assert sim.wait_ack(c)
+        wait_for(
+            lambda: len({k for k in _Hook.keys}) >= len(sent),
+            timeout=60,
+            what="all webhooks delivered",
+        )
+    finally:
+        gw.stop()
+        server.shutdown()
+        server.server_close()
+    got = sorted({r["counter"] for r in _Hook.received if r["kind"] == "alert"})
+    assert got == sorted(sent)
+    assert all(k.startswith("alert:") for k in _Hook.keys)
+    assert list(qdir.glob("*.json")) == []

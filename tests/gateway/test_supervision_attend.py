@@ -1,0 +1,102 @@
+"""Supervision (SUPERVISION_LOST within the bound, RESTORED, LWT hint) and the operator's attending ACK."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from auxilio.gateway.control import attend
+from auxilio.gateway.supervision import MISSED_FACTOR
+from sqlalchemy import select
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _event_types(registry: Any, device: int) -> list[str]:
+    e = registry.tables.events
+    with registry.engine.connect() as conn:
+        return [
+            r[0]
+            for r in conn.execute(select(e.c.type).where(e.c.device_id == device).order_by(e.c.id))
+        ]
+
+
+def test_silent_device_lost_within_bound_then_restored(
+    gateway_factory: Any, fleet: Any, registry: Any
+) -> None:
+    grace = 0.5
+    interval = 1
+    gw = gateway_factory(grace_s=grace)
+    sim = fleet.sim("button")
+    c = sim.send("HEARTBEAT", interval_s=interval)
+    wait_for(lambda: registry.get_device(sim.device).high_water == c, what="heartbeat")
+    t_last = time.time()
+    bound = interval * MISSED_FACTOR + grace
+    wait_for(
+        lambda: "SUPERVISION_LOST" in _event_types(registry, sim.device),
+        timeout=bound + 10,
+        what="LOST",
+    )
+    elapsed = time.time() - t_last
+    # Raised after the bound (never early) and within one supervision tick of it (plus slack for a busy box).
+    assert bound - 0.1 <= elapsed <= bound + 3.0, elapsed
+    assert gw.stats["supervision_lost"] == 1
+    sim.send("HEARTBEAT", interval_s=interval)
+    wait_for(lambda: "SUPERVISION_RESTORED" in _event_types(registry, sim.device), what="RESTORED")
+    assert _event_types(registry, sim.device) == ["SUPERVISION_LOST", "SUPERVISION_RESTORED"]
+
+
+def test_offline_status_hint_shortens_the_deadline(
+    gateway_factory: Any, fleet: Any, registry: Any
+) -> None:
+    gw = gateway_factory(grace_s=0.5)
+    sim = fleet.sim("bracelet")
+    sim.send("HEARTBEAT", interval_s=2)  # bound without a hint: 2 * 2.5 + 0.5 = 5.5 s
+    wait_for(lambda: registry.get_device(sim.device).last_seen is not None, what="heartbeat")
+    t0 = time.time()
+    sim.client.publish(sim.up.replace("/up", "/status"), b"offline", qos=1, retain=True)
+    wait_for(lambda: gw.stats["status_offline"] == 1, what="status")
+    wait_for(
+        lambda: "SUPERVISION_LOST" in _event_types(registry, sim.device), timeout=15, what="LOST"
+    )
+    assert time.time() - t0 < 5.0  # interval + grace after the hint
+
+
+def test_attend_sends_signed_attending_ack(
+    gateway: Any, fleet: Any, registry: Any, mqtt_broker: Any
+) -> None:
+    sim = fleet.sim()
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)["disposition"] == "received"
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        alert_id = conn.execute(
+            select(a.c.id).where(a.c.device_id == sim.device, a.c.counter == c)
+        ).scalar()
+    row = attend(registry, alert_id, "operadora-7", mqtt_broker.url)
+    assert row["attending_by"] == "operadora-7" and row["attending_at"] is not None
+    ack = sim.wait_ack(c, n=2)
+    assert ack["disposition"] == "attending" and ack["acked_type"] == "ALERT"
+    # A retransmission after that gets the stored disposition: attending.
+    sim.publish(sim.frame("ALERT", counter=c)[1])
+    assert sim.wait_ack(c, n=3)["disposition"] == "attending"
+    assert registry.audit_log(limit=5)[0]["action"] == "attend"
+
+
+def test_control_request_for_unmarked_alert_ignored(
+    gateway: Any, fleet: Any, registry: Any, mqtt_broker: Any
+) -> None:
+    from auxilio.gateway.control import publish_attend_request
+
+    sim = fleet.sim()
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        alert_id = conn.execute(select(a.c.id).where(a.c.device_id == sim.device)).scalar()
+    publish_attend_request(mqtt_broker.url, alert_id, "intruso")  # registry not marked
+    wait_for(lambda: gateway.stats["drop_control_unmarked"] == 1, what="control drop")
+    assert sim.wait_ack(c, n=2, timeout=0.3) is None
