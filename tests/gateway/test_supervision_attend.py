@@ -100,3 +100,57 @@ def test_control_request_for_unmarked_alert_ignored(
     publish_attend_request(mqtt_broker.url, alert_id, "intruso")  # registry not marked
     wait_for(lambda: gateway.stats["drop_control_unmarked"] == 1, what="control drop")
     assert sim.wait_ack(c, n=2, timeout=0.3) is None
+
+
+def _cli(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "auxilio.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_attend_cli_and_monitor_once(
+    gateway: Any, fleet: Any, registry: Any, registry_url: str, mqtt_broker: Any
+) -> None:
+    import json
+
+    sim = fleet.sim()
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)
+    sim.send("TAMPER")
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        alert_id = conn.execute(
+            select(a.c.id).where(a.c.device_id == sim.device, a.c.counter == c)
+        ).scalar()
+    r = _cli(
+        "attend",
+        str(alert_id),
+        "--operator",
+        "op-3",
+        "--registry",
+        registry_url,
+        "--broker",
+        mqtt_broker.url,
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["operator"] == "op-3"
+    assert sim.wait_ack(c, n=2)["disposition"] == "attending"
+    r = _cli("attend", "999999", "--registry", registry_url, "--broker", mqtt_broker.url)
+    assert r.returncode == 3 and r.stderr.startswith("error: alert 999999 not found")
+    wait_for(
+        lambda: len([x for x in _event_types(registry, sim.device) if x == "TAMPER"]) == 1,
+        what="tamper",
+    )
+    r = _cli("monitor", "--once", "--json", "--registry", registry_url)
+    assert r.returncode == 0, r.stderr
+    snap = json.loads(r.stdout)
+    mine = [x for x in snap["alerts"] if x["id"] == alert_id][0]
+    assert mine["attending_by"] == "op-3" and mine["disposition"] == "attending"
+    assert any(e["type"] == "TAMPER" for e in snap["events"])
+    assert snap["devices"][0]["supervision"] == "ok"
+    r = _cli("monitor", "--once", "--registry", registry_url)
+    assert r.returncode == 0 and "Alertas recientes" in r.stdout

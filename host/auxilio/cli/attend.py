@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from auxilio.gateway.control import attend
     from auxilio.gateway.service import parse_broker_url
     from auxilio.i18n import _
+    from auxilio.monitor import REFRESH_S  # noqa: F401 - registers the English catalogue
     from auxilio.protocol import codec
     from auxilio.registry import open_registry
 
