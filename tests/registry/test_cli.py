@@ -301,3 +301,40 @@ def test_csv_export_import_round_trip(cli: Cli, tmp_path: Path, registry_url: st
         assert reg.audit_log(limit=1)[0]["action"] == "export-csv"
     prov_secrets = [json.loads(f.read_text())["secret"] for f in secrets_dir.iterdir()]
     cli.assert_no_secret(*prov_secrets)
+
+
+def test_rekey_a_found_device(cli: Cli, tmp_path: Path, registry_url: str) -> None:
+    first, second = tmp_path / "p1.json", tmp_path / "p2.json"
+    cli(
+        "devices",
+        "add",
+        "--id",
+        "0938-NKRT",
+        "--kind",
+        "bracelet",
+        "--board",
+        "esp32-c3",
+        "--secret-out",
+        str(first),
+    )
+    cli("devices", "assign", "0938-NKRT", "--case", "PR-2026-00123")
+    cli("devices", "mark-lost", "0938-NKRT")
+    cli("devices", "rekey", "0938-NKRT", ok=False)  # --secret-out is required
+    cli("devices", "rekey", "0938-NKRT", "--secret-out", str(first), ok=False)  # never overwrite
+    cli("devices", "rekey", "0938-NKRT", "--secret-out", str(second))
+    old, new = json.loads(first.read_text()), json.loads(second.read_text())
+    assert stat.S_IMODE(second.stat().st_mode) == 0o600
+    assert (
+        new["key_epoch"] == 2
+        and new["secret"] != old["secret"]
+        and new["password"] != old["password"]
+    )
+    priv = keys.load_private_key(tmp_path / "keys" / "gateway.key")
+    with open_registry(registry_url) as reg:
+        rec = reg.get_device("0938-NKRT")
+        assert (rec.state, rec.key_epoch) == ("spare", 2)
+        assert reg.current_assignment(rec.id) is None
+        assert reg.device_secret(rec.id, priv).hex() == new["secret"]
+        assert verify_password(new["password"], rec.mqtt_password_hash)
+        assert not verify_password(old["password"], rec.mqtt_password_hash)
+    cli.assert_no_secret(old["secret"], new["secret"], old["password"], new["password"])

@@ -125,6 +125,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("device")
         s.add_argument("--note", help="why (kept in the audit log)")
 
+    rk = sub.add_parser(
+        "rekey", parents=[common], help="new secret and MQTT password (found, returned, rotated)"
+    )
+    rk.add_argument("device")
+    rk.add_argument("--secret-out", required=True, metavar="FILE", help="provisioning file (0600)")
+    rk.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
+    rk.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+
     im = sub.add_parser("import-csv", parents=[common], help="import devices and assignments")
     im.add_argument("file", help="CSV file ('-' for stdin)")
     im.add_argument(
@@ -362,6 +370,16 @@ def _state(target: str) -> Any:
     return handler
 
 
+def _rekey(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.registry.enrol import check_secret_out, rekey_device
+
+    check_secret_out(args.secret_out)
+    rekey_device(
+        registry, _public_key(args), args.device, actor=_actor(args), secret_out=args.secret_out
+    )
+    return _done(args, registry, args.device)
+
+
 def _import(args: argparse.Namespace, registry: Any) -> int:
     from auxilio.errors import UsageError
     from auxilio.registry import csvio
@@ -414,6 +432,7 @@ _HANDLERS = {
     "mark-lost": _state("lost"),
     "revoke": _state("revoked"),
     "retire": _state("retired"),
+    "rekey": _rekey,
     "import-csv": _import,
     "export-csv": _export,
 }

@@ -110,8 +110,47 @@ def enrol_device(
         )
     else:
         log.warning(
-            "device %s enrolled without --secret-out: its secret stays sealed and the "
-            "device cannot be provisioned until it is re-keyed",
+            "device %s enrolled without --secret-out: its secret stays sealed; run "
+            "`auxilio devices rekey --secret-out FILE` to provision it",
             label,
         )
     return Enrolled(did, label, kind, board, out)
+
+
+def rekey_device(
+    registry: Registry,
+    public_key: Any,
+    device_id: int | str,
+    *,
+    actor: str,
+    secret_out: str | os.PathLike[str],
+) -> Enrolled:
+    """Re-provision a device: new secret and MQTT password, key epoch + 1.
+
+    Used for a found lost device, a revoked one coming back, or routine rotation.
+    The plaintext goes only to ``secret_out`` (required: a re-key nobody can load
+    onto the device would only lock it out).
+    """
+    out = check_secret_out(secret_out)
+    assert out is not None
+    rec = registry.require_device(device_id)
+    secret = new_device_secret()
+    password = new_password()
+    epoch = registry.rekey(
+        rec.id,
+        seal(secret, public_key, rec.id),
+        actor,
+        mqtt_password_hash=hash_password(password),
+    )
+    write_secret_file(
+        out,
+        {
+            "device": rec.label,
+            "role": rec.kind,
+            "secret": secret.hex(),
+            "username": rec.label,
+            "password": password,
+            "key_epoch": epoch,
+        },
+    )
+    return Enrolled(rec.id, rec.label, rec.kind, rec.board, out)
