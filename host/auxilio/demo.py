@@ -1,0 +1,477 @@
+"""The end-to-end demo: broker, registry, gateway and two devices running the real firmware under micropython.
+
+``run_demo(once)`` starts mosquitto (or the embedded amqtt broker), a SQLite
+registry in a temp dir and the gateway; provisions a bracelet and a street
+button; runs both with the real firmware in one ``micropython`` process
+(``app.run_fleet``), driven through the host HAL control channel; presses
+each; checks each alert was verified, stored, acked (the device says so) and
+attended (the long pulse); stops everything. Without the firmware or
+micropython it falls back to CPython-simulated devices and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from auxilio.i18n import _, register
+from auxilio.protocol import codec
+
+log = logging.getLogger(__name__)
+
+# Generous bounds: the machine may be busy (2 cores, several test runs).
+START_TIMEOUT_S = 30.0  # interpreter start, hello and broker connection per device
+ACK_TIMEOUT_S = 30.0  # press -> acked
+ATTEND_TIMEOUT_S = 20.0  # attend -> long pulse
+PRESS_MARGIN_MS = 300  # hold a bit longer than the role's hold_ms
+
+# (role, board file, assignment)
+DEMO_DEVICES = (
+    ("bracelet", "bracelet-c3", {"case_ref": "PR-2026-00042"}),
+    (
+        "button",
+        "button-s3",
+        {"site": "Plaza de la Constitución", "lat": 19.4326, "lon": -99.1332, "sector": "Centro"},
+    ),
+)
+
+register(
+    {
+        "Iniciando broker, registro y gateway…": "Starting broker, registry and gateway…",
+        "Dispositivos: firmware real bajo micropython": "Devices: real firmware under micropython",
+        "Dispositivos: simulados en CPython (no hay firmware o micropython)": "Devices: CPython simulated (no firmware or micropython)",
+        "{role} {device}: conectado": "{role} {device}: connected",
+        "{role} {device}: pulsando…": "{role} {device}: pressing…",
+        "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms": "{role} {device}: alert #{counter} verified, stored and acked in {ms:.1f} ms",
+        "{role} {device}: operadora atendiendo (pulso largo)": "{role} {device}: operator attending (long pulse)",
+        "{role} {device}: FALLO: {what}": "{role} {device}: FAILED: {what}",
+        "Listo: todo detenido.": "Done: everything stopped.",
+    }
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ControlServer:
+    """The controller side of the host HAL control channel (the firmware connects to us)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self._conn: socket.socket | None = None
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _addr = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._cond:
+                self._conn = conn
+            buf = b""
+            while True:
+                try:
+                    chunk = conn.recv(4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        continue
+                    with self._cond:
+                        self.events.append((time.perf_counter(), ev))
+                        self._cond.notify_all()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        with self._cond:
+            conn = self._conn
+        if conn is None:
+            raise RuntimeError("firmware not connected to the control channel")
+        conn.sendall(json.dumps(obj).encode() + b"\n")
+
+    def wait(
+        self, pred: Any, timeout: float, since: int = 0
+    ) -> tuple[float, dict[str, Any]] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = since
+            while True:
+                while i < len(self.events):
+                    if pred(self.events[i][1]):
+                        return self.events[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self._stop = True
+        try:
+            self.sock.close()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+
+def _start_broker(stack: ExitStack) -> tuple[Any, str]:
+    from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
+
+    if mosquitto_binary() is not None:
+        return stack.enter_context(Mosquitto()), "mosquitto"
+    from auxilio.broker.embedded import EmbeddedBroker
+    from auxilio.broker.runner import EMBEDDED_NOTE
+
+    sys.stderr.write(EMBEDDED_NOTE + "\n")
+    return stack.enter_context(EmbeddedBroker(port=_free_port())), "amqtt"
+
+
+def _firmware_available() -> str | None:
+    from auxilio.paths import firmware_dir
+
+    exe = Path(sys.executable).parent / "micropython"
+    mp = str(exe) if exe.exists() else shutil.which("micropython")
+    if mp and (firmware_dir() / "app.py").exists():
+        return mp
+    return None
+
+
+def _make_root(
+    root: Path, role: str, board: str, device: int, secret: bytes, broker_url: str
+) -> None:
+    from auxilio.paths import boards_dir, firmware_dir, protocol_dir
+
+    root.mkdir(parents=True)
+    src = firmware_dir()
+    for p in src.rglob("*.py"):
+        if "__pycache__" in p.parts or p.name in ("main.py", "boot.py"):
+            continue
+        dst = root / p.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dst)
+    shutil.copyfile(protocol_dir() / "auxcodec.py", root / "auxcodec.py")
+    shutil.copyfile(boards_dir() / f"{board}.json", root / "board.json")
+    (root / "data").mkdir()
+    label = codec.device_str(device)
+    cfg = {
+        "device": label,
+        "secret": secret.hex(),
+        "role": role,
+        "broker": broker_url,
+        "username": label,
+        "password": "demo",
+        "tls_ca": None,
+        "wifi": {"ssid": "demo", "password": "demo"},
+        "prefix": codec.DEFAULT_PREFIX,
+    }
+    fd = os.open(root / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f)
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+def run_demo(once: bool = True) -> dict[str, Any]:
+    """Run the whole chain once; return the summary (ok only if every alert was acked)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from auxilio.gateway import Gateway
+    from auxilio.gateway.control import attend
+    from auxilio.keys import new_device_secret, seal
+    from auxilio.registry import open_registry
+
+    quiet = once
+    summary: dict[str, Any] = {"ok": False, "alerts": []}
+    t_start = time.monotonic()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="auxilio-demo-")))
+        _say(quiet, _("Iniciando broker, registro y gateway…"))
+        broker, broker_kind = _start_broker(stack)
+        summary["broker"] = broker_kind
+        key = X25519PrivateKey.generate()  # in memory only: the demo's gateway key
+        registry = open_registry(str(tmp / "registry.db"))
+        stack.callback(registry.close)
+        devices = []
+        for i, (role, board, assignment) in enumerate(DEMO_DEVICES):
+            device = 0x0D3300 + i
+            secret = new_device_secret()
+            registry.add_device(
+                device, role, board, seal(secret, key.public_key(), device), actor="demo"
+            )
+            if "case_ref" in assignment:
+                registry.assign_case(device, assignment["case_ref"], actor="demo")
+            else:
+                registry.assign_site(
+                    device,
+                    assignment["site"],
+                    assignment["lat"],
+                    assignment["lon"],
+                    assignment["sector"],
+                    actor="demo",
+                )
+            devices.append(
+                {"index": i, "role": role, "board": board, "device": device, "secret": secret}
+            )
+        gw = Gateway(registry, key, broker.url)
+        gw.start(connect_attempts=20)
+        stack.callback(gw.stop)
+        if not gw.connected.wait(START_TIMEOUT_S):
+            summary["error"] = "gateway did not connect to the broker"
+            return summary
+
+        mp = _firmware_available()
+        summary["devices"] = "firmware/micropython" if mp else "cpython-simulator"
+        if mp:
+            _say(quiet, _("Dispositivos: firmware real bajo micropython"))
+            results = _run_firmware(stack, tmp, mp, devices, broker.url, registry, quiet)
+        else:
+            _say(quiet, _("Dispositivos: simulados en CPython (no hay firmware o micropython)"))
+            results = _run_simulated(stack, devices, broker, quiet)
+
+        # Operator attends each acked alert: registry first, then the gateway signs the ACK.
+        for r in results:
+            row = _alert_row(registry, r["device_id"], r.get("counter"))
+            r["verified"] = row is not None
+            r["stored"] = row is not None and row["disposition"] in ("received", "attending")
+            if row is None or not r["acked"]:
+                continue
+            attend(registry, row["id"], "operadora-demo", broker.url)
+            r["alert_id"] = row["id"]
+            r["attended"] = r["wait_attending"]()
+            if r["attended"]:
+                _say(quiet, _("{role} {device}: operadora atendiendo (pulso largo)").format(**r))
+        for r in results:
+            r.pop("wait_attending", None)
+            r.pop("device_id", None)
+            if not r["acked"]:
+                _say(
+                    quiet,
+                    _("{role} {device}: FALLO: {what}").format(what=r.get("error", "no ack"), **r),
+                )
+        summary["alerts"] = results
+        summary["gateway"] = {k: v for k, v in sorted(gw.stats.items())}
+        summary["ok"] = bool(results) and all(r["acked"] for r in results)
+    summary["seconds"] = round(time.monotonic() - t_start, 1)
+    _say(quiet, _("Listo: todo detenido."))
+    return summary
+
+
+def _alert_row(registry: Any, device: int, counter: int | None) -> dict[str, Any] | None:
+    from sqlalchemy import select
+
+    if counter is None:
+        return None
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        r = (
+            conn.execute(
+                select(a).where(
+                    a.c.device_id == device, a.c.counter == counter, a.c.type == "ALERT"
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return dict(r) if r else None
+
+
+def _run_firmware(
+    stack: ExitStack,
+    tmp: Path,
+    mp: str,
+    devices: list[dict[str, Any]],
+    broker_url: str,
+    registry: Any,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    ctl = ControlServer()
+    stack.callback(ctl.close)
+    roots = []
+    for d in devices:
+        root = tmp / f"dev{d['index']}"
+        _make_root(root, d["role"], d["board"], d["device"], d["secret"], broker_url)
+        roots.append(str(root))
+    script = f"import sys\nsys.path.insert(0, {roots[0]!r})\nimport app\napp.run_fleet({roots!r})\n"
+    env = {**os.environ, "AUXILIO_HAL_CONTROL": f"127.0.0.1:{ctl.port}"}
+    fw_log = open(tmp / "firmware.log", "wb")
+    stack.callback(fw_log.close)
+    proc = subprocess.Popen(
+        [mp, "-c", script], cwd=tmp, env=env, stdout=fw_log, stderr=subprocess.STDOUT
+    )
+
+    def _stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    stack.callback(_stop)
+    results = []
+    for d in devices:
+        i = d["index"]
+        label = codec.device_str(d["device"])
+        r: dict[str, Any] = {
+            "role": d["role"],
+            "device": label,
+            "device_id": d["device"],
+            "acked": False,
+            "attended": False,
+        }
+        results.append(r)
+        conn = ctl.wait(
+            lambda e, i=i: (
+                e.get("dev") == i and e.get("ev") == "state" and e.get("name") == "connected"
+            ),
+            START_TIMEOUT_S,
+        )
+        if conn is None:
+            r["error"] = "device did not connect"
+            r["wait_attending"] = lambda: False
+            continue
+        _say(quiet, _("{role} {device}: conectado").format(**r))
+        with open(Path(roots[i]) / "board.json") as f:
+            hold_ms = json.load(f)["roles"][d["role"]]["hold_ms"]
+        mark = len(ctl.events)
+        _say(quiet, _("{role} {device}: pulsando…").format(**r))
+        ctl.send({"op": "press", "dev": i})
+        time.sleep((hold_ms + PRESS_MARGIN_MS) / 1000)
+        ctl.send({"op": "release", "dev": i})
+        queued = ctl.wait(
+            lambda e, i=i: (
+                e.get("dev") == i and e.get("ev") == "state" and e.get("name") == "queued"
+            ),
+            ACK_TIMEOUT_S,
+            mark,
+        )
+        if queued is None:
+            r["error"] = "the press did not queue an alert"
+            r["wait_attending"] = lambda: False
+            continue
+        counter = queued[1].get("counter")
+        r["counter"] = counter
+        acked = ctl.wait(
+            lambda e, i=i, c=counter: (
+                e.get("dev") == i
+                and e.get("ev") == "state"
+                and e.get("name") == "acked"
+                and e.get("counter") == c
+            ),
+            ACK_TIMEOUT_S,
+            mark,
+        )
+        if acked is None:
+            r["error"] = "no ack reached the device"
+            r["wait_attending"] = lambda: False
+            continue
+        r["acked"] = True
+        # Press-to-ack: from the moment the gesture became an alert to the device having the ACK.
+        r["press_to_ack_ms"] = round((acked[0] - queued[0]) * 1000, 1)
+        r["haptic"] = [
+            e.get("pattern")
+            for _t, e in ctl.events[mark:]
+            if e.get("dev") == i and e.get("ev") in ("haptic", "led")
+        ]
+        _say(
+            quiet,
+            _(
+                "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms"
+            ).format(ms=r["press_to_ack_ms"], **r),
+        )
+        m2 = len(ctl.events)
+        r["wait_attending"] = _attending_waiter(ctl, i, counter, m2)
+    return results
+
+
+def _attending_waiter(ctl: ControlServer, index: int, counter: int, since: int) -> Any:
+    def wait() -> bool:
+        def match(ev: dict[str, Any]) -> bool:
+            return (
+                ev.get("dev") == index
+                and ev.get("ev") == "state"
+                and ev.get("name") == "attending"
+                and ev.get("counter") == counter
+            )
+
+        return ctl.wait(match, ATTEND_TIMEOUT_S, since) is not None
+
+    return wait
+
+
+def _run_simulated(
+    stack: ExitStack, devices: list[dict[str, Any]], broker: Any, quiet: bool
+) -> list[dict[str, Any]]:
+    from auxilio.gateway.simulator import SimDevice
+
+    results = []
+    for d in devices:
+        sim = SimDevice(d["device"], d["secret"], broker.host, broker.port)
+        stack.callback(sim.close)
+        r: dict[str, Any] = {
+            "role": d["role"],
+            "device": sim.label,
+            "device_id": d["device"],
+            "acked": False,
+            "attended": False,
+        }
+        results.append(r)
+        _say(quiet, _("{role} {device}: pulsando…").format(**r))
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while time.monotonic() < deadline:  # retry like a device until the gateway answers
+            t0 = time.perf_counter()
+            c = sim.send("ALERT")
+            ack = sim.wait_ack(c, timeout=2)
+            if ack is not None:
+                r.update(
+                    counter=c,
+                    acked=ack["disposition"] == "received",
+                    press_to_ack_ms=round((sim.ack_times[c] - t0) * 1000, 1),
+                )
+                break
+        if r["acked"]:
+            _say(
+                quiet,
+                _(
+                    "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms"
+                ).format(ms=r["press_to_ack_ms"], **r),
+            )
+        c = r.get("counter")
+        r["wait_attending"] = lambda sim=sim, c=c: (
+            c is not None
+            and (sim.wait_ack(c, n=2, timeout=ATTEND_TIMEOUT_S) or {}).get("disposition")
+            == "attending"
+        )
+    return results
