@@ -1,0 +1,564 @@
+# One panic device: owns all state (config, keys, outbox, counters, session) and the alert lifecycle.
+#
+# Lifecycle (issue 3 §5, SPEC §12): press -> frame encoded into a preallocated
+# outbox slot -> outbox persisted -> QoS 1 publish -> signed ACK verified ->
+# feedback. Unacked frames are retried with capped, jittered exponential
+# backoff forever (alerts are never given up while unacked and uncancelled).
+# Several Device objects can share one interpreter (the emulator's fleets):
+# nothing lives at module level except constants.
+#
+# RAM budget per Device: Keys ~0.5 KB, outbox ~2.2 KB (12 slots), gesture
+# ring ~0.1 KB, scratch buffers 0.2 KB, config ~1 KB, plus the MQTT session's
+# buffers and ~6 asyncio tasks. Steady state target: well under 8 KB.
+
+import asyncio
+import json
+import os
+import struct
+from time import ticks_add, ticks_diff, ticks_ms, ticks_us
+
+import auxcodec as codec
+import gesture as gesture_mod
+from config import Config, join
+from counter_store import CounterStore
+from feedback import Feedback
+from outbox import Outbox
+from power import PowerWatch
+
+# How long a publish may wait for the broker's PUBACK before it counts as failed.
+PUBLISH_TIMEOUT_MS = 5000
+# Number of recently acknowledged alert counters kept so a later "attending"
+# ACK for an already-received alert is still honoured (SPEC §12.4).
+RECENT_ACKED = 4
+# Longest time the sender idles without re-checking (also its liveness tick).
+IDLE_WAIT_MS = 1000
+# Re-anchor the derived clock well before ticks_ms wraps (ticks_diff is valid
+# for 2**29 ms on every port).
+CLOCK_REANCHOR_MS = 3600000
+# Task crash budget before the watchdog is starved (a crash loop => reboot).
+CRASH_LIMIT = 20
+# The sender must tick at least this often for the device to count as healthy.
+HEALTHY_TICK_MS = 30000
+
+_ATTENDING = 1  # SPEC §8.9 disposition values
+_RECEIVED = 0
+_TIME_NAK = 2
+_REJECTED = 3
+_REASON_REPLAY = 3
+
+_SETTINGS_KEYS = ("heartbeat_s", "discreet", "cancel_window_s", "hold_ms")
+# CONFIG field ranges accepted from the C4 (SPEC §8.10 types, sane bounds).
+_CONFIG_RANGES = {
+    "heartbeat_s": (1, 86400),
+    "cancel_window_s": (0, 600),
+    "hold_ms": (50, 10000),
+}
+
+
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+
+
+class Device:
+    """All state of one bracelet or street button."""
+
+    def __init__(self, root, hal, index=0):
+        self.root = root
+        self.hal = hal
+        self.index = index
+        self.cfg = cfg = Config(root, codec)  # ConfigError -> caller logs and blinks
+        self.tag = "[" + cfg.device_str + "] "
+        self.keys = codec.Keys(cfg.secret)
+        data = join(root, "data")
+        _mkdir(data)
+        self.settings_path = join(data, "settings.json")
+        self.config_seq = 0
+        self._load_settings()
+        self.outbox = Outbox(
+            join(data, "outbox.bin"), cfg.outbox_slots, self.keys, self.log, ticks_ms
+        )
+        self.recovered = self.outbox.load(cfg.device)
+        if self.recovered:
+            self.log("outbox: %d frame(s) recovered from flash" % self.recovered)
+        for r in self.outbox.records:
+            if r.used:
+                r.sent = True  # may have gone out before the reset: flag as retransmission
+        self.counters = CounterStore(join(data, "counter"), cfg.counter_block, self.log)
+        self.counters.load(self.outbox.hw, self.outbox.hw > 0)
+        self.gesture = gesture_mod.Gesture(cfg.hold_ms, cfg.cancel_taps)
+        self.feedback = Feedback(hal, cfg.has_haptic, cfg.has_led, cfg.has_buzzer, cfg.discreet)
+        self.power = PowerWatch(
+            cfg.low_battery,
+            hal.mains() if cfg.has_mains else None,
+            hal.tamper_open() if cfg.has_tamper else None,
+        )
+        self.transport = hal.make_transport(cfg, self.log)
+        p = cfg.prefix
+        self.up_topic = codec.topic(p, cfg.device, "up")
+        self.down_topic = codec.topic(p, cfg.device, "down")
+        self.status_topic = codec.topic(p, cfg.device, "status")
+        self.session = None
+        # Preallocated buffers for the alert path (no allocation per frame).
+        self._pl = bytearray(codec.MAX_PAYLOAD)
+        self._rx = bytearray(codec.MAX_PAYLOAD)
+        self._loc = [0, 0, 0, 0, 0, 0, 0]
+        self._wake = asyncio.Event()
+        self.hb_changed = asyncio.Event()
+        self.button_flag = asyncio.ThreadSafeFlag()
+        # Clock (SPEC §12.5): unknown until a genuine ACK carries server time.
+        self._clk_ts = 0
+        self._clk_ticks = 0
+        self.last_alert = 0
+        self.last_alert_t = 0
+        self.recent = [0] * RECENT_ACKED
+        self._recent_i = 0
+        self.crashes = 0
+        self.alive = ticks_ms()
+        self.last_activity = ticks_ms()
+        self.was_connected = False
+        self.t_detect_us = 0  # when the gesture decided ALERT (latency figure)
+        self.last_latency_us = -1
+
+    # -------------------------------------------------------------- misc ----
+
+    def log(self, msg):
+        self.hal.log(self.tag + msg)
+
+    def make_session(self):
+        from session import Session
+
+        cfg = self.cfg
+        extra = {}
+        if cfg.mqtt_backoff_min_ms is not None:
+            extra["backoff_min_ms"] = cfg.mqtt_backoff_min_ms
+        if cfg.mqtt_backoff_max_ms is not None:
+            extra["backoff_max_ms"] = cfg.mqtt_backoff_max_ms
+        self.session = Session(
+            cfg.device_str,
+            cfg.host,
+            cfg.port,
+            user=cfg.username,
+            password=cfg.password,
+            keepalive=cfg.keepalive_s,
+            ssl_ca=cfg.read_ca(self.root),
+            server_hostname=cfg.server_hostname if cfg.tls else None,
+            will_topic=self.status_topic,
+            will_msg=b"offline",
+            online_topic=self.status_topic,
+            subscriptions=(self.down_topic,),
+            on_message=self.on_downlink,
+            link_up=self.transport.up,
+            log=self.log,
+            max_packet=256,
+            **extra,
+        )
+        self.session.on_first_byte = self._first_byte
+        return self.session
+
+    def _first_byte(self):
+        if self.t_detect_us:
+            self.last_latency_us = ticks_diff(ticks_us(), self.t_detect_us)
+            self.t_detect_us = 0
+
+    def healthy(self):
+        return self.crashes < CRASH_LIMIT and ticks_diff(ticks_ms(), self.alive) < HEALTHY_TICK_MS
+
+    def crashed(self, name, exc):
+        self.crashes += 1
+        self.log("task %s failed (%r); restarting" % (name, exc))
+
+    def jitter(self, ms):
+        """Equal jitter: ms/2 + uniform(0, ms/2), from the hardware RNG."""
+        half = ms // 2
+        if half <= 0:
+            return ms
+        r = struct.unpack("<I", os.urandom(4))[0]
+        return half + r % (half + 1)
+
+    def backoff(self, attempts):
+        base = self.cfg.retry_base_ms
+        shift = attempts - 1 if attempts > 1 else 0
+        if shift > 16:
+            shift = 16
+        d = base << shift
+        if d > self.cfg.retry_cap_ms:
+            d = self.cfg.retry_cap_ms
+        return self.jitter(d)
+
+    # ------------------------------------------------------------- clock ----
+
+    def now_ts(self):
+        if not self._clk_ts:
+            return 0
+        d = ticks_diff(ticks_ms(), self._clk_ticks)
+        if d > CLOCK_REANCHOR_MS:
+            s = d // 1000
+            self._clk_ts += s
+            self._clk_ticks = ticks_add(self._clk_ticks, s * 1000)
+            d -= s * 1000
+        return self._clk_ts + d // 1000
+
+    def _sync_clock(self, ts):
+        if ts:
+            self._clk_ts = ts
+            self._clk_ticks = ticks_ms()
+
+    def flags(self):
+        return codec.FLAG_CLOCK_SYNCED if self._clk_ts else 0
+
+    # ---------------------------------------------------------- settings ----
+
+    def _load_settings(self):
+        try:
+            with open(self.settings_path) as f:
+                s = json.loads(f.read())
+            seq = s.get("seq", 0)
+            if not isinstance(seq, int):
+                raise ValueError
+        except OSError:
+            return
+        except (ValueError, AttributeError):
+            self.log("settings file corrupt: quarantined, using config.json values")
+            try:
+                os.rename(self.settings_path, self.settings_path + ".bad")
+            except OSError:
+                pass
+            return
+        self.config_seq = seq
+        for k in _SETTINGS_KEYS:
+            if k in s:
+                setattr(self.cfg, k, s[k])
+
+    def _save_settings(self):
+        cfg = self.cfg
+        s = {"seq": self.config_seq}
+        for k in _SETTINGS_KEYS:
+            s[k] = getattr(cfg, k)
+        tmp = self.settings_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(s))
+        os.rename(tmp, self.settings_path)
+
+    # ------------------------------------------------------------ uplink ----
+
+    def queue(self, code, n):
+        """Queue self._pl[:n] as a new frame of type code; return its counter (0 if dropped)."""
+        c = self.counters.take()
+        fl = self.flags()
+        if code == codec.ALERT or code == codec.TEST:
+            fl |= codec.FLAG_ENCRYPTED
+        r = self.outbox.add(code, fl, self.cfg.device, c, self.now_ts(), memoryview(self._pl)[:n])
+        self._wake.set()
+        if r is None:
+            return 0
+        self.hal.state("queued", c)
+        return c
+
+    def raise_alert(self):
+        """The gesture said ALERT: encode, persist, pulse, wake the sender."""
+        self.t_detect_us = ticks_us()
+        self.last_activity = ticks_ms()
+        v = self._loc
+        loc = self.hal.location()
+        if loc is None:
+            v[0] = -2147483648  # SPEC §8.1: 0x80000000 = no fix
+            v[1] = -2147483648
+            v[2] = 0xFFFF
+            v[3] = 0xFFFF
+        else:
+            v[0], v[1], v[2], v[3] = loc
+        v[4] = self._battery_wire()
+        v[5] = self._rssi_wire()
+        v[6] = self.transport.bearer
+        n = codec.pack_payload_into(self._pl, 0, codec.ALERT, v)
+        c = self.queue(codec.ALERT, n)
+        self.feedback.show("queued")
+        if c:
+            self.last_alert = c
+            self.last_alert_t = ticks_ms()
+        return c
+
+    def cancel_gesture(self):
+        """Tap sequence: CANCEL the last alert if still inside the cancel window."""
+        self.last_activity = ticks_ms()
+        c = self.last_alert
+        if not c or ticks_diff(ticks_ms(), self.last_alert_t) > self.cfg.cancel_window_s * 1000:
+            return 0
+        self.last_alert = 0  # one cancel per alert
+        n = codec.pack_payload_into(self._pl, 0, codec.CANCEL, (c, 0))  # 0: gesture
+        k = self.queue(codec.CANCEL, n)
+        self.feedback.show("cancelled")
+        self.log("cancel queued for alert %d" % c)
+        return k
+
+    def queue_boot(self):
+        cause = self.hal.reset_cause()
+        try:
+            idx = codec.RESET_CAUSES.index(cause)
+        except ValueError:
+            idx = 0
+        fw = self.cfg.fw
+        depth = self.recovered if self.recovered < 255 else 255
+        n = codec.pack_payload_into(self._pl, 0, codec.BOOT, (idx, fw[0], fw[1], fw[2], depth))
+        self.log(
+            "boot: reset cause %s, fw %d.%d.%d" % (codec.RESET_CAUSES[idx], fw[0], fw[1], fw[2])
+        )
+        return self.queue(codec.BOOT, n)
+
+    def queue_heartbeat(self):
+        cfg = self.cfg
+        hal = self.hal
+        status = 0
+        if cfg.has_mains and hal.mains():
+            status |= codec.STATUS_MAINS
+        if cfg.has_tamper and hal.tamper_open():
+            status |= codec.STATUS_TAMPER_OPEN
+        if hal.charging():
+            status |= codec.STATUS_CHARGING
+        if cfg.discreet:
+            status |= codec.STATUS_DISCREET
+        depth = self.outbox.depth()
+        fw = cfg.fw
+        hb = cfg.heartbeat_s if cfg.heartbeat_s < 0xFFFF else 0xFFFF
+        n = codec.pack_payload_into(
+            self._pl,
+            0,
+            codec.HEARTBEAT,
+            (
+                self._battery_wire(),
+                self._rssi_wire(),
+                self.transport.bearer,
+                depth if depth < 255 else 255,
+                fw[0],
+                fw[1],
+                fw[2],
+                status,
+                hb,
+            ),
+        )
+        return self.queue(codec.HEARTBEAT, n)
+
+    def queue_event(self, code, a, b=None):
+        """TAMPER(open) / POWER(mains, battery) / LOW_BATTERY(battery, threshold)."""
+        if b is None:
+            n = codec.pack_payload_into(self._pl, 0, code, (a,))
+        else:
+            n = codec.pack_payload_into(self._pl, 0, code, (a, b))
+        return self.queue(code, n)
+
+    def _battery_wire(self):
+        b = self.hal.battery_pct()
+        if b is None or b < 0 or b > 100:
+            return 0xFF
+        return b
+
+    def _rssi_wire(self):
+        r = self.transport.rssi()
+        if r is None or r < -127 or r > 127:
+            return -128
+        return r
+
+    # ------------------------------------------------------------ sender ----
+
+    async def _idle(self, ms):
+        if ms < 0 or ms > IDLE_WAIT_MS:
+            ms = IDLE_WAIT_MS
+        if not self._wake.is_set():
+            try:
+                await asyncio.wait_for_ms(self._wake.wait(), ms)
+            except asyncio.TimeoutError:
+                pass
+        self._wake.clear()
+
+    async def sender(self):
+        """Publishes due frames, most urgent first; never returns."""
+        ob = self.outbox
+        while True:
+            self.alive = ticks_ms()
+            s = self.session
+            up = s.connected()
+            if up != self.was_connected:
+                self.was_connected = up
+                self.hal.state("connected" if up else "disconnected", 0)
+                if up:
+                    self._reconnected()
+            if not up:
+                await self._idle(200)
+                continue
+            r, wait = ob.next_due(ticks_ms())
+            if r is None:
+                await self._idle(wait)
+                continue
+            await self._transmit(r)
+
+    def _reconnected(self):
+        # Frames waiting for an application ACK are re-sent promptly after a
+        # reconnect instead of sitting out a long backoff.
+        now = ticks_ms()
+        for r in self.outbox.records:
+            if r.used and ticks_diff(r.due, now) > self.cfg.retry_base_ms:
+                r.due = ticks_add(now, self.jitter(self.cfg.retry_base_ms))
+
+    async def _transmit(self, r):
+        gen = r.gen
+        if r.sent or r.attempts:
+            # SPEC §12.3: same counter and payload; only timestamp and flags change.
+            codec.restamp(
+                r.buf,
+                r.n,
+                self.keys,
+                self.now_ts(),
+                set_flags=codec.FLAG_RETRANSMISSION | self.flags(),
+            )
+        r.attempts += 1
+        r.busy = True
+        try:
+            ok = await self.session.publish(
+                self.up_topic, memoryview(r.buf)[: r.n], 1, False, PUBLISH_TIMEOUT_MS
+            )
+        finally:
+            r.busy = False
+        if not r.used or r.gen != gen:
+            return  # acked (or replaced) while the PUBACK was in flight
+        if ok:
+            if not r.sent:
+                r.sent = True
+                self.hal.state("sent", r.counter)
+            if r.code == codec.HEARTBEAT:
+                self.outbox.remove(r)  # fire-and-forget at QoS 1 (SPEC §12.4)
+                return
+        r.due = ticks_add(ticks_ms(), self.backoff(r.attempts))
+
+    # ---------------------------------------------------------- downlink ----
+
+    def on_downlink(self, topic, payload):
+        """Session callback for .../down: verify, then ACK or CONFIG handling."""
+        if len(payload) > codec.MAX_FRAME:
+            self.log("downlink dropped: oversized (%d bytes)" % len(payload))
+            return
+        try:
+            code, fl, dev, ctr, ts, n = codec.verify_into(payload, self.keys, self._rx)
+        except codec.FrameError as e:
+            self.log("downlink ignored: " + e.reason)
+            return
+        if dev != self.cfg.device:
+            self.log("downlink ignored: addressed to another device")
+            return
+        if code == codec.ACK:
+            self._on_ack(ctr, ts, self._rx[0], self._rx[1], self._rx[2])
+        elif code == codec.CONFIG:
+            self._on_config(ctr, n)
+        else:
+            self.log("downlink ignored: type %d" % code)
+
+    def _remember(self, counter):
+        self.recent[self._recent_i] = counter
+        self._recent_i = (self._recent_i + 1) % RECENT_ACKED
+
+    def _on_ack(self, ctr, ts, acked_type, disp, reason):
+        r = self.outbox.find(ctr, acked_type)
+        if r is None:
+            if disp == _ATTENDING and acked_type == codec.ALERT and ctr in self.recent:
+                # Attending after received: honoured once (SPEC §12.4).
+                self.recent[self.recent.index(ctr)] = 0
+                self._sync_clock(ts)
+                self.feedback.show("attending")
+                self.hal.state("attending", ctr)
+                return
+            self.log("ack ignored: no frame %d of type %d waiting" % (ctr, acked_type))
+            return
+        self._sync_clock(ts)
+        if disp == _RECEIVED or disp == _ATTENDING:
+            ref = 0
+            if acked_type == codec.CANCEL:
+                ref = struct.unpack_from(">I", r.buf, codec.HEADER_LEN)[0]
+            self.outbox.remove(r)
+            if acked_type == codec.ALERT:
+                if disp == _RECEIVED:
+                    self._remember(ctr)
+                    self.feedback.show("received")
+                    self.hal.state("acked", ctr)
+                else:
+                    self.feedback.show("attending")
+                    self.hal.state("attending", ctr)
+            elif acked_type == codec.CANCEL:
+                a = self.outbox.find(ref, codec.ALERT)
+                if a is not None:
+                    self.outbox.remove(a)  # cancelled: stop retrying the alert
+                self.hal.state("cancelled", ref)
+            else:
+                self.hal.state("acked", ctr)
+        elif disp == _TIME_NAK:
+            # Clock now set from the ACK; re-send the same counter at once, restamped.
+            self.log("time-NAK for frame %d: clock set, re-sending" % ctr)
+            r.sent = True
+            r.due = ticks_ms()
+            self._wake.set()
+        elif disp == _REJECTED and reason == _REASON_REPLAY:
+            c = self.counters.take()
+            self.outbox.requeue(r, self.cfg.device, c, self.now_ts(), self.flags())
+            if acked_type == codec.ALERT and self.last_alert == ctr:
+                self.last_alert = c
+            self.log("frame %d rejected as replay: re-queued as %d" % (ctr, c))
+            self.hal.state("queued", c)
+            self._wake.set()
+        else:
+            names = codec.REJECT_REASONS
+            why = names[reason] if reason < len(names) else str(reason)
+            self.log(
+                "frame %d (type %d) rejected by the C4: %s; not retrying" % (ctr, acked_type, why)
+            )
+            self.outbox.remove(r)
+            self.feedback.error()
+            self.hal.state("rejected", ctr)
+
+    def _on_config(self, seq, n):
+        if seq <= self.config_seq:
+            self.log("config %d ignored: not newer than %d" % (seq, self.config_seq))
+            return
+        try:
+            fields = codec.unpack_payload(codec.CONFIG, self._rx, n)
+        except codec.FrameError as e:
+            self.log("config %d ignored: %s" % (seq, e.reason))
+            return
+        for k in fields:
+            lim = _CONFIG_RANGES.get(k)
+            if lim is not None and not (lim[0] <= fields[k] <= lim[1]):
+                self.log("config %d ignored: %s out of range" % (seq, k))
+                return
+        cfg = self.cfg
+        for k in fields:
+            setattr(cfg, k, fields[k])
+        self.gesture.hold_ms = cfg.hold_ms
+        self.feedback.discreet = cfg.discreet
+        self.config_seq = seq
+        try:
+            self._save_settings()
+        except OSError as e:
+            self.log("config %d: could not persist (%r)" % (seq, e))
+        self.log("config %d applied" % seq)
+        self.hb_changed.set()
+
+    # ------------------------------------------------------------- tasks ----
+
+    async def gestures(self):
+        """Turns IRQ timestamps into ALERT / CANCEL; sleeps on the IRQ flag when idle."""
+        g = self.gesture
+        while True:
+            if not g.active():
+                await self.button_flag.wait()
+            ev = g.poll(ticks_ms())
+            if ev == gesture_mod.ALERT:
+                self.raise_alert()
+            elif ev == gesture_mod.TAPS:
+                self.cancel_gesture()
+            if g.active():
+                await asyncio.sleep_ms(gesture_mod.POLL_MS)
+
+    def press_edge(self, level):
+        """Called by the HAL's IRQ handler: timestamp only (issue 3 §4)."""
+        self.gesture.edge(level, ticks_ms())
+        self.button_flag.set()

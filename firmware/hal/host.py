@@ -1,0 +1,274 @@
+# Host HAL for the MicroPython unix port: virtual button, battery, mains, tamper, link and outputs.
+#
+# Driven in-process (tests call press()/release()/set_battery()... on the
+# object) or, when AUXILIO_HAL_CONTROL=127.0.0.1:PORT is set, through the
+# control channel: the firmware connects to that address as a TCP client and
+# speaks newline-delimited JSON (docs: prompts' firmware contract; README).
+#   controller -> device: {"op":"press"|"release"|"battery"|"mains"|"tamper"|"link"|"reset"|"gc", "dev":N, ...}
+#   device -> controller: {"ev":"hello"|"haptic"|"led"|"buzzer"|"state"|"log"|"mem", "dev":N, ...}
+#
+# RAM budget: per HostHal ~0.5 KB (bounded output history of OUTPUT_HISTORY
+# entries); per interpreter one ControlChannel with at most QUEUE_MAX queued
+# event lines.
+
+import asyncio
+import json
+
+OUTPUT_HISTORY = 16  # feedback outputs remembered for in-process tests
+QUEUE_MAX = 256  # event lines buffered while the controller is not connected
+RECONNECT_MAX_MS = 2000  # control channel reconnect backoff cap
+BEARER_WIFI = 1  # auxcodec.BEARERS index
+
+
+class HostLink:
+    """The host 'transport': just a link-up flag the controller toggles."""
+
+    bearer = BEARER_WIFI
+
+    def __init__(self, hal):
+        self.hal = hal
+
+    def up(self):
+        return self.hal.link
+
+    def rssi(self):
+        return self.hal.rssi_dbm if self.hal.link else None
+
+    async def run(self):
+        return  # nothing to keep alive on the host
+
+
+class HostHal:
+    """A virtual board: inputs set by the controller, outputs recorded and emitted."""
+
+    platform = "host"
+
+    def __init__(self, board=None, index=0, channel=None):
+        board = board or {}
+        self.board = board
+        self.index = index
+        self.channel = channel
+        inputs = board.get("inputs") or {}
+        self.device = None
+        self.pressed = False
+        self.battery = 100 if board.get("battery") else None
+        self.is_charging = False
+        self.mains_on = True if inputs.get("mains") else None
+        self.tamper = False if inputs.get("tamper") else None
+        self.link = True
+        self.rssi_dbm = -55
+        self.outputs = []  # recent (kind, pattern)
+        self.boots = 0  # soft resets done through reset()
+        self.cause = "power_on"
+        self.wdt_ms = 0
+        self.wdt_feeds = 0
+        self.slept_ms = 0
+        self.on_reset = None  # set by app: reboots the Device object in place
+        if channel is not None:
+            channel.register(index, self)
+
+    # ------------------------------------------------- controller inputs ----
+
+    def press(self):
+        self.pressed = True
+        if self.device is not None:
+            self.device.press_edge(1)
+
+    def release(self):
+        self.pressed = False
+        if self.device is not None:
+            self.device.press_edge(0)
+
+    def set_battery(self, pct):
+        self.battery = pct
+
+    def set_mains(self, on):
+        self.mains_on = bool(on)
+
+    def set_tamper(self, opened):
+        self.tamper = bool(opened)
+
+    def set_link(self, up):
+        self.link = bool(up)
+
+    def reset(self):
+        self.boots += 1
+        self.cause = "soft_reset"
+        if self.on_reset is not None:
+            self.on_reset()
+
+    # -------------------------------------------------- firmware-facing ----
+
+    def attach_button(self, device):
+        self.device = device
+
+    def battery_pct(self):
+        return self.battery
+
+    def charging(self):
+        return self.is_charging
+
+    def mains(self):
+        return self.mains_on
+
+    def tamper_open(self):
+        return self.tamper
+
+    def location(self):
+        return None  # no GNSS on the host (and never a real location in tests)
+
+    def _out(self, kind, pattern):
+        h = self.outputs
+        if len(h) >= OUTPUT_HISTORY:
+            del h[0]
+        h.append((kind, pattern))
+        self._emit({"ev": kind, "pattern": pattern})
+
+    def haptic(self, pattern):
+        self._out("haptic", pattern)
+
+    def led(self, pattern):
+        self._out("led", pattern)
+
+    def buzzer(self, pattern):
+        self._out("buzzer", pattern)
+
+    def error_blink(self):
+        self._out("led" if (self.board.get("feedback") or {}).get("led") else "haptic", "error")
+
+    def state(self, name, counter):
+        self._emit({"ev": "state", "name": name, "counter": counter})
+
+    def log(self, msg):
+        print(msg)
+        self._emit({"ev": "log", "msg": msg})
+
+    def hello(self, device):
+        self._emit({"ev": "hello", "device": device})
+
+    def reset_cause(self):
+        return self.cause
+
+    def make_transport(self, cfg, log):
+        return HostLink(self)
+
+    def wdt_start(self, ms):
+        self.wdt_ms = ms
+
+    def wdt_feed(self):
+        self.wdt_feeds += 1
+
+    def deep_sleep(self, ms):
+        self.slept_ms += ms  # the unix port cannot sleep the CPU; recorded for tests
+
+    def _emit(self, obj):
+        if self.channel is not None:
+            obj["dev"] = self.index
+            self.channel.emit(obj)
+
+
+class ControlChannel:
+    """One TCP client per interpreter, multiplexing every HostHal by its index."""
+
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+        self.hals = {}
+        self._q = []
+        self._ev = asyncio.Event()
+        self.connected = False
+
+    def register(self, index, hal):
+        self.hals[index] = hal
+
+    def emit(self, obj):
+        q = self._q
+        if len(q) >= QUEUE_MAX:
+            del q[0]
+        q.append(json.dumps(obj))
+        self._ev.set()
+
+    async def run(self):
+        delay = 50
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                await asyncio.sleep_ms(delay)
+                delay = min(delay * 2, RECONNECT_MAX_MS)
+                continue
+            delay = 50
+            self.connected = True
+            wt = asyncio.create_task(self._writer(writer))
+            try:
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        break
+                    self._dispatch(line)
+            except OSError:
+                pass
+            self.connected = False
+            wt.cancel()
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    async def _writer(self, writer):
+        q = self._q
+        while True:
+            if not q:
+                await self._ev.wait()
+                self._ev.clear()
+            while q:
+                writer.write(q[0].encode() + b"\n")
+                del q[0]
+            await writer.drain()
+
+    def _dispatch(self, line):
+        try:
+            cmd = json.loads(line)
+            op = cmd["op"]
+            hal = self.hals[cmd.get("dev", 0)]
+        except (ValueError, KeyError, TypeError):
+            self.emit({"ev": "log", "dev": -1, "msg": "control: bad command ignored"})
+            return
+        if op == "press":
+            hal.press()
+        elif op == "release":
+            hal.release()
+        elif op == "battery":
+            hal.set_battery(cmd.get("pct"))
+        elif op == "mains":
+            hal.set_mains(cmd.get("on", True))
+        elif op == "tamper":
+            hal.set_tamper(cmd.get("open", False))
+        elif op == "link":
+            hal.set_link(cmd.get("up", True))
+        elif op == "reset":
+            hal.reset()
+        elif op == "gc":
+            import gc
+
+            gc.collect()
+            self.emit(
+                {"ev": "mem", "dev": hal.index, "alloc": gc.mem_alloc(), "free": gc.mem_free()}
+            )
+        else:
+            self.emit({"ev": "log", "dev": hal.index, "msg": "control: unknown op"})
+
+
+def channel_from_env():
+    """A ControlChannel for AUXILIO_HAL_CONTROL=host:port, or None when unset/invalid."""
+    import os
+
+    addr = os.getenv("AUXILIO_HAL_CONTROL")
+    if not addr or ":" not in addr:
+        return None
+    host, port = addr.rsplit(":", 1)
+    try:
+        return ControlChannel(host, int(port))
+    except ValueError:
+        print("AUXILIO_HAL_CONTROL must look like 127.0.0.1:PORT; control channel off")
+        return None
