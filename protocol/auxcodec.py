@@ -173,15 +173,6 @@ STATUS_TAMPER_OPEN = const(0x02)
 STATUS_CHARGING = const(0x04)
 STATUS_DISCREET = const(0x08)
 
-_TYPE_CODES = {}
-_LAYOUTS = {}  # code -> (struct format, payload length)
-for _code in TYPES:
-    _name, _fields, _enc = TYPES[_code]
-    _TYPE_CODES[_name] = _code
-    if _fields is not None:
-        _fmt = ">" + "".join(f[1] for f in _fields)
-        _LAYOUTS[_code] = (_fmt, struct.calcsize(_fmt))
-del _code, _name, _fields, _enc, _fmt
 
 # §6 key derivation labels (HKDF-Expand, one block, PRK = the device secret)
 _LABEL_UP_MAC = b"auxilio v1 uplink mac\x01"
@@ -720,3 +711,20 @@ def sms_decode(text):
         return a2b_base64(text.strip())
     except Exception:
         raise FrameError("bad_encoding")
+
+
+# ------------------------------------------------------- derived tables ----
+# Built last on purpose: the temporaries of this loop are garbage once the
+# import finishes, so they leave no holes between the long-lived objects
+# above. Built mid-module they fragmented the heap enough that importing the
+# .mpy needed ~35 KB on the unix port; here it needs ~31 KB (issue 2 asks the
+# codec to run in a 32 KB heap).
+_TYPE_CODES = {}
+_LAYOUTS = {}  # code -> (struct format, payload length)
+for _code in TYPES:
+    _name, _fields, _enc = TYPES[_code]
+    _TYPE_CODES[_name] = _code
+    if _fields is not None:
+        _fmt = ">" + "".join(f[1] for f in _fields)
+        _LAYOUTS[_code] = (_fmt, struct.calcsize(_fmt))
+del _code, _name, _fields, _enc, _fmt
