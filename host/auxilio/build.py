@@ -29,6 +29,8 @@ SOURCE_ONLY = ("boot.py", "main.py")
 # Generous: one mpy-cross run takes ~10 ms, but the machine may be loaded.
 MPY_CROSS_TIMEOUT_S = 60
 CODEC_NAME = "auxcodec.py"
+# Lists the files the last build wrote (hidden so deploy tools skip it).
+MANIFEST = ".auxilio-build"
 
 
 class BuildError(AuxilioError):
@@ -118,15 +120,22 @@ def build(
         _compile(mpy_cross, src, dst, rel.as_posix())
         built.append(Built(dst.relative_to(out).as_posix(), dst.stat().st_size, True))
 
-    # Drop outputs of sources that no longer exist, so the directory is deployable as is.
+    # Drop what the previous build wrote and this one did not (a deleted
+    # source), so the directory deploys as is. Only files listed in our own
+    # manifest are ever removed: --out may point at a directory with other files.
     keep = {b.name for b in built}
-    for path in sorted(out.rglob("*"), reverse=True):
-        rel_name = path.relative_to(out).as_posix()
-        if path.is_file() and path.suffix in (".mpy", ".py") and rel_name not in keep:
-            path.unlink()
-            log.info("removed stale %s", rel_name)
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        for name in manifest.read_text().split("\n"):
+            path = out / name
+            if name and name not in keep and path.is_file() and out in path.resolve().parents:
+                path.unlink()
+                log.info("removed stale %s", name)
+                parent = path.parent
+                while parent != out and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+    manifest.write_text("\n".join(sorted(keep)) + "\n")
     return sorted(built, key=lambda b: b.name)
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from auxilio.build import SOURCE_ONLY, build
+from auxilio.build import MANIFEST, SOURCE_ONLY, build
 
 from tests.conftest import FIRMWARE, run_micropython
 from tests.protocol.vectors import VECTORS, VECTORS_DIR
@@ -57,8 +57,12 @@ def test_build_layout_and_stale_files(tmp_path: Path) -> None:
     (fw / "app" / "hal" / "pins.py").write_text("LED = 2\n")
     (fw / "app" / "main.py").write_text("Y = 2\n")  # not top level: compiled
     out = tmp_path / "out"
-    (out / "old").mkdir(parents=True)
-    (out / "old" / "gone.mpy").write_bytes(b"M")
+    out.mkdir()
+    (out / "mine.py").write_text("# not ours: never removed\n")
+    (fw / "old").mkdir()
+    (fw / "old" / "gone.py").write_text("Z = 0\n")
+    assert "old/gone.mpy" in [b.name for b in build(out, fw)]
+    (fw / "old" / "gone.py").unlink()
     names = [b.name for b in build(out, fw)]
     assert names == [
         "app/__init__.mpy",
@@ -68,7 +72,8 @@ def test_build_layout_and_stale_files(tmp_path: Path) -> None:
         "boot.py",
         "main.py",
     ]
-    assert not (out / "old").exists()
+    assert not (out / "old").exists()  # stale output of a deleted source is gone
+    assert (out / "mine.py").exists()
     r = run_micropython("import app.hal.pins as p\nimport app\nprint(p.LED + app.X)", path=[out])
     assert r.stdout.strip() == "3", r.stderr
 
@@ -104,5 +109,6 @@ def test_make_firmware_entry_point_prints_total(tmp_path: Path) -> None:
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    total = sum(p.stat().st_size for p in (tmp_path / "o").rglob("*") if p.is_file())
+    files = [p for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name != MANIFEST]
+    total = sum(p.stat().st_size for p in files)
     assert f"total {total} B" in r.stdout
