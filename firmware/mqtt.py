@@ -103,18 +103,21 @@ class Conn:
 
     # --- connection ---------------------------------------------------------------------------
 
-    async def open(self, host, port, ssl_ctx=None, server_hostname=None, timeout_ms=10000):
+    async def open(
+        self, host, port, ssl_ctx=None, server_hostname=None, timeout_ms=10000, nodelay=True
+    ):
         """Open the TCP connection (non-blocking connect), then wrap it in TLS if asked."""
         self.close()
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
         self.sock = sock
-        try:
-            # 6 = IPPROTO_TCP, 1 = TCP_NODELAY: the unix port lacks the names. Nagle plus
-            # delayed ACK costs ~88 ms per QoS1 round trip (DESIGN.md 3, NOTES.md MQTT).
-            sock.setsockopt(6, 1, 1)
-        except (OSError, AttributeError):
-            pass  # a port without it still works, only slower
+        if nodelay:  # off only for the bench that shows why it is on
+            try:
+                # 6 = IPPROTO_TCP, 1 = TCP_NODELAY: the unix port lacks the names. Nagle plus
+                # delayed ACK costs ~88 ms per QoS1 round trip (DESIGN.md 3, NOTES.md MQTT).
+                sock.setsockopt(6, 1, 1)
+            except (OSError, AttributeError):
+                pass  # a port without it still works, only slower
         sock.setblocking(False)
         try:
             sock.connect(addr)

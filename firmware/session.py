@@ -127,6 +127,7 @@ class Session:
         backoff_min_ms=_BACKOFF_MIN_MS,
         backoff_max_ms=_BACKOFF_MAX_MS,
         connect_timeout_ms=_CONNECT_TIMEOUT_MS,
+        tcp_nodelay=True,
     ):
         self.client_id = _b(client_id)
         self.host = host
@@ -149,6 +150,7 @@ class Session:
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
         self.connect_timeout_ms = connect_timeout_ms
+        self.tcp_nodelay = tcp_nodelay  # False only in the bench that shows why it is True
         self.on_first_byte = None  # latency probe, called right before a PUBLISH's first byte
 
         self._conn = mqtt.Conn(max_packet)
@@ -322,7 +324,12 @@ class Session:
         self._pings_out = 0
         conn = self._conn
         await conn.open(
-            self.host, self.port, self._context(), self.server_hostname, self.connect_timeout_ms
+            self.host,
+            self.port,
+            self._context(),
+            self.server_hostname,
+            self.connect_timeout_ms,
+            self.tcp_nodelay,
         )
         present = await conn.connect(
             self.client_id,

@@ -6,7 +6,7 @@ argv string longer than about 200 characters.
 Events (one per line): ``STATE 1|0``, ``LOG <msg>``, ``MSG <topic> <payload hex>``,
 ``PUB <tag> ok|fail``, ``STAT <json>``, ``MEM <bytes>``, ``BENCH <json list of us>``.
 Commands: ``pub <tag> <topic> <payload hex> <qos> <retain 0|1> <timeout_ms>``, ``stat``, ``mem``,
-``bench <n> <topic>``, ``link 0|1`` (the transport link state), ``stop``.
+``bench <n> <topic> [size]``, ``link 0|1`` (the transport link state), ``stop``.
 """
 
 # ruff: noqa: UP031
@@ -66,6 +66,7 @@ class Runner:
             backoff_min_ms=cfg.get("backoff_min_ms", 200),
             backoff_max_ms=cfg.get("backoff_max_ms", 2000),
             connect_timeout_ms=cfg.get("connect_timeout_ms", 5000),
+            tcp_nodelay=cfg.get("tcp_nodelay", True),
         )
         if cfg.get("raise_in_callback"):
             self.raise_in_callback = True
@@ -81,10 +82,10 @@ class Runner:
         ok = await self.s.publish(topic, payload, qos, retain, timeout)
         _out("PUB %s %s" % (tag, "ok" if ok else "fail"))
 
-    async def bench(self, n, topic):
+    async def bench(self, n, topic, size):
         while not self.s.connected():
             await asyncio.sleep_ms(10)
-        payload = bytes(64)  # an ALERT frame is at most 64 bytes (DESIGN.md 3)
+        payload = bytes(size)  # an ALERT frame is at most 64 bytes (DESIGN.md 3)
         times = []
         for _ in range(n):
             t0 = time.ticks_us()
@@ -126,7 +127,7 @@ class Runner:
                 gc.collect()
                 _out("MEM %d" % gc.mem_alloc())
             elif w[0] == "bench":
-                asyncio.create_task(self.bench(int(w[1]), w[2]))
+                asyncio.create_task(self.bench(int(w[1]), w[2], int(w[3]) if len(w) > 3 else 64))
             elif w[0] == "link":
                 self.link = w[1] == "1"
             elif w[0] == "stop":
