@@ -61,6 +61,8 @@ class Client:
         self.c.connect("127.0.0.1", tls_port or port, keepalive=30)
         self.c.loop_start()
         self.rc = self.connect_rc.get(timeout=WAIT_S)
+        if self.rc.is_failure:
+            self.close()  # a refused client must not keep a retrying loop thread
 
     @property
     def ok(self) -> bool:
@@ -104,7 +106,7 @@ def make_fleet(tmp_path: Path, names: list[tuple[str, str]], **config: Any) -> F
     return fleet
 
 
-def start_broker(fleet: Fleet, tmp_path: Path, **config: Any) -> Fleet:
+def start_broker(fleet: Fleet, tmp_path: Path, kind: str = "mosquitto", **config: Any) -> Fleet:
     port = free_port()
     out = tmp_path / "broker"
     fleet.files = write_config(
@@ -116,17 +118,38 @@ def start_broker(fleet: Fleet, tmp_path: Path, **config: Any) -> Fleet:
         **config,
     )
     fleet.gateway = json.loads(fleet.files.gateway.read_text())
-    fleet.broker = Mosquitto(port=port, workdir=out, config_path=fleet.files.conf).start()
+    if kind == "mosquitto":
+        fleet.broker = Mosquitto(port=port, workdir=out, config_path=fleet.files.conf).start()
+    else:
+        from auxilio.broker.embedded import EmbeddedBroker
+
+        fleet.broker = _Embedded(EmbeddedBroker(port=port, config_dir=out).start())
     return fleet
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    if mosquitto_binary() is None:
+class _Embedded:
+    """The embedded broker behind the same .port/.close() as the mosquitto runner."""
+
+    def __init__(self, broker: Any) -> None:
+        self.b, self.port = broker, broker.port
+
+    def close(self) -> None:
+        self.b.stop()
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """Devices A (bracelet), B (button), C (revoked) behind a broker with the generated config.
+
+    The same ACL tests run against real mosquitto and the embedded amqtt fallback.
+    """
+    if request.param == "mosquitto" and mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed")
+    if request.param == "embedded":
+        pytest.importorskip("amqtt")
     f = make_fleet(tmp_path, [("A", "bracelet"), ("B", "button"), ("C", "bracelet")])
     f.registry.set_state(f.creds["C"]["device"], "revoked", "test")
-    start_broker(f, tmp_path)
+    start_broker(f, tmp_path, request.param)
     try:
         yield f
     finally:

@@ -261,6 +261,7 @@ def test_broker_run_embedded_prints_the_production_note(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,  # no var/broker here: an open demo broker
     )
     try:
         wait_port("127.0.0.1", port, 30)
@@ -277,3 +278,45 @@ def test_broker_run_embedded_prints_the_production_note(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert "mosquitto" in err and "producción" in err.lower() and "Traceback" not in err
     assert proc.returncode == 0
+
+
+def test_broker_run_embedded_enforces_generated_config(tmp_path: Path) -> None:
+    pytest.importorskip("amqtt")
+    fleet = make_fleet(tmp_path, [("A", "bracelet")])
+    port = free_port()
+    write_config(tmp_path / "cfg", fleet.registry, port=port)
+    fleet.registry.close()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "auxilio.cli",
+            "broker",
+            "run",
+            "--embedded",
+            "--dir",
+            str(tmp_path / "cfg"),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_port("127.0.0.1", port, 30)
+        a = fleet.creds["A"]
+        good = Client(port, a["username"], a["password"])
+        assert good.ok
+        good.close()
+        assert not Client(port, a["username"], "wrong").ok
+        assert not Client(port, None, None).ok
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert "anónimo" not in err and "Traceback" not in err

@@ -15,11 +15,16 @@ log = logging.getLogger(__name__)
 
 # Shown whenever the embedded broker runs: it is a demo convenience, not a C4 broker.
 EMBEDDED_NOTE = (
-    "NOTA: broker MQTT embebido (amqtt) solo para demostraciones: sin usuarios por "
-    "dispositivo ni ACL, más lento y sin TCP_NODELAY. En producción use mosquitto "
-    "(`auxilio broker config` + `auxilio broker run`) o un broker en clúster.\n"
-    "NOTE: embedded MQTT broker (amqtt) for demos only: no per-device users or ACLs, "
-    "slower, no TCP_NODELAY. Production needs mosquitto or a clustered broker."
+    "NOTA: broker MQTT embebido (amqtt) solo para demostraciones: más lento, sin "
+    "TCP_NODELAY ni TLS. En producción use mosquitto (`auxilio broker config` + "
+    "`auxilio broker run`) o un broker en clúster.\n"
+    "NOTE: embedded MQTT broker (amqtt) for demos only: slower, no TCP_NODELAY, no TLS. "
+    "Production needs mosquitto or a clustered broker."
+)
+# Added when no generated config directory is there to enforce.
+EMBEDDED_OPEN_NOTE = (
+    "NOTA: sin `auxilio broker config`: broker anónimo y sin ACL por dispositivo.\n"
+    "NOTE: no `auxilio broker config` directory: anonymous, no per-device ACL."
 )
 
 
@@ -51,16 +56,24 @@ def run_mosquitto(conf: str | Path) -> int:
     return 0
 
 
-def run_embedded(bind: str = "127.0.0.1", port: int = 1883) -> int:
-    """Run the amqtt broker in the foreground until SIGINT/SIGTERM."""
+def run_embedded(
+    bind: str = "127.0.0.1", port: int = 1883, config_dir: str | Path | None = None
+) -> int:
+    """Run the amqtt broker in the foreground until SIGINT/SIGTERM.
+
+    With ``config_dir`` (from `auxilio broker config`) it enforces that password
+    file and ACL; without, it is anonymous and open.
+    """
     import asyncio
 
     from auxilio.broker.embedded import serve
 
     sys.stderr.write(EMBEDDED_NOTE + "\n")
+    if config_dir is None:
+        sys.stderr.write(EMBEDDED_OPEN_NOTE + "\n")
     sys.stderr.flush()
     try:
-        asyncio.run(serve(bind, port))
+        asyncio.run(serve(bind, port, config_dir))
     except KeyboardInterrupt:
         pass
     return 0

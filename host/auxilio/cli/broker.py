@@ -45,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="config directory; generated from the registry if it has no mosquitto.conf",
     )
     r.add_argument(
-        "--embedded", action="store_true", help="use the embedded amqtt broker (demos only)"
+        "--embedded",
+        action="store_true",
+        help="use the embedded amqtt broker (demos only; enforces --dir's users/ACL if present)",
     )
     _config_args(r)
 
@@ -92,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
     from auxilio.broker import runner
 
-    if args.embedded or runner.mosquitto_binary() is None:
-        return runner.run_embedded(args.bind, args.port)
     conf = Path(args.dir) / "mosquitto.conf"
+    if args.embedded or runner.mosquitto_binary() is None:
+        # Enforce the generated users and ACL when they exist; else an open demo broker.
+        has_config = (Path(args.dir) / "passwd").is_file()
+        return runner.run_embedded(args.bind, args.port, args.dir if has_config else None)
     if not conf.exists():
         _write(args, args.dir)
     return runner.run_mosquitto(conf)
