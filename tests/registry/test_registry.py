@@ -315,3 +315,20 @@ def test_default_location_from_env(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     open_registry().close()
     assert (tmp_path / "var" / "auxilio.db").exists()
+
+
+@pytest.mark.parametrize(
+    "given,driver,database",
+    [
+        ("var/x.db", "sqlite+pysqlite", "var/x.db"),
+        ("sqlite:///var/x.db", "sqlite+pysqlite", "var/x.db"),
+        ("postgresql://u@h/db", "postgresql+psycopg", "db"),
+        ("postgres://u@h/db", "postgresql+psycopg", "db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg", "db"),
+    ],
+)
+def test_resolve_url(given: str, driver: str, database: str) -> None:
+    from auxilio.registry import resolve_url
+
+    u = resolve_url(given)
+    assert (u.drivername, u.database) == (driver, database)

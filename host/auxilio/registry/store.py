@@ -156,9 +156,14 @@ def create_registry_engine(u: URL) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(
-        u, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
-    )
+    try:
+        return create_engine(
+            u, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        )
+    except ImportError:
+        raise UsageError(
+            "a PostgreSQL registry needs psycopg 3: pip install 'auxilio[postgres]'"
+        ) from None
 
 
 def open_registry(url: str | os.PathLike[str] | None = None) -> Registry:
