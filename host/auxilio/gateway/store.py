@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,16 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.alerts or self.devices or self.events or self.acked)
+
+
+def _sqlite_time(t: float) -> str:
+    # SQLAlchemy's SQLite DATETIME storage format, naive UTC (registry UTCDateTime).
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _signed64(v: int) -> int:
+    # registry U64: the 64-bit window bitmap in a signed BIGINT column.
+    return v - (1 << 64) if v >= (1 << 63) else v
 
 
 def _insert_ignore(conn: Connection, table: Any) -> Any:
@@ -59,6 +70,9 @@ class Store:
             return
         alerts, devices, events = self.t.alerts, self.t.devices, self.t.events
         with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                self._commit_sqlite(conn, batch)
+                return
             if batch.alerts:
                 conn.execute(_insert_ignore(conn, alerts), batch.alerts)
             if batch.devices:
@@ -95,6 +109,62 @@ class Store:
                 )
             if batch.events:
                 conn.execute(insert(events), batch.events)
+
+    def _commit_sqlite(self, conn: Connection, batch: Batch) -> None:
+        """The SQLite hot path on the DBAPI cursor, inside the same SQLAlchemy transaction.
+
+        Core's per-statement overhead doubled the commit time (0.54 vs 0.24 ms
+        p50 here), which is most of the gateway's share of an alert round trip.
+        Values are encoded exactly as the registry's column types store them
+        (UTCDateTime: naive UTC text; U64: two's complement; JSON: json.dumps),
+        and the tests read every row back through Core.
+        """
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            if batch.alerts:
+                cur.executemany(
+                    "INSERT INTO alerts (device_id, counter, type, flags, device_ts, payload, raw,"
+                    " received_at, disposition, test, lost) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (device_id, counter) DO NOTHING",
+                    [
+                        (
+                            a["device_id"],
+                            a["counter"],
+                            a["type"],
+                            a["flags"],
+                            a["device_ts"],
+                            json.dumps(a["payload"]),
+                            a["raw"],
+                            _sqlite_time(a["received_at"]),
+                            a["disposition"],
+                            1 if a["test"] else 0,
+                            1 if a["lost"] else 0,
+                        )
+                        for a in batch.alerts
+                    ],
+                )
+            if batch.devices:
+                cur.executemany(
+                    "UPDATE devices SET high_water = ?, window = ?, last_seen = ? WHERE id = ?",
+                    [
+                        (
+                            None if v["high_water"] < 0 else v["high_water"],
+                            _signed64(v["window"]),
+                            _sqlite_time(v["last_seen"]),
+                            k,
+                        )
+                        for k, v in batch.devices.items()
+                    ],
+                )
+            if batch.acked:
+                cur.executemany(
+                    "UPDATE alerts SET acked_at = ? WHERE device_id = ? AND counter = ? AND acked_at IS NULL",
+                    [(_sqlite_time(at), d, c) for d, c, at in batch.acked],
+                )
+        finally:
+            cur.close()
+        if batch.events:
+            conn.execute(insert(self.t.events), batch.events)
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:

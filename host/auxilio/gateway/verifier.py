@@ -49,6 +49,7 @@ class DeviceState:
     heartbeat_s: int | None = None  # from the registry (CONFIG)
     interval_s: int | None = None  # from the last heartbeat
     key_epoch: int = 0
+    checked_at: float = 0.0  # monotonic time the lifecycle state was read
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line
         return f"DeviceState({codec.device_str(self.id)}, {self.kind}, {self.state})"
