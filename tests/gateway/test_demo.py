@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from auxilio.demo import _firmware_available, run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.emulator, pytest.mark.slow]
