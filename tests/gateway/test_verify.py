@@ -258,3 +258,42 @@ def test_one_row_per_counter_under_concurrent_duplicates(
             select(func.count()).select_from(a).where(a.c.device_id == sim.device)
         ).scalar()
     assert n == 20
+
+
+def test_no_secret_or_coordinates_in_any_log(
+    gateway: Any, fleet: Any, registry: Any, mqtt_broker: Any, caplog: Any
+) -> None:
+    import logging
+    import socket
+
+    from auxilio.gateway.control import attend
+
+    caplog.set_level(logging.DEBUG)
+    sock = gateway._client.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0  # set on socket open
+    sim = fleet.sim()
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)
+    sim.publish(sim.frame("ALERT", counter=c)[1])  # duplicate
+    assert sim.wait_ack(c, n=2)
+    c2, f2 = sim.frame("ALERT", timestamp=1, clock_synced=True)  # time_nak
+    sim.publish(f2)
+    assert sim.wait_ack(c2)
+    bad = bytearray(sim.frame("ALERT")[1])
+    bad[20] ^= 0xFF
+    sim.publish(bytes(bad))
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        alert_id = conn.execute(select(a.c.id).where(a.c.device_id == sim.device)).scalar()
+    attend(registry, alert_id, "op", mqtt_broker.url)
+    assert sim.wait_ack(c, n=3)
+    other = fleet.sim()
+    registry.set_state(other.device, "revoked", actor="test")
+    assert sim.wait_ack(c, n=3)
+    assert other.wait_ack(other.send("ALERT"))["reason"] == "revoked"
+    text = caplog.text
+    assert "ack received" in text  # the log does name devices and counters
+    for secret in fleet.secrets.values():
+        assert secret.hex() not in text and secret.hex().upper() not in text
+    for coord in ("194326080", "-991332080", "19.43", "-99.13"):
+        assert coord not in text

@@ -345,9 +345,15 @@ class Gateway:
                     # Frames read but not PUBACKed are redelivered by the broker.
                     self._stop.wait(RECONNECT_MIN_S)
                     self.connect(first=False)
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
                 self.stats["internal_error"] += 1
-                log.exception("gateway: internal error (batch of %d); continuing", len(batch))
+                # Type only at error level: database errors can quote row values.
+                log.error(
+                    "gateway: internal error (%s), batch of %d; continuing",
+                    type(exc).__name__,
+                    len(batch),
+                )
+                log.debug("gateway: internal error detail", exc_info=True)
 
     def _take_acked(self) -> list[tuple[int, int, float]]:
         acked, self._pending_acked = self._pending_acked, []
@@ -389,8 +395,8 @@ class Gateway:
             if topic.endswith(up_suffix):
                 try:
                     v = self.verifier.verify(V.topic_device(topic, self.prefix), payload, now)
-                except Exception:  # noqa: BLE001
-                    log.exception("gateway: verifier error")
+                except Exception as exc:  # noqa: BLE001
+                    log.error("gateway: verifier error (%s)", type(exc).__name__)
                     v = V.Verdict(V.DROP, "internal_error")
                 results.append(v)
                 raws.append(payload)
