@@ -19,3 +19,14 @@ def test_run_demo_once_every_alert_acked_and_attended() -> None:
         assert a["verified"] and a["stored"] and a["acked"] and a["attended"], a
         assert a["press_to_ack_ms"] > 0
     assert summary["gateway"]["stored"] >= 2
+
+
+def test_run_demo_on_embedded_broker_when_mosquitto_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import auxilio.testing.mosquitto
+
+    monkeypatch.setattr(auxilio.testing.mosquitto, "mosquitto_binary", lambda: None)
+    summary = run_demo(once=True)
+    assert summary["broker"] == "amqtt"
+    assert summary["ok"] is True, summary
