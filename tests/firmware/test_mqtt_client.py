@@ -406,7 +406,9 @@ def tls_broker(tls_files):  # noqa: ANN001, ANN201
 
 
 @pytest.mark.parametrize("ca", ["ca.pem", "ca.der"])
-def test_tls_with_pinned_ca(tls_broker, tls_files, devices, observers, ca: str) -> None:
+def test_tls_with_pinned_ca(
+    tls_broker, tls_files, devices, observers, ca: str, tmp_path: Path
+) -> None:
     obs = Observer(tls_broker, [UP])  # plain listener of the same broker
     observers.append(obs)
     cfg = dev_cfg(
@@ -415,7 +417,10 @@ def test_tls_with_pinned_ca(tls_broker, tls_files, devices, observers, ca: str) 
         ca_file=str(tls_files[ca]),
         server_hostname="localhost",
     )
-    dev = MpDevice(cfg)
+    if ca == "ca.der":  # the .mpy build under the device-sized heap, TLS included
+        dev = MpDevice(cfg, heapsize="64K", path=build_mpy(tmp_path / "mpy"))
+    else:
+        dev = MpDevice(cfg)
     devices.append(dev)
     dev.wait_state(True, timeout=30)
     dev.publish("tls", UP, b"\x01over-tls")
