@@ -187,6 +187,34 @@ def test_broker_killed_mid_publish_redelivers_with_dup(bk, devices, observers) -
     assert any("connection lost" in m for m in dev.logs())
 
 
+def test_caller_retry_after_timeout_reuses_packet_id_with_dup(bk, devices) -> None:
+    dev = MpDevice(dev_cfg(bk))
+    devices.append(dev)
+    dev.wait_state(True)
+    assert bk.proc is not None
+    bk.proc.send_signal(signal.SIGSTOP)  # written but never acked: publish() times out
+    try:
+        dev.publish("first", UP, b"\x01retry-me", timeout_ms=1000)
+        assert not dev.wait_pub("first")
+        dev.publish("again", UP, b"\x01retry-me", timeout_ms=30000)  # the caller retries
+        time.sleep(0.3)
+    finally:
+        bk.proc.send_signal(signal.SIGCONT)
+    assert dev.wait_pub("again")
+
+    def received() -> list[str]:
+        return [
+            line
+            for line in bk.log_path.read_text().splitlines()
+            if f"Received PUBLISH from {DEV}" in line and "/up'" in line
+        ]
+
+    lines = wait_until(lambda: len(received()) >= 2 and received(), 10, "both copies")
+    assert "(d0, q1" in lines[0] and "(d1, q1" in lines[1]
+    mid = lines[0].split(", m")[1].split(",")[0]
+    assert f", m{mid}," in lines[1]  # same packet id: the broker sees one message, twice
+
+
 def test_link_down_fails_fast_and_reconnects(bk, devices) -> None:
     dev = MpDevice(dev_cfg(bk))
     devices.append(dev)
