@@ -297,3 +297,14 @@ def test_no_secret_or_coordinates_in_any_log(
         assert secret.hex() not in text and secret.hex().upper() not in text
     for coord in ("194326080", "-991332080", "19.43", "-99.13"):
         assert coord not in text
+
+
+def test_cancel_marks_the_alert_it_refers_to(gateway: Any, fleet: Any, registry: Any) -> None:
+    sim = fleet.sim()
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)
+    k = sim.send("CANCEL", ref_counter=c, reason="gesture")
+    assert sim.wait_ack(k)["acked_type"] == "CANCEL"
+    rows = {r["counter"]: r for r in _alerts(registry, sim.device)}
+    assert rows[c]["cancelled_at"] is not None
+    assert rows[k]["type"] == "CANCEL" and rows[k]["payload"]["ref_counter"] == c

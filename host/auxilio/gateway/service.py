@@ -316,11 +316,13 @@ class Gateway:
         )
 
     def _load_supervision(self) -> None:
+        # Every device gets a full window from the gateway's start: silence
+        # while the gateway itself was down is not the device's.
+        now = self.clock()
         for r in self.store.supervised_devices():
             interval = Supervisor.interval(r["kind"], None, r["heartbeat_s"])
-            self.supervisor.load(
-                r["id"], r["kind"], r["last_seen"].timestamp(), interval, r["lost"]
-            )
+            last = max(r["last_seen"].timestamp(), now)
+            self.supervisor.load(r["id"], r["kind"], last, interval, r["lost"])
 
     # ---------------------------------------------------------- worker ---
 
@@ -429,6 +431,8 @@ class Gateway:
                     continue
                 dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
                 dev.checked_at = mono
+                if dev.state in V.REJECTED_STATES:
+                    self.supervisor.forget(dev_id)  # out of service: no supervision
             for v in results:
                 if v.action == V.STORE and v.device is not None:
                     reject = V.REJECTED_STATES.get(v.device.state)
@@ -487,6 +491,8 @@ class Gateway:
                 }
             )
             accepted[(dev.id, v.counter)] = v.disposition
+            if v.code == codec.CANCEL and v.disposition == "received":
+                batch.cancels.append((dev.id, v.fields["ref_counter"], now))
             records.extend(self._events_and_records(v, now, batch))
         for dev_id in restored:
             batch.events.append(_event(dev_id, SUPERVISION_RESTORED, now))

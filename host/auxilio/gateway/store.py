@@ -27,9 +27,10 @@ class Batch:
     devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> replay/last_seen
     events: list[dict[str, Any]] = field(default_factory=list)
     acked: list[tuple[int, int, float]] = field(default_factory=list)  # (device, counter, at)
+    cancels: list[tuple[int, int, float]] = field(default_factory=list)  # (device, ref counter, at)
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.devices or self.events or self.acked)
+        return bool(self.alerts or self.devices or self.events or self.acked or self.cancels)
 
 
 def _sqlite_time(t: float) -> str:
@@ -107,8 +108,27 @@ class Store:
                     .values(acked_at=bindparam("b_at")),
                     [{"b_dev": d, "b_ctr": c, "b_at": at} for d, c, at in batch.acked],
                 )
+            if batch.cancels:
+                self._cancel(conn, batch.cancels)
             if batch.events:
                 conn.execute(insert(events), batch.events)
+
+    def _cancel(self, conn: Connection, cancels: list[tuple[int, int, float]]) -> None:
+        """A CANCEL marks the ALERT it refers to (same device, its counter), after it is stored."""
+        alerts = self.t.alerts
+        conn.execute(
+            update(alerts)
+            .where(
+                and_(
+                    alerts.c.device_id == bindparam("b_dev"),
+                    alerts.c.counter == bindparam("b_ctr"),
+                    alerts.c.type == "ALERT",
+                    alerts.c.cancelled_at.is_(None),
+                )
+            )
+            .values(cancelled_at=bindparam("b_at")),
+            [{"b_dev": d, "b_ctr": c, "b_at": at} for d, c, at in cancels],
+        )
 
     def _commit_sqlite(self, conn: Connection, batch: Batch) -> None:
         """The SQLite hot path on the DBAPI cursor, inside the same SQLAlchemy transaction.
@@ -163,6 +183,8 @@ class Store:
                 )
         finally:
             cur.close()
+        if batch.cancels:
+            self._cancel(conn, batch.cancels)
         if batch.events:
             conn.execute(insert(self.t.events), batch.events)
 
