@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -124,11 +126,35 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # transaction starts (pysqlite would otherwise begin lazily, deferred).
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    _ensure_wal(cur)  # readers never block the writer
     cur.execute("PRAGMA synchronous=FULL")  # an acked alert survives power loss
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     cur.close()
+
+
+def _ensure_wal(cur: Any) -> None:
+    """Switch the file to WAL (persistent) once; retry while another opener holds it.
+
+    SQLite does not call the busy handler for a journal-mode change, so two processes
+    opening a fresh registry at once would otherwise fail with "database is locked".
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode in ("wal", "memory"):
+                return
+            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":  # e.g. a filesystem without shared memory: keep going, say so
+                log.warning("registry: SQLite refused WAL mode (journal_mode=%s)", mode)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _sqlite_begin(conn: Connection) -> None:
