@@ -8,6 +8,10 @@ ACK, and the device has verified it. Baseline in the same run: a paho QoS1
 echo round trip through the same broker (publish -> echo client republishes ->
 original client receives), every socket with TCP_NODELAY.
 
+Also, when the firmware is present: the real firmware (button role, hold
+shortened to 50 ms) pressed FIRMWARE_ALERTS times through the HAL control
+channel; "queued" to "acked" as the device reports them.
+
 Throughput: many simulated devices' pre-encoded frames published from CPython
 with a bounded in-flight window (paho packet ids wrap at 65,535), counting the
 ACKs that come back; the same load against a bare paho echo subscriber that
@@ -42,6 +46,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 ALERTS = 1000  # round trips measured (after WARMUP)
 WARMUP = 50
 RTT_SAMPLES = 1000
+FIRMWARE_ALERTS = 200  # presses on the real firmware (each needs a real hold, so fewer)
+FIRMWARE_HOLD_MS = 50  # config override (the firmware's minimum) so presses are quick
 THROUGHPUT_DEVICES = 100
 THROUGHPUT_FRAMES = 10000
 IN_FLIGHT = 500  # bounded window of unanswered frames (far below 65,535 packet ids)
@@ -266,7 +272,8 @@ def _wait_gateway_ready(broker: Mosquitto, secrets: dict[int, bytes]) -> None:
     """A genuine TEST frame is acked: the gateway is subscribed and warm."""
     from auxilio.gateway.simulator import SimDevice
 
-    dev, secret = next(iter(secrets.items()))
+    dev = sorted(secrets)[len(secrets) // 2]  # not the firmware's nor the raw client's device
+    secret = secrets[dev]
     sim = SimDevice(dev, secret, broker.host, broker.port, counter=10_000_000)
     try:
         deadline = time.monotonic() + 30
@@ -292,6 +299,64 @@ def alert_round_trip(broker: Mosquitto, secrets: dict[int, bytes]) -> list[float
         raise RuntimeError("micropython client failed: " + r.stderr.strip()[-300:])
     lat_us = json.loads(r.stdout.strip().splitlines()[-1])
     return [u / 1000 for u in lat_us[WARMUP:]]
+
+
+def firmware_round_trip(
+    broker: Mosquitto, secrets: dict[int, bytes], tmp: Path
+) -> list[float] | None:
+    """The real firmware (button role) under micropython, pressed through the HAL control channel.
+
+    Latency = the device's "queued" event (alert persisted in its outbox) to its
+    "acked" event (signed ACK verified), both timed on arrival at the controller.
+    """
+    from auxilio.demo import ControlServer, _firmware_available, _make_root
+
+    mp = _firmware_available()
+    if mp is None:
+        return None
+    dev = min(secrets)
+    root = tmp / "fw0"
+    _make_root(root, "button", "button-s3", dev, secrets[dev], broker.url)
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["hold_ms"] = FIRMWARE_HOLD_MS
+    (root / "config.json").write_text(json.dumps(cfg))
+    ctl = ControlServer()
+    script = f"import sys\nsys.path.insert(0, {str(root)!r})\nimport app\napp.run_fleet([{str(root)!r}])\n"
+    env = {**os.environ, "AUXILIO_HAL_CONTROL": f"127.0.0.1:{ctl.port}"}
+    proc = subprocess.Popen(
+        [mp, "-c", script], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    lat = []
+    try:
+
+        def is_state(name: str, counter: int | None = None) -> Any:
+            return lambda e: (
+                e.get("ev") == "state"
+                and e.get("name") == name
+                and (counter is None or e.get("counter") == counter)
+            )
+
+        if ctl.wait(is_state("connected"), 30) is None:
+            raise RuntimeError("firmware did not connect")
+        for _ in range(FIRMWARE_ALERTS):
+            mark = len(ctl.events)
+            ctl.send({"op": "press", "dev": 0})
+            time.sleep((FIRMWARE_HOLD_MS + 20) / 1000)
+            ctl.send({"op": "release", "dev": 0})
+            time.sleep(0.08)  # > the firmware's 30 ms debounce before the next press
+            q = ctl.wait(is_state("queued"), 10, mark)
+            if q is None:
+                tail = [e for _t, e in ctl.events[mark:]]
+                raise RuntimeError(f"press {len(lat)} did not queue an alert: {tail[-5:]}")
+            a = ctl.wait(is_state("acked", q[1]["counter"]), 10, mark)
+            if a is None:
+                raise RuntimeError("no ack reached the firmware")
+            lat.append((a[0] - q[0]) * 1000)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        ctl.close()
+    return lat
 
 
 def load(broker: Mosquitto, frames: list[tuple[str, bytes]], reply_filter: str) -> float:
@@ -383,7 +448,14 @@ def run() -> dict[str, Any]:
             )
             res["target_p50_le_3x_bare"] = res["alert_p50_over_bare_p50"] <= 3
             res["target_p99_le_5ms"] = res["alert_rtt_ms_p99"] <= 5
-            frames = _frames(secrets, THROUGHPUT_FRAMES, 1000)
+            fw = firmware_round_trip(broker, secrets, tmp)
+            if fw is None:
+                res["firmware_alerts"] = 0
+            else:
+                res["firmware_alerts"] = len(fw)
+                res["firmware_alert_rtt_ms_p50"] = round(statistics.median(fw), 3)
+                res["firmware_alert_rtt_ms_p99"] = round(_pct(fw, 99), 3)
+            frames = _frames(secrets, THROUGHPUT_FRAMES, 100_000)
             res["gateway_frames_per_s"] = round(load(broker, frames, "auxilio/v1/+/down"))
         finally:
             _stop(gw)
