@@ -169,3 +169,67 @@ def test_webhook_down_30s_loses_nothing(
     assert got == sorted(sent)
     assert all(k.startswith("alert:") for k in _Hook.keys)
     assert list(qdir.glob("*.json")) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
+def test_broker_restart_gateway_reconnects_and_resumes(
+    gateway: Any, fleet: Any, registry: Any, mqtt_broker: Any
+) -> None:
+    sim = fleet.sim()
+    assert sim.wait_ack(sim.send("ALERT"))
+    mqtt_broker.kill()  # abrupt, like a crashed broker host
+    wait_for(lambda: not gateway.connected.is_set(), what="gateway notices")
+    mqtt_broker.start()
+    wait_for(lambda: gateway.connected.is_set(), timeout=60, what="gateway reconnects")
+    # The device retries like the firmware does until the ACK arrives.
+    got = wait_for(
+        lambda: sim.wait_ack(sim.send("ALERT"), timeout=1), timeout=60, what="ack after restart"
+    )
+    assert got["disposition"] == "received"
+
+
+@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
+def test_cli_forward_jsonl_on_stdout(
+    fleet: Any, registry: Any, registry_url: str, gw_key_file: Path, mqtt_broker: Any
+) -> None:
+    sim = fleet.sim()
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "auxilio.cli",
+            "gateway",
+            "--broker",
+            mqtt_broker.url,
+            "--registry",
+            registry_url,
+            "--keys",
+            str(gw_key_file),
+            "--forward",
+            "jsonl",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        c = wait_for(
+            lambda: (lambda k: k if sim.wait_ack(k, timeout=0.5) else None)(sim.send("ALERT")),
+            what="ack",
+        )
+        t = sim.send("TAMPER")
+        assert sim.wait_ack(t)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=WAIT_S)
+    assert p.returncode == 0, err
+    recs = [json.loads(line) for line in out.splitlines()]
+    alerts = [r for r in recs if r["kind"] == "alert"]
+    assert [r["counter"] for r in alerts][-1] == c
+    assert (
+        alerts[-1]["fields"]["lat_e7"] == 194326080
+        and alerts[-1]["key"] == f"alert:{sim.label}:{c}"
+    )
+    assert any(r["kind"] == "event" and r["type"] == "TAMPER" and r["counter"] == t for r in recs)
+    assert "194326080" not in err  # coordinates go to the forward stream, never to the log
