@@ -4,7 +4,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint format firmware clean
+.PHONY: setup demo test bench lint format firmware vectors clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ format: $(STAMP)
 
 firmware: $(STAMP)
 	$(BIN)/python -m auxilio.build
+
+# Regenerate protocol/vectors from the codec (a test fails if they drift).
+vectors: $(STAMP)
+	$(BIN)/python protocol/vectors/generate.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis
