@@ -131,8 +131,11 @@ def test_assign_case_and_site(registry: Registry) -> None:
             select(registry.tables.assignments).where(registry.tables.assignments.c.device_id == b)
         ).all()
     assert len(rows) == 2 and sum(r.ended_at is None for r in rows) == 1
+    both = registry.current_assignments()
+    assert both[b] == registry.current_assignment(b) and both[k] == registry.current_assignment(k)
     registry.unassign(b, actor="t")
     assert registry.current_assignment(b) is None
+    assert set(registry.current_assignments()) == {k}
     assert registry.get_device(b).state == "spare"
     with pytest.raises(RegistryError):
         registry.unassign(b, actor="t")

@@ -266,7 +266,8 @@ def _add(args: argparse.Namespace, registry: Any) -> int:
 
 def _list(args: argparse.Namespace, registry: Any) -> int:
     recs = registry.list_devices(args.state)
-    rows = [(r, registry.current_assignment(r.id)) for r in recs]
+    current = registry.current_assignments()
+    rows = [(r, current.get(r.id)) for r in recs]
     if args.json:
         print(json.dumps([{**r.public_dict(), "assignment": _assignment_json(a)} for r, a in rows]))
         return 0

@@ -41,8 +41,9 @@ MAX_ROWS = 100_000
 
 def export_rows(registry: Registry) -> list[dict[str, Any]]:
     rows = []
+    current = registry.current_assignments()
     for rec in registry.list_devices():
-        a = registry.current_assignment(rec.id) or {}
+        a = current.get(rec.id) or {}
         rows.append(
             {
                 "device": rec.label,

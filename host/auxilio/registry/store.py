@@ -548,6 +548,20 @@ class Registry:
         )
         return out
 
+    def current_assignments(self) -> dict[int, dict[str, Any]]:
+        """Every device's open assignment in one query (for lists and exports)."""
+        a = schema.assignments
+        now = utcnow()
+        out: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(a).where(a.c.ended_at.is_(None)).order_by(a.c.id)):
+                m = dict(row._mapping)
+                m["active"] = m["valid_from"] <= now and (
+                    m["valid_to"] is None or now < m["valid_to"]
+                )
+                out[m["device_id"]] = m
+        return out
+
     # ---------------------------------------------------------------- audit ---
 
     def audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
