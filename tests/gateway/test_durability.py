@@ -233,3 +233,46 @@ def test_cli_forward_jsonl_on_stdout(
     )
     assert any(r["kind"] == "event" and r["type"] == "TAMPER" and r["counter"] == t for r in recs)
     assert "194326080" not in err  # coordinates go to the forward stream, never to the log
+
+
+@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
+def test_failed_batch_is_redelivered_not_lost(
+    gateway: Any, fleet: Any, registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = fleet.sim()
+    real = registry.get_device
+    calls = {"n": 0}
+
+    def flaky(device_id: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("registry hiccup")
+        return real(device_id)
+
+    monkeypatch.setattr(registry, "get_device", flaky)
+    c = sim.send("ALERT")  # sent once: the broker's redelivery must carry it
+    ack = sim.wait_ack(c, timeout=30)
+    assert ack is not None and ack["disposition"] == "received"
+    assert gateway.stats["internal_error"] == 1
+    assert [r[0] for r in _stored(registry, sim.device)] == [c]
+
+
+@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
+def test_poison_frame_dropped_after_retries_others_flow(
+    gateway: Any, fleet: Any, registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = fleet.sim()
+    _c, poison = sim.frame("ALERT")
+    real = gateway.verifier.verify
+
+    def verify(topic_dev: Any, frame: bytes, now: float) -> Any:
+        if frame == poison:
+            raise ValueError("bug triggered by this frame")
+        return real(topic_dev, frame, now)
+
+    monkeypatch.setattr(gateway.verifier, "verify", verify)
+    sim.publish(poison)
+    wait_for(lambda: gateway.stats["drop_poison"] == 1, timeout=60, what="poison dropped")
+    assert gateway.stats["internal_error"] == 3
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)["disposition"] == "received"

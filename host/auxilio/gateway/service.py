@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # Largest group commit. The broker's in-flight window (mosquitto
 # max_inflight_messages, default 20) usually bounds a batch well below this.
 MAX_BATCH = 512
+# A frame whose verification raised this many times is dropped (counted as
+# "drop_poison") instead of being redelivered forever.
+POISON_LIMIT = 3
 # Longest wait for network traffic in one loop turn (bounds stop() latency).
 NET_WAIT_S = 0.1
 # How often supervision deadlines are checked when idle.
@@ -145,6 +148,7 @@ class Gateway:
         self.verifier = V.Verifier(self._load_device)
         self.supervisor = Supervisor(grace_s)
         self._inbox: list[tuple[str, bytes, int, int]] = []
+        self._failures: dict[int, int] = {}  # hash(frame) -> verification crashes (poison guard)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._pending_acked: list[tuple[int, int, float]] = []
@@ -356,6 +360,22 @@ class Gateway:
                     len(batch),
                 )
                 log.debug("gateway: internal error detail", exc_info=True)
+                if batch and not self._stop.is_set():
+                    self._resync()
+
+    def _resync(self) -> None:
+        """After a failed batch: reconnect so the broker redelivers what was not PUBACKed.
+
+        Un-PUBACKed messages hold the broker's in-flight slots for this client;
+        leaving them would eventually stall all delivery to the gateway.
+        """
+        self.verifier.forget()  # reload replay state from what is durable
+        try:
+            self._client.disconnect()
+        except Exception:  # noqa: BLE001 - already disconnected
+            pass
+        self._stop.wait(RECONNECT_MIN_S)
+        self.connect(first=False)
 
     def _take_acked(self) -> list[tuple[int, int, float]]:
         acked, self._pending_acked = self._pending_acked, []
@@ -393,13 +413,23 @@ class Gateway:
         raws: list[bytes] = []
         controls: list[bytes] = []
         statuses: list[tuple[str, bytes]] = []
-        for topic, payload, _mid, _qos in msgs:
+        hold: set[int] = set()  # mids not to PUBACK: the broker redelivers them after _resync
+        for topic, payload, mid, _qos in msgs:
             if topic.endswith(up_suffix):
                 try:
                     v = self.verifier.verify(V.topic_device(topic, self.prefix), payload, now)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - e.g. the registry failed a lookup
+                    self.stats["internal_error"] += 1
                     log.error("gateway: verifier error (%s)", type(exc).__name__)
-                    v = V.Verdict(V.DROP, "internal_error")
+                    key = hash(payload)
+                    self._failures[key] = self._failures.get(key, 0) + 1
+                    if self._failures[key] < POISON_LIMIT:
+                        hold.add(mid)  # transient, most likely: have it redelivered
+                        v = V.Verdict(V.DROP, "retry")
+                    else:  # the same bytes keep failing: count and drop, never loop forever
+                        v = V.Verdict(V.DROP, "poison")
+                    if len(self._failures) > 10_000:
+                        self._failures.clear()
                 results.append(v)
                 raws.append(payload)
             elif topic == control:
@@ -446,7 +476,8 @@ class Gateway:
         accepted: dict[tuple[int, int], str] = {}
         for v, raw in zip(results, raws, strict=True):
             if v.action == V.DROP:
-                self.stats["drop_" + v.reason] += 1
+                if v.reason != "retry":  # held for redelivery, not dropped
+                    self.stats["drop_" + v.reason] += 1
                 if v.device is not None:
                     log.info("gateway: %s: dropped (%s)", codec.device_str(v.device.id), v.reason)
                 continue
@@ -568,8 +599,10 @@ class Gateway:
         for payload in controls:
             self._control(payload)
         for _topic, _payload, mid, qos in msgs:
-            if qos > 0:
+            if qos > 0 and mid not in hold:
                 self._client.ack(mid, qos)
+        if hold:
+            self._resync()
 
     def _events_and_records(self, v: V.Verdict, now: float, batch: Batch) -> list[dict[str, Any]]:
         """C4 events for a stored frame, and the forward records (never for test frames)."""
