@@ -319,4 +319,4 @@ def test_broker_run_embedded_enforces_generated_config(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     err = proc.stderr.read()
-    assert "anónimo" not in err and "Traceback" not in err
+    assert "users and ACL from" in err and "Traceback" not in err

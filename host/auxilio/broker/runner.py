@@ -16,15 +16,12 @@ log = logging.getLogger(__name__)
 # Shown whenever the embedded broker runs: it is a demo convenience, not a C4 broker.
 EMBEDDED_NOTE = (
     "NOTA: broker MQTT embebido (amqtt) solo para demostraciones: más lento, sin "
-    "TCP_NODELAY ni TLS. En producción use mosquitto (`auxilio broker config` + "
+    "TCP_NODELAY ni TLS, y anónimo sin ACL por dispositivo salvo que use un directorio "
+    "de `auxilio broker config`. En producción use mosquitto (`auxilio broker config` + "
     "`auxilio broker run`) o un broker en clúster.\n"
-    "NOTE: embedded MQTT broker (amqtt) for demos only: slower, no TCP_NODELAY, no TLS. "
-    "Production needs mosquitto or a clustered broker."
-)
-# Added when no generated config directory is there to enforce.
-EMBEDDED_OPEN_NOTE = (
-    "NOTA: sin `auxilio broker config`: broker anónimo y sin ACL por dispositivo.\n"
-    "NOTE: no `auxilio broker config` directory: anonymous, no per-device ACL."
+    "NOTE: embedded MQTT broker (amqtt) for demos only: slower, no TCP_NODELAY, no TLS, "
+    "and anonymous without per-device ACLs unless given an `auxilio broker config` "
+    "directory. Production needs mosquitto or a clustered broker."
 )
 
 
@@ -69,8 +66,11 @@ def run_embedded(
     from auxilio.broker.embedded import serve
 
     sys.stderr.write(EMBEDDED_NOTE + "\n")
-    if config_dir is None:
-        sys.stderr.write(EMBEDDED_OPEN_NOTE + "\n")
+    sys.stderr.write(
+        f"embedded broker: users and ACL from {config_dir}\n"
+        if config_dir is not None
+        else "embedded broker: anonymous, no per-device ACL\n"
+    )
     sys.stderr.flush()
     try:
         asyncio.run(serve(bind, port, config_dir))
