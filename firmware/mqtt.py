@@ -39,6 +39,9 @@ _TX_SIZE = const(256)  # tx buffer; larger packets are written in two parts, nev
 _WRITE_POLL_MS = const(2)  # retry interval when the socket (or a TLS handshake) says EAGAIN
 _CONNECT_POLL_MS = const(5)  # poll interval while a non-blocking TCP connect completes
 _WRITE_TIMEOUT_MS = const(10000)  # a write stalled this long means the peer is gone
+_SKIP_MAX = const(65536)  # an oversized PUBLISH up to this is read and discarded; beyond, drop
+
+OVERSIZED = const(0)  # read_packet()'s first byte for an oversized PUBLISH it skipped
 
 # CONNACK return codes (MQTT 3.2.2.3), for one-line logs.
 _REFUSED = (
@@ -99,6 +102,7 @@ class Conn:
         self.txv = memoryview(self.tx)
         self.sock = None
         self.reader = None
+        self.rx_pid = 0  # packet id of the last oversized PUBLISH skipped (0 = QoS 0)
         self.lock = asyncio.Lock()  # one packet at a time on the wire (reader, publishers, pinger)
 
     # --- connection ---------------------------------------------------------------------------
@@ -321,10 +325,40 @@ class Conn:
             if shift > 21:  # at most 4 length bytes (MQTT 2.2.3)
                 raise MQTTError("garbage on the socket (bad remaining length)")
         if n > self.max_packet:
-            raise MQTTError("oversized packet (%d > %d bytes)" % (n, self.max_packet))
+            if first & 0xF0 != _PUBLISH or n > _SKIP_MAX:
+                raise MQTTError("oversized packet (%d > %d bytes)" % (n, self.max_packet))
+            # An oversized PUBLISH is read to its end and discarded, not fatal: with a persistent
+            # session the broker would redeliver it after every reconnect, forever (poison
+            # message). The caller PUBACKs rx_pid so the broker forgets it.
+            await self._skip_publish(first, n)
+            return OVERSIZED, n
         if n:
             await self._read_exact(n)
         return first, n
+
+    async def _skip_publish(self, first, n):
+        """Consume an oversized PUBLISH body; leave its packet id (0 for QoS 0) in rx_pid."""
+        await self._read_exact(2)
+        tl = (self.rx[0] << 8) | self.rx[1]
+        qos = first & 0x06
+        rest = n - 2 - tl - (2 if qos else 0)
+        if rest < 0:
+            raise MQTTError("garbage on the socket (short PUBLISH)")
+        await self._discard(tl)  # the topic
+        pid = 0
+        if qos:
+            await self._read_exact(2)
+            pid = (self.rx[0] << 8) | self.rx[1]
+        await self._discard(rest)  # the payload
+        self.rx_pid = pid
+
+    async def _discard(self, n):
+        """Read and drop n bytes, a buffer at a time."""
+        chunk = len(self.rx)
+        while n:
+            k = n if n < chunk else chunk
+            await self._read_exact(k)
+            n -= k
 
     def parse_publish(self, first, n):
         """Split a PUBLISH body in rx[:n] into (topic bytes, payload bytes, qos, pid)."""

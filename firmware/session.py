@@ -441,7 +441,14 @@ class Session:
                 first, n = await conn.read_packet()
                 self._pings_out = 0  # anything from the broker proves it is alive
                 kind = first & 0xF0
-                if kind == 0x30:  # PUBLISH
+                if first == mqtt.OVERSIZED:
+                    self.bad_packets += 1
+                    self.log(
+                        "mqtt: dropped an oversized downlink (%d > %d bytes)" % (n, conn.max_packet)
+                    )
+                    if conn.rx_pid:
+                        await conn.puback(conn.rx_pid)  # acked, so never redelivered
+                elif kind == 0x30:  # PUBLISH
                     await self._on_publish(first, n)
                 elif kind == 0x40:  # PUBACK
                     if n != 2:

@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -266,11 +267,13 @@ def test_keepalive_pings_and_silent_broker_detected(bk, devices) -> None:
 
 
 class FakeBroker:
-    """A TCP server that answers CONNECT with CONNACK, then sends what the script says."""
+    """A TCP server that answers CONNECT with CONNACK, then sends what the script says and
+    records what the client sends afterwards."""
 
     def __init__(self, scripts: list[bytes]) -> None:
         self.scripts = scripts
         self.connections = 0
+        self.received: list[bytearray] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -279,6 +282,7 @@ class FakeBroker:
         self.host, self.port = self.sock.getsockname()
         self.stopping = False
         self.open: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -302,27 +306,58 @@ class FakeBroker:
                 while n:
                     n -= len(c.recv(n))
                 c.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
-                script = (
-                    self.scripts[self.connections] if self.connections < len(self.scripts) else b""
-                )
+                k = self.connections
                 self.connections += 1
-                if script:
-                    c.sendall(script)
+                if k < len(self.scripts):
+                    c.sendall(self.scripts[k])
                 self.open.append(c)
+                buf = bytearray()
+                self.received.append(buf)
+                t = threading.Thread(target=self._record, args=(c, buf), daemon=True)
+                t.start()
+                self.threads.append(t)
             except (OSError, AssertionError, IndexError):
                 c.close()
+
+    def _record(self, c: socket.socket, buf: bytearray) -> None:
+        c.settimeout(0.2)
+        while not self.stopping:
+            try:
+                data = c.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
 
     def close(self) -> None:
         self.stopping = True
         self.thread.join(2)
+        for t in self.threads:
+            t.join(2)
         for c in self.open:
             c.close()
         self.sock.close()
 
 
-def test_garbage_and_oversized_packet_drop_and_reconnect(devices) -> None:
-    oversized = b"\x30" + bytes([0xE8, 0x07]) + b"\x00\x01t" + b"z" * 40  # claims 1000 bytes
-    fake = FakeBroker([b"\xff\xfegarbage-not-mqtt", oversized])
+def test_garbage_and_oversized_packets(devices) -> None:
+    """Garbage or an oversized non-PUBLISH: one line, drop, reconnect. An oversized PUBLISH:
+    one line, read and discarded, PUBACKed (else a persistent session redelivers it forever),
+    and the connection carries on."""
+    big_suback = b"\x90" + bytes([0xE8, 0x07]) + b"\x00" * 1000  # SUBACK claiming 1000 bytes
+    topic = b"auxilio/v1/0938-NKRT/down"
+    big_publish = (
+        b"\x32"  # PUBLISH, QoS 1
+        + bytes([0xE8, 0x07])  # remaining length 1000
+        + struct.pack("!H", len(topic))
+        + topic
+        + struct.pack("!H", 0x1234)  # packet id
+        + b"z" * (1000 - 2 - len(topic) - 2)
+    )
+    small = b"\x30" + bytes([2 + len(topic) + 5]) + struct.pack("!H", len(topic)) + topic + b"after"
+    fake = FakeBroker([b"\xff\xfegarbage-not-mqtt", big_suback, big_publish + small])
     try:
         cfg = {
             "client_id": DEV,
@@ -335,16 +370,41 @@ def test_garbage_and_oversized_packet_drop_and_reconnect(devices) -> None:
         }
         dev = MpDevice(cfg)
         devices.append(dev)
-        wait_until(lambda: fake.connections >= 3, 30, "three connections")
-        dev.wait_line(lambda s: s.startswith("LOG ") and "oversized" in s)
+        dev.wait_line(lambda s: s == msg_line(topic.decode(), b"after"), timeout=30)
+        wait_until(lambda: len(fake.received) >= 3 and fake.received[2], 10, "the PUBACK")
+        assert bytes(fake.received[2]).startswith(b"\x40\x02\x12\x34")  # PUBACK 0x1234
+        time.sleep(0.5)
+        assert fake.connections == 3  # the oversized PUBLISH did not cost a reconnect
         assert dev.alive()
         logs = dev.logs()
         assert len([m for m in logs if "garbage" in m]) == 1  # one line per bad packet
         assert len([m for m in logs if "oversized packet (1000 > 256" in m]) == 1
+        assert len([m for m in logs if "oversized downlink (1000 > 256" in m]) == 1
         st = dev.stat()
-        assert st["bad_packets"] == 2 and st["connects"] >= 3 and st["drops"] == 2
+        assert st["bad_packets"] == 3 and st["connects"] == 3 and st["drops"] == 2
+        assert st["connected"]
     finally:
         fake.close()
+
+
+def test_oversized_downlink_via_broker_is_acked_not_redelivered(bk, devices, observers) -> None:
+    dev = MpDevice(dev_cfg(bk))
+    devices.append(dev)
+    dev.wait_state(True)
+    obs = Observer(bk, [])
+    observers.append(obs)
+    obs.publish(DOWN, b"\x01" * 300)  # over max_packet (256)
+    obs.publish(DOWN, b"\x81fine")
+    dev.wait_line(lambda s: s == msg_line(DOWN, b"\x81fine"))
+    assert len([m for m in dev.logs() if "oversized downlink" in m]) == 1
+    assert dev.stat()["connects"] == 1
+    dev.kill()  # a new process, same persistent session: nothing is redelivered
+    again = MpDevice(dev_cfg(bk))
+    devices.append(again)
+    again.wait_state(True)
+    obs.publish(DOWN, b"\x81marker")
+    again.wait_line(lambda s: s == msg_line(DOWN, b"\x81marker"))
+    assert not any("oversized" in m for m in again.logs())
 
 
 # --- TLS ----------------------------------------------------------------------------------------
