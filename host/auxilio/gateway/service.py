@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import threading
@@ -238,17 +239,35 @@ class Gateway:
                 delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _net(self) -> bool:
-        """Wait for traffic and read everything waiting (up to MAX_BATCH); False if the link is down."""
+        """Wait for traffic and read everything waiting (up to MAX_BATCH); False if the link is down.
+
+        paho's external-loop API (loop_read/loop_write/loop_misc around our own
+        select) rather than loop(): loop() adds a wake-up socketpair that costs
+        an extra send() per outgoing packet, and we never need waking.
+        """
+        c = self._client
         ok = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        if self._client.loop(timeout=NET_WAIT_S) != ok:
+        sock = c.socket()
+        if sock is None:
             return False
-        while len(self._inbox) < MAX_BATCH:
-            n = len(self._inbox)
-            if self._client.loop_read() != ok:
-                return False
-            if len(self._inbox) == n:
-                break
-        return True
+        pending = getattr(sock, "pending", None)  # bytes already decrypted by TLS
+        wait = 0.0 if pending is not None and pending() else NET_WAIT_S
+        try:
+            readable, writable, _x = select.select(
+                [sock], [sock] if c.want_write() else [], [], wait
+            )
+        except (OSError, ValueError, TypeError):
+            return False
+        if writable and c.loop_write() != ok:
+            return False
+        if readable or wait == 0.0:
+            while len(self._inbox) < MAX_BATCH:
+                n = len(self._inbox)
+                if c.loop_read() != ok:
+                    return False
+                if len(self._inbox) == n:
+                    break
+        return c.loop_misc() == ok
 
     # ------------------------------------------------------- lifecycle ---
 
