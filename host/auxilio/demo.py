@@ -57,8 +57,18 @@ register(
         "{role} {device}: operadora atendiendo (pulso largo)": "{role} {device}: operator attending (long pulse)",
         "{role} {device}: FALLO: {what}": "{role} {device}: FAILED: {what}",
         "Listo: todo detenido.": "Done: everything stopped.",
+        "Pulsera": "Bracelet",
+        "Botón": "Button",
     }
 )
+
+
+ROLE_LABEL = {"bracelet": "Pulsera", "button": "Botón"}
+
+
+def _who(r: dict[str, Any]) -> dict[str, Any]:
+    """Format fields for a progress line: the role in the operator's language."""
+    return {**r, "role": _(ROLE_LABEL.get(r["role"], r["role"]))}
 
 
 def _free_port() -> int:
@@ -270,14 +280,19 @@ def run_demo(once: bool = True) -> dict[str, Any]:
             r["alert_id"] = row["id"]
             r["attended"] = r["wait_attending"]()
             if r["attended"]:
-                _say(quiet, _("{role} {device}: operadora atendiendo (pulso largo)").format(**r))
+                _say(
+                    quiet,
+                    _("{role} {device}: operadora atendiendo (pulso largo)").format(**_who(r)),
+                )
         for r in results:
             r.pop("wait_attending", None)
             r.pop("device_id", None)
             if not r["acked"]:
                 _say(
                     quiet,
-                    _("{role} {device}: FALLO: {what}").format(what=r.get("error", "no ack"), **r),
+                    _("{role} {device}: FALLO: {what}").format(
+                        what=r.get("error", "no ack"), **_who(r)
+                    ),
                 )
         summary["alerts"] = results
         summary["gateway"] = {k: v for k, v in sorted(gw.stats.items())}
@@ -362,11 +377,11 @@ def _run_firmware(
             r["error"] = "device did not connect"
             r["wait_attending"] = lambda: False
             continue
-        _say(quiet, _("{role} {device}: conectado").format(**r))
+        _say(quiet, _("{role} {device}: conectado").format(**_who(r)))
         with open(Path(roots[i]) / "board.json") as f:
             hold_ms = json.load(f)["roles"][d["role"]]["hold_ms"]
         mark = len(ctl.events)
-        _say(quiet, _("{role} {device}: pulsando…").format(**r))
+        _say(quiet, _("{role} {device}: pulsando…").format(**_who(r)))
         ctl.send({"op": "press", "dev": i})
         time.sleep((hold_ms + PRESS_MARGIN_MS) / 1000)
         ctl.send({"op": "release", "dev": i})
@@ -398,9 +413,10 @@ def _run_firmware(
             r["wait_attending"] = lambda: False
             continue
         r["acked"] = True
+        r["hold_ms"] = hold_ms
         # Press-to-ack: from the moment the gesture became an alert to the device having the ACK.
         r["press_to_ack_ms"] = round((acked[0] - queued[0]) * 1000, 1)
-        r["haptic"] = [
+        r["feedback"] = [
             e.get("pattern")
             for _t, e in ctl.events[mark:]
             if e.get("dev") == i and e.get("ev") in ("haptic", "led")
@@ -409,7 +425,7 @@ def _run_firmware(
             quiet,
             _(
                 "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms"
-            ).format(ms=r["press_to_ack_ms"], **r),
+            ).format(ms=r["press_to_ack_ms"], **_who(r)),
         )
         m2 = len(ctl.events)
         r["wait_attending"] = _attending_waiter(ctl, i, counter, m2)
@@ -448,7 +464,7 @@ def _run_simulated(
             "attended": False,
         }
         results.append(r)
-        _say(quiet, _("{role} {device}: pulsando…").format(**r))
+        _say(quiet, _("{role} {device}: pulsando…").format(**_who(r)))
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while time.monotonic() < deadline:  # retry like a device until the gateway answers
             t0 = time.perf_counter()
@@ -466,7 +482,7 @@ def _run_simulated(
                 quiet,
                 _(
                     "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms"
-                ).format(ms=r["press_to_ack_ms"], **r),
+                ).format(ms=r["press_to_ack_ms"], **_who(r)),
             )
         c = r.get("counter")
         r["wait_attending"] = lambda sim=sim, c=c: (
