@@ -40,6 +40,7 @@ class ControlServer:
         self._events: list[Event] = []
         self._dropped = 0
         self._listeners: list[Callable[[Event], None]] = []
+        self.on_connect: Callable[[], None] | None = None  # after each (re)connection
         self.connections = 0  # accepted so far (a reconnect after a reboot adds one)
         self._closed = False
         threading.Thread(target=self._accept, name="vb-control", daemon=True).start()
@@ -129,6 +130,11 @@ class ControlServer:
                 _close(old)
             self.connections += 1
             threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+            if self.on_connect is not None:
+                try:
+                    self.on_connect()
+                except Exception:
+                    log.exception("control on_connect hook failed")
 
     def _read(self, conn: socket.socket) -> None:
         buf = b""

@@ -220,11 +220,34 @@ class VirtualFleet:
     def release(self, index: int) -> None:
         self.send(index, "release")
 
+    def battery(self, pct: int, index: int = 0) -> None:
+        self.send(index, "battery", pct=int(pct))
+
+    def mains(self, on: bool, index: int = 0) -> None:
+        self.send(index, "mains", on=bool(on))
+
+    def tamper(self, opened: bool, index: int = 0) -> None:
+        self.send(index, "tamper", open=bool(opened))
+
+    def soft_reset(self, index: int = 0) -> None:
+        self.send(index, "reset")
+
     def network(self, up: bool) -> None:
+        """The whole fleet's network: the proxy cuts/restores, every HAL sees the link."""
         if self.proxy is not None:
             self.proxy.set_link(up)
-        for i in range(self.count):
-            self.send(i, "link", up=bool(up))
+        for g, control in enumerate(self.controls):
+            for d in self.devices:
+                if d.interpreter == g:
+                    control.send("link", d.dev, up=bool(up))
+
+    def latency(self, ms: float) -> None:
+        if self.proxy is not None:
+            self.proxy.set_latency(ms)
+
+    def drop(self, pct: float) -> None:
+        if self.proxy is not None:
+            self.proxy.set_drop(pct)
 
     def events(self, index: int | None = None) -> list[Event]:
         """Events with "index" (fleet-wide device index) added; one device's when given."""

@@ -101,6 +101,10 @@ class VirtualDevice:
         self.config = dict(config) if config else None
         self.broker_url = broker_url or (self.config or {}).get("broker")
         self.control = ControlServer()
+        self.control.on_connect = self._replay_inputs
+        # Physical inputs (battery, mains, tamper, link) outlive a reboot of the
+        # firmware: re-applied whenever the HAL connects again.
+        self._inputs: dict[tuple[int, str], dict[str, Any]] = {}
         self.proxy: BrokerProxy | None = None
         self.board = VirtualBoard(
             self.board_def,
@@ -166,7 +170,13 @@ class VirtualDevice:
 
     # -- inputs -----------------------------------------------------------------
 
+    def _replay_inputs(self) -> None:
+        for (dev, op), fields in list(self._inputs.items()):
+            self.control.send(op, dev, **fields)
+
     def _send(self, op: str, dev: int = 0, **fields: Any) -> None:
+        if op in ("battery", "mains", "tamper", "link"):
+            self._inputs[(dev, op)] = fields
         if not self.control.send(op, dev, **fields):
             raise UsageError("the firmware is not connected to the control channel")
 
@@ -199,6 +209,7 @@ class VirtualDevice:
         """Link up/down: the proxy cuts or restores the path, the HAL sees the link."""
         if self.proxy is not None:
             self.proxy.set_link(up)
+        self._inputs[(0, "link")] = {"up": bool(up)}
         self.control.send("link", 0, up=bool(up))
 
     def latency(self, ms: float) -> None:

@@ -1,0 +1,217 @@
+"""`auxilio emulate`: run a virtual board (or a fleet) with the real firmware on the unix port."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+DEFAULT_BOARD = "bracelet-c3"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--board", default=DEFAULT_BOARD, help=f"board name in boards/ ({DEFAULT_BOARD})"
+    )
+    p.add_argument("--name", help="name for `auxilio vboard --name` (default: the board name)")
+    p.add_argument("--image", help="flash image file (default: ./<name>.img)")
+    p.add_argument(
+        "--format", action="store_true", help="create/erase the image and format its filesystem"
+    )
+    p.add_argument(
+        "--pty", help="stable path for the serial port symlink (default: in the runtime dir)"
+    )
+    p.add_argument(
+        "--rfc2217-port", type=int, default=0, help="RFC 2217 TCP port on 127.0.0.1 (0 = any free)"
+    )
+    p.add_argument(
+        "--firmware",
+        nargs="?",
+        const="",
+        help="deploy this firmware tree into the image (no value: the bundled firmware/)",
+    )
+    p.add_argument(
+        "--config",
+        help="config.json to deploy (its broker is reached through the emulator's proxy)",
+    )
+    p.add_argument(
+        "--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883 (fresh identity if no --config)"
+    )
+    p.add_argument("--heapsize", help="MicroPython heap, e.g. 256K (default: the unix port's)")
+    fleet = p.add_argument_group("fleet mode")
+    fleet.add_argument("--count", type=int, help="run N devices (several per interpreter)")
+    fleet.add_argument(
+        "--per-interpreter", type=int, default=100, help="devices per interpreter (100)"
+    )
+    fleet.add_argument(
+        "--heartbeat", type=int, help="override every device's heartbeat interval (s)"
+    )
+    fleet.add_argument(
+        "--workdir", help="fleet directory (device roots; kept, so identities persist)"
+    )
+    fleet.add_argument("--registry", help="add the fleet's devices to this registry (path or URL)")
+    fleet.add_argument("--keys", help="directory of the gateway keypair used to seal secrets")
+    fleet.add_argument("--manifest", help="write the fleet's identities here (JSON, mode 0600)")
+    p.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def _print(args: argparse.Namespace, info: dict[str, object]) -> None:
+    if args.json:
+        print(json.dumps(info), flush=True)
+        return
+    for k, v in info.items():
+        if v is not None:
+            print(f"{k:10} {v}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from auxilio.errors import UsageError
+
+    if args.count is not None:
+        return _run_fleet(args)
+    for opt in ("heartbeat", "registry", "keys", "manifest", "workdir"):
+        if getattr(args, opt) is not None:
+            raise UsageError(f"--{opt} is for fleet mode (--count N)")
+    return _run_board(args)
+
+
+def _run_board(args: argparse.Namespace) -> int:
+    from auxilio.emulator.admin import AdminServer, default_pty_link
+    from auxilio.emulator.board import State
+    from auxilio.emulator.boards import load_board
+    from auxilio.emulator.vdevice import VirtualDevice, new_identity
+    from auxilio.errors import AuxilioError, UsageError
+
+    board = load_board(args.board)
+    name = args.name or board.name
+    image = Path(args.image) if args.image else Path.cwd() / f"{name}.img"
+    config = None
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"config {args.config}: {exc}") from None
+        if not isinstance(config, dict):
+            raise UsageError(f"config {args.config} must be a JSON object")
+    identity_file = None
+    if config is None and args.broker and args.firmware is not None:
+        config = new_identity(board.role, args.broker)
+        identity_file = image.with_suffix(".identity.json")
+        fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f, indent=1)
+    vd = VirtualDevice(
+        board,
+        image,
+        config=config,
+        broker_url=args.broker,
+        firmware=args.firmware or None,
+        deploy=args.firmware is not None,
+        format=args.format,
+        pty_link=args.pty or default_pty_link(name),
+        rfc2217_port=args.rfc2217_port,
+        heapsize=args.heapsize,
+        name=name,
+    )
+    stop = threading.Event()
+    crashed: list[str] = []
+
+    def on_crash(reason: str) -> None:
+        crashed.append(reason)
+        stop.set()
+
+    vd.board.on_crash = on_crash
+    _wait_for_signal(stop)
+    admin = None
+    try:
+        vd.start(wait=False)
+        vd.board.wait_ready(60) if args.firmware is None else None
+        info = {
+            "name": name,
+            "board": board.name,
+            "image": str(image),
+            "pty": vd.board.port,
+            "rfc2217": vd.board.rfc2217_url,
+            "control": vd.control.address,
+            "device": vd.device,
+            "broker": f"{vd.broker_url} via 127.0.0.1:{vd.proxy.port}" if vd.proxy else None,
+            "identity": str(identity_file) if identity_file else None,
+        }
+        admin = AdminServer(name, vd, info)
+        _print(args, info)
+        while not stop.wait(0.5):
+            pass
+        if crashed or vd.board.state is State.CRASHED:
+            raise AuxilioError(f"virtual board {name} crashed: {crashed[0] if crashed else ''}")
+        return 0
+    finally:
+        if admin is not None:
+            admin.close()
+        vd.close()
+        sys.stdout.flush()
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    from auxilio.emulator.admin import AdminServer
+    from auxilio.emulator.fleet import VirtualFleet
+    from auxilio.errors import AuxilioError, UsageError
+
+    if not args.broker:
+        raise UsageError("fleet mode needs --broker URL")
+    for opt in ("image", "pty", "config", "heapsize"):
+        if getattr(args, opt) is not None:
+            raise UsageError(f"--{opt} is for a single board, not --count")
+    fleet = VirtualFleet(
+        args.count,
+        args.broker,
+        board=args.board,
+        workdir=args.workdir,
+        per_interpreter=args.per_interpreter,
+        heartbeat_s=args.heartbeat,
+        firmware=args.firmware or None,
+    )
+    name = args.name or "fleet"
+    stop = threading.Event()
+    _wait_for_signal(stop)
+    admin = None
+    try:
+        fleet.start(timeout=max(60.0, args.count * 0.5))
+        info: dict[str, object] = {
+            "name": name,
+            "devices": args.count,
+            "interpreters": len(fleet.procs),
+            "workdir": str(fleet.workdir),
+            "broker": f"{args.broker} via 127.0.0.1:{fleet.proxy.port}" if fleet.proxy else None,
+        }
+        if args.registry:
+            added = fleet.register(args.registry, args.keys)
+            info["registry"] = f"{added} devices added to {args.registry}"
+        if args.manifest or not args.registry:
+            manifest = Path(args.manifest) if args.manifest else fleet.workdir / "manifest.json"
+            fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(fleet.manifest(), f, indent=1)
+            info["manifest"] = str(manifest)
+        admin = AdminServer(name, fleet, info)
+        _print(args, info)
+        while not stop.wait(1.0):
+            for g, proc in enumerate(fleet.procs):
+                if proc.poll() is not None:
+                    raise AuxilioError(f"fleet interpreter {g} exited with {proc.returncode}")
+        return 0
+    finally:
+        if admin is not None:
+            admin.close()
+        fleet.close()
