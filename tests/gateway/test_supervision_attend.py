@@ -154,3 +154,20 @@ def test_attend_cli_and_monitor_once(
     assert snap["devices"][0]["supervision"] == "ok"
     r = _cli("monitor", "--once", "--registry", registry_url)
     assert r.returncode == 0 and "Alertas recientes" in r.stdout
+
+
+def test_gateway_restart_keeps_lost_state_no_duplicate_events(
+    gateway_factory: Any, fleet: Any, registry: Any
+) -> None:
+    gw = gateway_factory(grace_s=0.3)
+    sim = fleet.sim("button")
+    c = sim.send("HEARTBEAT", interval_s=1)
+    wait_for(lambda: registry.get_device(sim.device).high_water == c, what="heartbeat")
+    wait_for(lambda: "SUPERVISION_LOST" in _event_types(registry, sim.device), what="LOST")
+    gw.stop()
+    gw2 = gateway_factory(grace_s=0.3)
+    time.sleep(1.5)  # well past interval x 2.5 + grace, counted from the restart
+    assert _event_types(registry, sim.device) == ["SUPERVISION_LOST"]
+    sim.send("HEARTBEAT", interval_s=1)
+    wait_for(lambda: "SUPERVISION_RESTORED" in _event_types(registry, sim.device), what="RESTORED")
+    assert gw2.stats["supervision_lost"] == 0

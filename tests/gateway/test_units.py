@@ -1,0 +1,63 @@
+"""Pure gateway logic: the replay window against a model, supervision deadlines, the durable webhook queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from auxilio.gateway import replay
+from auxilio.gateway.forward import DurableQueue
+from auxilio.gateway.supervision import MISSED_FACTOR, Supervisor
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=120))
+def test_replay_window_matches_a_model(counters: list[int]) -> None:
+    hw, win = -1, 0
+    seen: set[int] = set()
+    for c in counters:
+        verdict = replay.check(hw, win, c)
+        if c in seen:
+            assert verdict in (replay.SEEN, replay.BELOW)  # never accepted twice
+        elif hw >= 0 and c <= hw - replay.WINDOW:
+            assert verdict == replay.BELOW
+        else:
+            assert verdict == replay.NEW
+        if verdict == replay.NEW:
+            hw, win = replay.mark(hw, win, c)
+            seen.add(c)
+        assert hw == max(seen) if seen else hw == -1
+        assert 0 <= win < 1 << 64
+        # the bitmap holds exactly the seen counters inside the window
+        for age in range(replay.WINDOW):
+            assert bool(win >> age & 1) == ((hw - age) in seen)
+
+
+def test_supervision_deadline_restore_and_offline_hint() -> None:
+    s = Supervisor(grace_s=10)
+    s.seen(1, "button", 1000.0, 60)
+    bound = 60 * MISSED_FACTOR + 10
+    assert s.due(1000 + bound - 0.1) == []
+    assert s.due(1000 + bound + 0.1) == [1]
+    assert s.due(1000 + bound + 50) == []  # reported once
+    assert s.seen(1, "button", 1200.0, 60) is True  # restored
+    s.status(1, False, 1210.0)  # LWT offline: one interval + grace
+    assert s.due(1210 + 60 + 10 + 0.1) == [1]
+    assert Supervisor.interval("bracelet", None, None) == 900
+    assert Supervisor.interval("button", None, None) == 60
+    assert Supervisor.interval("button", 30, 120) == 30  # the heartbeat's own interval wins
+    assert Supervisor.interval("bracelet", None, 120) == 120  # then CONFIG (registry)
+
+
+def test_durable_queue_order_survives_reopen_and_ignores_partial_writes(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path / "q")
+    q.put_many([{"key": "a"}, {"key": "b"}])
+    (tmp_path / "q" / "0000000000000099-0.json.tmp").write_text("{partial")  # crash mid-write
+    q2 = DurableQueue(tmp_path / "q")
+    assert [json.loads(p.read_text())["key"] for p in q2.items()] == ["a", "b"]
+    assert not list((tmp_path / "q").glob("*.tmp"))
+    q2.put_many([{"key": "c"}])
+    assert [json.loads(p.read_text())["key"] for p in q2.items()] == ["a", "b", "c"]
+    assert (tmp_path / "q").stat().st_mode & 0o777 == 0o700
