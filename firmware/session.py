@@ -195,7 +195,8 @@ class Session:
         """Publish; True once PUBACKed (QoS 1) or written (QoS 0), False on timeout or link loss.
 
         A QoS 1 publish made while disconnected waits (up to timeout_ms) for the connection;
-        one interrupted by a drop is re-sent with DUP after the reconnect, same packet id.
+        one interrupted by a broker drop is re-sent with DUP after the reconnect, same packet id.
+        The transport link going down (link_up() false) ends the wait at once with False.
         If it times out after being written, it stays remembered: a retry with the same topic
         and payload reuses its packet id with DUP set; otherwise it is still re-sent after the
         next reconnect until acked or evicted (_MAX_INFLIGHT).
@@ -207,7 +208,7 @@ class Session:
                 return False
             try:
                 await self._conn.publish(
-                    _b(topic), payload, 0, retain, False, 0, self.on_first_byte
+                    _b(topic), _b(payload), 0, retain, False, 0, self.on_first_byte
                 )
                 return True
             except Exception as ex:
@@ -396,6 +397,9 @@ class Session:
                 return
             if not self._link():
                 self._kill("link down")
+                for e in self._inflight:  # waiting publish() calls return False now
+                    if e[_E_WAITER]:
+                        e[_E_EVENT].set()
                 return
             if every and time.ticks_diff(time.ticks_ms(), last) >= every:
                 if self._pings_out >= _MISSED_PINGS:

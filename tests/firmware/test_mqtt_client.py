@@ -229,6 +229,19 @@ def test_link_down_fails_fast_and_reconnects(bk, devices) -> None:
     dev.wait_state(True, start=mark)
     dev.publish("up", UP, b"y")
     assert dev.wait_pub("up")
+    # A publish waiting for its PUBACK when the link drops returns False at once.
+    assert bk.proc is not None
+    bk.proc.send_signal(signal.SIGSTOP)
+    try:
+        dev.publish("cut", UP, b"z", timeout_ms=60000)
+        time.sleep(0.3)
+        dev.send("link 0")
+        assert not dev.wait_pub("cut", timeout=5)
+    finally:
+        bk.proc.send_signal(signal.SIGCONT)
+    dev.send("link 1")
+    # The written-but-unacked copy goes out again with DUP once the link is back.
+    wait_until(lambda: f"Received PUBLISH from {DEV} (d1, q1" in bk.log_path.read_text(), 30, "DUP")
 
 
 def test_refused_credentials_are_logged_without_secrets(devices) -> None:
