@@ -91,9 +91,7 @@ def _why(e):
                 name = None
             if name:
                 return name
-            if code < 0:  # mbedTLS error codes are negative
-                return "TLS error %d" % code
-            return "OSError %d" % code
+            return "OSError %d" % code  # negative: an mbedTLS or resolver error code
         return "OSError " + str(code)
     if isinstance(e, asyncio.TimeoutError):
         return "timeout"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from auxilio.testing.mosquitto import free_port, mosquitto_binary
 
+from tests.conftest import FIRMWARE, run_micropython
 from tests.firmware.mqtt_harness import MpDevice, Observer, broker, build_mpy, wait_until
 
 pytestmark = [
@@ -558,3 +560,24 @@ def test_tls_refused_on_hostname_mismatch(tls_broker, tls_files, devices) -> Non
     devices.append(dev)
     wait_until(lambda: len([m for m in dev.logs() if "failed" in m]) >= 2, 30, "refusals")
     assert dev.stat()["connects"] == 0
+
+
+# --- backoff ------------------------------------------------------------------------------------
+
+
+def test_backoff_is_capped_exponential_with_injected_jitter() -> None:
+    script = (
+        "import session\n"
+        "for r in (0, 65535):\n"
+        "    s = session.Session('d', '127.0.0.1', 1, rand=lambda: r,\n"
+        "                        backoff_min_ms=500, backoff_max_ms=30000)\n"
+        "    print([s._delay(n) for n in range(1, 12)])\n"
+    )
+    out = run_micropython(script, path=[FIRMWARE])
+    assert out.returncode == 0, out.stderr
+    low, high = (json.loads(line) for line in out.stdout.splitlines())
+    # rand() == 0: half of the doubled delay; the cap (30 s) halves to 15 s.
+    assert low == [250, 500, 1000, 2000, 4000, 8000, 15000, 15000, 15000, 15000, 15000]
+    # Jitter never exceeds the un-jittered delay, so the cap holds.
+    assert all(lo <= hi <= 2 * lo for lo, hi in zip(low, high, strict=True))
+    assert max(high) <= 30000
