@@ -308,3 +308,38 @@ def test_cancel_marks_the_alert_it_refers_to(gateway: Any, fleet: Any, registry:
     rows = {r["counter"]: r for r in _alerts(registry, sim.device)}
     assert rows[c]["cancelled_at"] is not None
     assert rows[k]["type"] == "CANCEL" and rows[k]["payload"]["ref_counter"] == c
+
+
+def test_rekeyed_device_restarting_counters_is_never_acked_without_being_durable(
+    gateway: Any, fleet: Any, registry: Any
+) -> None:
+    from auxilio.gateway.simulator import SimDevice
+    from auxilio.keys import new_device_secret, seal
+
+    sim = fleet.sim()
+    c = sim.send("ALERT")
+    assert sim.wait_ack(c)
+    # Re-provisioned: new secret, replay state restarts, counters start over.
+    secret2 = new_device_secret()
+    registry.rekey(sim.device, seal(secret2, fleet.key.public_key(), sim.device), actor="test")
+    sim.close()
+    time.sleep(1.2)  # past the gateway's state refresh
+    sim2 = SimDevice(sim.device, secret2, fleet.broker.host, fleet.broker.port, counter=c)
+    fleet.sims.append(sim2)
+    c2 = sim2.send("ALERT")
+    assert c2 == c
+    ack = wait_for(
+        lambda: (
+            sim2.wait_ack(c2, timeout=0.5)
+            or sim2.wait_ack(sim2.send("ALERT", counter=c2), timeout=0.5)
+        )
+    )
+    assert ack["disposition"] == "received"
+    # Acked, so it must be durable: the old row keeps the counter, the new frame is an event.
+    ev = _events(registry, sim.device, "COUNTER_COLLISION")
+    assert (
+        len(ev) == 1
+        and ev[0]["detail"]["counter"] == c
+        and ev[0]["detail"]["fields"]["lat_e7"] == 194326080
+    )
+    assert gateway.stats["counter_collision"] == 1

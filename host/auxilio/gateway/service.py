@@ -400,14 +400,13 @@ class Gateway:
         acked, self._pending_acked = self._pending_acked, []
         return acked
 
-    def _commit_retrying(self, batch: Batch) -> None:
+    def _commit_retrying(self, batch: Batch) -> list[tuple[int, int]]:
         delay = COMMIT_RETRY_MIN_S
         attempt = 0
         while True:
             attempt += 1
             try:
-                self.store.commit(batch)
-                return
+                return self.store.commit(batch)
             except Exception as exc:  # noqa: BLE001 - registry down: keep the frames, ack nothing
                 if self._stop.is_set():
                     raise
@@ -430,6 +429,7 @@ class Gateway:
         control = f"{self.prefix}/{CONTROL_LEAF}"
         results: list[V.Verdict] = []
         raws: list[bytes] = []
+        topics: list[str] = []
         controls: list[bytes] = []
         statuses: list[tuple[str, bytes]] = []
         hold: set[int] = set()  # mids not to PUBACK: the broker redelivers them after _resync
@@ -451,6 +451,7 @@ class Gateway:
                         self._failures.clear()
                 results.append(v)
                 raws.append(payload)
+                topics.append(topic)
             elif topic == control:
                 controls.append(payload)
             elif topic.endswith("/status"):
@@ -458,13 +459,14 @@ class Gateway:
             else:
                 self.stats["bad_topic"] += 1
 
-        # Lifecycle state is re-read for cached devices older than STATE_REFRESH_S.
+        # Lifecycle state is re-read for cached devices older than STATE_REFRESH_S
+        # (bad tags too: the device may have been re-keyed since it was cached).
         mono = time.monotonic()
         touched = {
             v.device.id
             for v in results
             if v.device is not None
-            and v.action != V.DROP
+            and (v.action != V.DROP or v.reason == "bad_tag")
             and mono - v.device.checked_at > STATE_REFRESH_S
         }
         if touched:
@@ -475,8 +477,14 @@ class Gateway:
                 if row is None or dev is None:
                     continue
                 if row["key_epoch"] != dev.key_epoch:
-                    # Re-keyed mid-batch: frames of this batch were checked with the old key.
+                    # Re-keyed: verify this device's frames again with the new key
+                    # (frames under the old key now fail, as they must).
                     self.verifier.forget(dev_id)
+                    for i, v in enumerate(results):
+                        if v.device is dev:
+                            results[i] = self.verifier.verify(
+                                V.topic_device(topics[i], self.prefix), raws[i], now
+                            )
                     continue
                 dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
                 dev.checked_at = mono
@@ -552,7 +560,7 @@ class Gateway:
             self._crash("before_commit")
         self.forwarder.enqueue(records)
         try:
-            self._commit_retrying(batch)
+            collided = self._commit_retrying(batch)
         except Exception:
             # Stopping while the registry is down: nothing was acked; drop the
             # cached replay state so it is reloaded from what is durable.
@@ -560,6 +568,7 @@ class Gateway:
             raise
         if batch.alerts:
             self._crash("after_commit")
+        self.stats["counter_collision"] += len(collided)
         self.forwarder.release()
 
         # Duplicates and below-window frames: re-ack the stored disposition.
