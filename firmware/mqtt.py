@@ -6,7 +6,9 @@
 #
 # This module knows nothing about reconnecting, keepalive timing or packet-id bookkeeping: that is
 # the connectivity layer (session.py). Every failure here raises MQTTError (protocol/peer problems,
-# one-line reason) or OSError (socket problems); the caller drops the connection and reconnects.
+# one-line reason), OSError (socket problems) or ValueError (mbedTLS certificate checks); the
+# caller drops the connection and reconnects. One exception: an oversized PUBLISH is read, skipped
+# and reported as OVERSIZED, because dropping the connection would only get it redelivered.
 # Wire format references are to the MQTT 3.1.1 OASIS standard, "MQTT" section numbers.
 
 import asyncio
@@ -112,6 +114,7 @@ class Conn:
     ):
         """Open the TCP connection (non-blocking connect), then wrap it in TLS if asked."""
         self.close()
+        # Name resolution blocks (no async resolver on MicroPython); an IP literal costs nothing.
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
         self.sock = sock
@@ -142,7 +145,7 @@ class Conn:
             await asyncio.sleep_ms(_CONNECT_POLL_MS)
         if ssl_ctx is not None:
             # The handshake runs inside the first writes/reads (non-blocking), so it never
-            # stalls other tasks; a bad certificate surfaces as OSError from the CONNECT write.
+            # stalls other tasks; a bad certificate surfaces as ValueError from the CONNECT write.
             sock = ssl_ctx.wrap_socket(
                 sock, server_hostname=server_hostname or host, do_handshake_on_connect=False
             )
