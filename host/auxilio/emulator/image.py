@@ -93,7 +93,7 @@ class FlashImage:
             vfs = self.vfs
             if vfs.offset + vfs.size > size:
                 raise UsageError("the vfs partition runs past the end of the image")
-            self.littlefs()
+            self.littlefs().unmount()
         except UsageError as exc:
             raise UsageError(f"image {self.path}: {exc}{hint}") from None
 
@@ -122,11 +122,24 @@ class FlashImage:
             raise UsageError(f"no LittleFS filesystem in the vfs partition ({exc})") from None
 
     def read_file(self, name: str) -> bytes:
-        with self.littlefs().open(name, "rb") as f:
-            return f.read()
+        fs = self.littlefs()
+        try:
+            # Close the file before the filesystem goes: littlefs-python crashes
+            # in GC when a file object outlives its LittleFS.
+            f = fs.open(name, "rb")
+            try:
+                return f.read()
+            finally:
+                f.close()
+        finally:
+            fs.unmount()
 
     def listdir(self, path: str = "/") -> list[str]:
-        return sorted(self.littlefs().listdir(path))
+        fs = self.littlefs()
+        try:
+            return sorted(fs.listdir(path))
+        finally:
+            fs.unmount()
 
     # -- writing files through MicroPython's own LittleFS ---------------------
 
