@@ -274,7 +274,7 @@ def _wait_gateway_ready(broker: Mosquitto, secrets: dict[int, bytes]) -> None:
 
     dev = sorted(secrets)[len(secrets) // 2]  # not the firmware's nor the raw client's device
     secret = secrets[dev]
-    sim = SimDevice(dev, secret, broker.host, broker.port, counter=10_000_000)
+    sim = SimDevice(dev, secret, broker.host, broker.port, counter=1_000_000)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -474,7 +474,7 @@ def run() -> dict[str, Any]:
             lat = alert_round_trip(broker, secrets)
             fw = firmware_round_trip(broker, secrets, tmp)
             gw_rate = load(
-                broker, _frames(secrets, THROUGHPUT_FRAMES, 100_000), "auxilio/v1/+/down"
+                broker, _frames(secrets, THROUGHPUT_FRAMES, 2_000_000), "auxilio/v1/+/down"
             )
         finally:
             _stop(gw)
