@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -71,8 +72,13 @@ class Mosquitto:
         self.log_path = workdir / "mosquitto.log"
         if config_path is None:
             config_path = workdir / "mosquitto.conf"
+            # Started as root, mosquitto drops to the `mosquitto` user and then
+            # cannot write its log or persistence into our 0700 temp dir; a test
+            # broker may simply stay root.
+            sets_user = any(line.startswith("user ") for line in extra_config.splitlines())
+            run_as = "user root\n" if os.geteuid() == 0 and not sets_user else ""
             config_path.write_text(
-                f"listener {self.port} 127.0.0.1\n"
+                run_as + f"listener {self.port} 127.0.0.1\n"
                 "allow_anonymous true\n"
                 # Nagle + delayed ACK costs ~88 ms per QoS1 round trip here.
                 "set_tcp_nodelay true\n"
