@@ -303,7 +303,7 @@ def alert_round_trip(broker: Mosquitto, secrets: dict[int, bytes]) -> list[float
 
 def firmware_round_trip(
     broker: Mosquitto, secrets: dict[int, bytes], tmp: Path
-) -> list[float] | None:
+) -> tuple[list[float], list[float]] | None:
     """The real firmware (button role) under micropython, pressed through the HAL control channel.
 
     Latency = the device's "queued" event (alert persisted in its outbox) to its
@@ -326,7 +326,8 @@ def firmware_round_trip(
     proc = subprocess.Popen(
         [mp, "-c", script], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    lat = []
+    lat: list[float] = []
+    to_sent: list[float] = []  # queued -> "sent" (the broker's PUBACK), to locate device-side time
     try:
 
         def is_state(name: str, counter: int | None = None) -> Any:
@@ -352,11 +353,14 @@ def firmware_round_trip(
             if a is None:
                 raise RuntimeError("no ack reached the firmware")
             lat.append((a[0] - q[0]) * 1000)
+            sent = ctl.wait(is_state("sent", q[1]["counter"]), 0.01, mark)
+            if sent is not None:
+                to_sent.append((sent[0] - q[0]) * 1000)
     finally:
         proc.terminate()
         proc.wait(10)
         ctl.close()
-    return lat
+    return lat, to_sent
 
 
 def load(broker: Mosquitto, frames: list[tuple[str, bytes]], reply_filter: str) -> float:
@@ -500,9 +504,12 @@ def run() -> dict[str, Any]:
         if fw is None:
             res["firmware_alerts"] = 0
         else:
-            res["firmware_alerts"] = len(fw)
-            res["firmware_alert_rtt_ms_p50"] = round(statistics.median(fw), 3)
-            res["firmware_alert_rtt_ms_p99"] = round(_pct(fw, 99), 3)
+            fw_lat, fw_sent = fw
+            res["firmware_alerts"] = len(fw_lat)
+            res["firmware_alert_rtt_ms_p50"] = round(statistics.median(fw_lat), 3)
+            res["firmware_alert_rtt_ms_p99"] = round(_pct(fw_lat, 99), 3)
+            if fw_sent:
+                res["firmware_queued_to_puback_ms_p50"] = round(statistics.median(fw_sent), 3)
         echo_rate = (echo_before + echo_after) / 2
         res["gateway_frames_per_s"] = round(gw_rate)
         res["bare_echo_frames_per_s"] = round(echo_rate)
