@@ -61,3 +61,27 @@ def test_durable_queue_order_survives_reopen_and_ignores_partial_writes(tmp_path
     q2.put_many([{"key": "c"}])
     assert [json.loads(p.read_text())["key"] for p in q2.items()] == ["a", "b", "c"]
     assert (tmp_path / "q").stat().st_mode & 0o777 == 0o700
+
+
+def test_broker_url_credentials_and_redaction(tmp_path: Path) -> None:
+    import pytest
+    from auxilio.errors import UsageError
+    from auxilio.gateway.service import parse_broker_url, with_credentials
+
+    cred = tmp_path / "gateway.json"
+    cred.write_text(json.dumps({"username": "gateway", "password": "s3cr:t@x"}))
+    url = with_credentials("mqtt://127.0.0.1:1884", cred)
+    b = parse_broker_url(url)
+    assert (b.host, b.port, b.username, b.password, b.tls) == (
+        "127.0.0.1",
+        1884,
+        "gateway",
+        "s3cr:t@x",
+        False,
+    )
+    assert parse_broker_url("mqtts://h").port == 8883
+    with pytest.raises(UsageError) as e:
+        parse_broker_url("http://user:hunter2@host:1")
+    assert "hunter2" not in str(e.value)
+    with pytest.raises(UsageError):
+        with_credentials("mqtt://h:1", tmp_path / "missing.json")

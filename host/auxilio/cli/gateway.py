@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="durable webhook queue directory",
     )
+    p.add_argument(
+        "--broker-credentials",
+        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
+        metavar="FILE",
+        help='JSON {"username", "password"} for the broker (keeps the password off the command line)',
+    )
     p.add_argument("--prefix", default="auxilio", help="topic prefix")
     p.add_argument(
         "--client-id", default="auxilio-gateway", help="MQTT client id (persistent session)"
@@ -50,11 +56,13 @@ def run(args: argparse.Namespace) -> int:
     from auxilio.errors import UsageError
     from auxilio.gateway import Gateway, parse_broker_url
     from auxilio.gateway.forward import make_forwarder
+    from auxilio.gateway.service import with_credentials
     from auxilio.gateway.supervision import GRACE_S
     from auxilio.keys import load_private_key
     from auxilio.registry import open_registry
 
     parse_broker_url(args.broker)  # a bad URL is one line, exit 2, before anything starts
+    broker = with_credentials(args.broker, args.broker_credentials)
     fwd = args.forward or []
     if len(fwd) > 2 or (fwd and fwd[0] == "jsonl" and len(fwd) != 1):
         raise UsageError("--forward takes 'jsonl' or 'webhook URL'")
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     gw = Gateway(
         registry,
         key,
-        args.broker,
+        broker,
         prefix=args.prefix,
         client_id=args.client_id,
         forwarder=forwarder,

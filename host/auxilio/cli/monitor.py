@@ -17,6 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="broker of the running gateway (for attend)",
     )
     p.add_argument("--operator", default=None, help="operator name recorded when attending")
+    p.add_argument(
+        "--broker-credentials",
+        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
+        metavar="FILE",
+        help='JSON {"username", "password"} for the broker (keeps the password off the command line)',
+    )
     p.add_argument("--prefix", default="auxilio", help="topic prefix")
     p.add_argument("--limit", type=int, default=15, help="rows per table")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
@@ -24,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from auxilio.gateway.service import parse_broker_url
+    from auxilio.gateway.service import parse_broker_url, with_credentials
     from auxilio.monitor import print_once, run_live
     from auxilio.registry import open_registry
 
@@ -34,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
             print_once(registry, args.limit, args.json)
             return 0
         parse_broker_url(args.broker)
-        run_live(registry, args.broker, args.operator or getpass.getuser(), args.prefix, args.limit)
+        broker = with_credentials(args.broker, args.broker_credentials)
+        run_live(registry, broker, args.operator or getpass.getuser(), args.prefix, args.limit)
     finally:
         registry.close()
     return 0

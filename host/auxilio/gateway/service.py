@@ -85,15 +85,26 @@ class BrokerAddress:
     password: str | None
 
 
+def _redact(url: str) -> str:
+    """The URL with any password replaced, for error messages."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _s, cred = head.partition("//")
+    return f"{scheme}//{cred.split(':', 1)[0]}:***@{tail}"
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """mqtt://[user:pass@]host[:port] or mqtts://… ; anything else is a UsageError."""
     try:
         u = urlsplit(url)
         port = u.port
     except ValueError:
-        raise UsageError(f"bad broker URL {url!r}") from None
+        raise UsageError(f"bad broker URL {_redact(url)!r}") from None
     if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise UsageError(f"bad broker URL {url!r} (expected mqtt://host:port or mqtts://host:port)")
+        raise UsageError(
+            f"bad broker URL {_redact(url)!r} (expected mqtt://host:port or mqtts://host:port)"
+        )
     tls = u.scheme == "mqtts"
     return BrokerAddress(
         u.hostname,
@@ -101,6 +112,26 @@ def parse_broker_url(url: str) -> BrokerAddress:
         tls,
         unquote(u.username) if u.username else None,
         unquote(u.password) if u.password else None,
+    )
+
+
+def with_credentials(url: str, path: str | os.PathLike[str] | None) -> str:
+    """Add the username/password from a credentials file ({"username", "password"},
+    as `auxilio broker config` writes for the gateway) to a broker URL, so the
+    password never appears on a command line."""
+    if not path:
+        return url
+    from urllib.parse import quote
+
+    try:
+        data = json.loads(open(path).read())
+        user, password = data["username"], data["password"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"cannot read broker credentials from {path}") from None
+    b = parse_broker_url(url)
+    scheme = "mqtts" if b.tls else "mqtt"
+    return (
+        f"{scheme}://{quote(str(user), safe='')}:{quote(str(password), safe='')}@{b.host}:{b.port}"
     )
 
 
