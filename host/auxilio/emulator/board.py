@@ -49,6 +49,13 @@ _MARK = b"\x1b]auxvb;"  # boot-script markers: ESC ] auxvb;<what> BEL
 BOOT_LOOP_LIMIT = 5
 # Input typed while the interpreter restarts is kept (a UART FIFO plus driver buffer).
 RX_PENDING_MAX = 64 * 1024
+# The RC on EN holds the chip in reset a little after RTS lets go; the strapping
+# pins (IO0) are sampled when it rises. esptool's classic reset relies on it
+# (it sets DTR then RTS in two writes that briefly pass through both-high).
+# Over RFC 2217 each line change is one round trip (pyserial waits ~50 ms for
+# it), so the window is wider than a real RC's few ms; esptool's own
+# esp_rfc2217_server replays the reset sequence locally for the same reason.
+EN_RC_S = 0.3
 # Kept console output, for tests and `wait_output`.
 CONSOLE_KEEP = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -133,6 +140,7 @@ class VirtualBoard:
         self._tail = b""
         self._boot_exits = 0
         self._lines = (False, False)  # (dtr, rts) as set by the RFC 2217 client
+        self._en_rise_at: float | None = None  # when EN, released, reaches high
         self._download: DownloadMode | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -260,16 +268,25 @@ class VirtualBoard:
         old_en_low = self._lines[1] and not self._lines[0]
         self._lines = (dtr, rts)
         en_low = rts and not dtr
-        io0_low = dtr and not rts
-        if en_low and not old_en_low:
-            self._kill()
-            self._stop_download()
-            self.state = State.RESET
-        elif old_en_low and not en_low:
-            if io0_low:
-                self._enter_download()
-            else:
-                self._power_on()
+        # IO0 (low when DTR is asserted and RTS is not) is sampled once EN has risen.
+        if self.state is State.OFF:
+            return  # no power: the lines change nothing
+        if en_low:
+            self._en_rise_at = None
+            if not old_en_low:
+                self._kill()
+                self._stop_download()
+                self.state = State.RESET
+        elif old_en_low:
+            self._en_rise_at = time.monotonic() + EN_RC_S
+
+    def _en_risen(self) -> None:
+        self._en_rise_at = None
+        dtr, rts = self._lines
+        if dtr and not rts:  # IO0 low at reset: the ROM serial bootloader
+            self._enter_download()
+        else:
+            self._power_on()
 
     def _enter_download(self) -> None:
         self._emit(ROM_DOWNLOAD_BANNER)
@@ -362,8 +379,13 @@ class VirtualBoard:
                         self.state = State.OFF
                         return
                     self._handle(cmd)
+                if self._en_rise_at is not None and time.monotonic() >= self._en_rise_at:
+                    self._en_risen()
+                timeout = 0.5
+                if self._en_rise_at is not None:
+                    timeout = max(0.0, min(timeout, self._en_rise_at - time.monotonic()))
                 fds = [self._wake_r] + ([self._ifd] if self._ifd is not None else [])
-                ready, _, _ = select.select(fds, [], [], 0.5)
+                ready, _, _ = select.select(fds, [], [], timeout)
                 if self._wake_r in ready:
                     try:
                         os.read(self._wake_r, 4096)
@@ -387,7 +409,7 @@ class VirtualBoard:
     def _handle(self, cmd: tuple) -> None:
         what = cmd[0]
         if what == "power_on":
-            if self._proc is None and self.state is not State.DOWNLOAD:
+            if self._proc is None and self.state not in (State.DOWNLOAD, State.RESET):
                 self._power_on()
         elif what == "hard_reset":
             self._kill()

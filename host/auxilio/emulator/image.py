@@ -109,15 +109,18 @@ class FlashImage:
             data = f.read(vfs.size)
         ctx = littlefs.UserContext(len(data))
         ctx.buffer[:] = data
+        fs = littlefs.LittleFS(
+            context=ctx,
+            mount=False,  # mount=True would silently format a filesystem it cannot mount
+            block_size=BLOCK_SIZE,
+            block_count=vfs.size // BLOCK_SIZE,
+            read_size=LFS_READ_SIZE,
+            prog_size=LFS_PROG_SIZE,
+            lookahead_size=LFS_LOOKAHEAD,
+        )
         try:
-            return littlefs.LittleFS(
-                context=ctx,
-                block_size=BLOCK_SIZE,
-                block_count=vfs.size // BLOCK_SIZE,
-                read_size=LFS_READ_SIZE,
-                prog_size=LFS_PROG_SIZE,
-                lookahead_size=LFS_LOOKAHEAD,
-            )
+            fs.mount()
+            return fs
         except littlefs.LittleFSError as exc:
             raise UsageError(f"no LittleFS filesystem in the vfs partition ({exc})") from None
 

@@ -109,6 +109,19 @@ def _run_file(name, g):
     return True
 
 
+def _at_exit():
+    # The ESP32 port's soft reset runs every finaliser (gc_sweep_all), so files
+    # left open are closed and their data committed; the unix port just exits.
+    # Collect what is unreachable, then unmount, to come as close as we can.
+    import gc
+
+    gc.collect()
+    try:
+        vfs.umount("/")
+    except OSError:
+        pass
+
+
 def _boot(g):
     try:
         fs = vfs.VfsLfs2(_bdev())
@@ -119,12 +132,15 @@ def _boot(g):
     vfs.mount(fs, "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]  # the ESP32 port's sys.path
+    sys.atexit(_at_exit)
     if not _run_file("boot.py", g):
+        _at_exit()
         _marker("reboot")
         return
     # Like the ESP32 port, main.py runs only when booting into the friendly REPL.
     if os.getenv("AUXILIO_VB_MODE") != "raw":
         if not _run_file("main.py", g):
+            _at_exit()
             _marker("reboot")
             return
     _marker("ready")
