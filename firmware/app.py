@@ -47,9 +47,15 @@ class Slot:
         hal = self.hal
         try:
             dev = Device(self.root, hal, self.index)
+            session = dev.make_session()
         except ConfigError as e:
             # One clear line, an error pattern, no reboot loop (issue 3 §10).
             hal.log("config error: %s" % e)
+            hal.hello(None)
+            hal.error_blink()
+            return False
+        except Exception as e:  # damaged flash or a bug: report, blink, keep the REPL
+            hal.log("device start failed: %r" % e)
             hal.hello(None)
             hal.error_blink()
             return False
@@ -58,7 +64,6 @@ class Slot:
         hal.hello(dev.cfg.device_str)
         import supervision
 
-        session = dev.make_session()
         for name, fn in (
             ("transport", dev.transport.run),
             ("session", session.run),

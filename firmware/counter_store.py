@@ -24,8 +24,11 @@ def _encode(limit):
     return "%s %08x\n" % (text, crc32(text.encode()) & 0xFFFFFFFF)
 
 
-def _decode(text):
-    parts = text.split()
+def _decode(raw):
+    try:
+        parts = raw.decode().split()
+    except UnicodeError:
+        raise ValueError
     if len(parts) != 2:
         raise ValueError
     limit = int(parts[0])
@@ -51,7 +54,7 @@ class CounterStore:
         file is suspicious, not a first boot).
         """
         try:
-            with open(self.path) as f:
+            with open(self.path, "rb") as f:
                 text = f.read()
         except OSError:
             text = None

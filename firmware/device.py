@@ -107,7 +107,9 @@ class Device:
         self._loc = [0, 0, 0, 0, 0, 0, 0]
         self._wake = asyncio.Event()
         self.hb_changed = asyncio.Event()
-        self.button_flag = asyncio.ThreadSafeFlag()
+        # ThreadSafeFlag on hardware (set from the IRQ); a plain Event on the host,
+        # where 5+ ThreadSafeFlag waiters next to sockets crash the unix port.
+        self.button_flag = hal.make_flag()
         # Clock (SPEC §12.5): unknown until a genuine ACK carries server time.
         self._clk_ts = 0
         self._clk_ticks = 0
@@ -213,14 +215,16 @@ class Device:
 
     def _load_settings(self):
         try:
-            with open(self.settings_path) as f:
-                s = json.loads(f.read())
+            with open(self.settings_path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return
+        try:
+            s = json.loads(raw.decode())
             seq = s.get("seq", 0)
             if not isinstance(seq, int):
                 raise ValueError
-        except OSError:
-            return
-        except (ValueError, AttributeError):
+        except (ValueError, UnicodeError, AttributeError):
             self.log("settings file corrupt: quarantined, using config.json values")
             try:
                 os.rename(self.settings_path, self.settings_path + ".bad")
@@ -550,6 +554,7 @@ class Device:
         while True:
             if not g.active():
                 await self.button_flag.wait()
+                self.button_flag.clear()
             ev = g.poll(ticks_ms())
             if ev == gesture_mod.ALERT:
                 self.raise_alert()

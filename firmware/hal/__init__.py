@@ -4,7 +4,7 @@
 # reference): attach_button(device), battery_pct(), charging(), mains(),
 # tamper_open(), location(), haptic/led/buzzer(pattern), state(name, counter),
 # log(msg), hello(device), reset_cause(), make_transport(cfg, log),
-# wdt_start(ms), wdt_feed(), deep_sleep(ms), error_blink().
+# wdt_start(ms), wdt_feed(), deep_sleep(ms), error_blink(), make_flag().
 # RAM budget: nothing here; see each implementation.
 
 import sys

@@ -58,7 +58,6 @@ class Esp32Hal:
     platform = "esp32"
 
     def __init__(self, board):
-        self.board = board
         pins = board.get("pins") or {}
         self._btn, self._btn_low = _in(pins.get("button"))
         self._tamper, self._tamper_low = _in(pins.get("tamper"))
@@ -76,7 +75,7 @@ class Esp32Hal:
         bz = pins.get("buzzer")
         self._buzzer = machine.PWM(machine.Pin(bz["pin"]), freq=2000, duty_u16=0) if bz else None
         bat = board.get("battery")
-        self._bat = bat
+        self._bat = dict(bat) if bat else None  # a small copy; the board dict is not kept
         self._adc = None
         if bat:
             self._adc = machine.ADC(machine.Pin(bat["adc_pin"]))
@@ -89,6 +88,9 @@ class Esp32Hal:
         self._tasks = {}
 
     # ------------------------------------------------------------ inputs ----
+
+    def make_flag(self):
+        return asyncio.ThreadSafeFlag()  # set from the button IRQ
 
     def attach_button(self, device):
         pin = self._btn

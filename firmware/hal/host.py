@@ -44,8 +44,8 @@ class HostHal:
     platform = "host"
 
     def __init__(self, board=None, index=0, channel=None):
-        board = board or {}
-        self.board = board
+        board = board or {}  # read here, not kept (parsed JSON is large)
+        self.error_on_led = bool((board.get("feedback") or {}).get("led"))
         self.index = index
         self.channel = channel
         inputs = board.get("inputs") or {}
@@ -99,6 +99,11 @@ class HostHal:
 
     # -------------------------------------------------- firmware-facing ----
 
+    def make_flag(self):
+        # Inputs arrive from asyncio tasks here, so an Event is enough; the unix
+        # port segfaults with 5+ ThreadSafeFlag waiters alongside sockets.
+        return asyncio.Event()
+
     def attach_button(self, device):
         self.device = device
 
@@ -134,7 +139,7 @@ class HostHal:
         self._out("buzzer", pattern)
 
     def error_blink(self):
-        self._out("led" if (self.board.get("feedback") or {}).get("led") else "haptic", "error")
+        self._out("led" if self.error_on_led else "haptic", "error")
 
     def state(self, name, counter):
         self._emit({"ev": "state", "name": name, "counter": counter})

@@ -1,0 +1,292 @@
+"""Firmware modules under the real micropython: gestures, counter store, outbox, power, config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from auxilio.protocol import codec
+
+from tests.conftest import BOARDS, run_micropython
+from tests.firmware.fwkit import SOURCE_DIRS, build_mpy, make_root
+
+
+@pytest.fixture(scope="module", params=["src", "mpy"])
+def fw_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Run every unit test on the sources and on the mpy-cross build."""
+    if request.param == "src":
+        return SOURCE_DIRS
+    return [build_mpy(tmp_path_factory.mktemp("mpy"))]
+
+
+def mp(script: str, path: list[Path], **kw: object) -> list[object]:
+    """Run a micropython script; it prints one JSON value per line."""
+    r = run_micropython(script, path=path, **kw)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = []
+    for line in r.stdout.splitlines():
+        if line.startswith("J "):
+            out.append(json.loads(line[2:]))
+    return out
+
+
+GESTURE = """
+import json
+from gesture import Gesture, ALERT, TAPS, NONE
+def run(edges, until, hold=2000, taps=3):
+    g = Gesture(hold, taps)
+    evs = []
+    i = 0
+    for now in range(0, until, 5):
+        while i < len(edges) and edges[i][0] <= now:
+            g.edge(edges[i][1], edges[i][0]); i += 1
+        e = g.poll(now)
+        if e != NONE:
+            evs.append([e, now])
+    return evs
+cases = {
+  "hold": [[100, 1], [2300, 0]],
+  "short": [[100, 1], [1900, 0]],
+  "bouncy_hold": [[100, 1], [103, 0], [106, 1], [108, 0], [110, 1], [2400, 0]],
+  "three_taps": [[100, 1], [250, 0], [600, 1], [750, 0], [1100, 1], [1250, 0]],
+  "slow_taps": [[100, 1], [250, 0], [2500, 1], [2650, 0], [5000, 1], [5150, 0]],
+  "glitches": [[100, 1], [110, 0], [500, 1], [510, 0], [900, 1], [905, 0]],
+  "release_in_debounce": [[100, 1], [2090, 0]],
+}
+for k in cases:
+    print("J " + json.dumps([k, run(cases[k], 7000)]))
+g = Gesture(500, 3)
+for i in range(100):
+    g.edge(i & 1, i)
+print("J " + json.dumps(["overrun", g.overruns > 0]))
+"""
+
+
+def test_gestures(fw_path: list[Path]) -> None:
+    res = dict(mp(GESTURE, fw_path))
+    assert res["hold"] == [[1, 2100]]  # ALERT exactly when the hold reaches 2 s
+    assert res["short"] == []  # released before 2 s: nothing, ever
+    assert len(res["bouncy_hold"]) == 1 and res["bouncy_hold"][0][0] == 1  # bounce ignored
+    assert [e for e, _ in res["three_taps"]] == [2]  # TAPS once
+    assert res["slow_taps"] == []  # gaps too long: no cancel
+    assert res["glitches"] == []  # sub-debounce spikes are not presses
+    assert res["release_in_debounce"] == []  # released at 1.99 s: no alert
+    assert res["overrun"] is True
+
+
+COUNTER = """
+import json, os
+from counter_store import CounterStore, SKIP_ON_CORRUPTION
+logs = []
+p = ROOT + "/counter"
+cs = CounterStore(p, 8, logs.append)
+cs.load(0, False)
+a = [cs.take() for _ in range(20)]
+# power cut: a new store from the same file never goes back
+cs2 = CounterStore(p, 8, logs.append)
+cs2.load(0, True)
+b = cs2.take()
+# the outbox knows a later counter than the file: never below it
+cs3 = CounterStore(p, 8, logs.append)
+cs3.load(500, True)
+c = cs3.take()
+with open(p, "w") as f:
+    f.write("garbage\\x00")
+cs4 = CounterStore(p, 8, logs.append)
+cs4.load(600, True)
+d = cs4.take()
+bad = p + ".bad" in [ROOT + "/" + n for n in os.listdir(ROOT)]
+os.remove(p)
+cs5 = CounterStore(p, 8, logs.append)
+cs5.load(d, True)
+e = cs5.take()
+print("J " + json.dumps({"a": a, "b": b, "c": c, "d": d, "e": e, "bad": bad, "logs": logs,
+                         "skip": SKIP_ON_CORRUPTION}))
+"""
+
+
+def test_counter_store(fw_path: list[Path], tmp_path: Path) -> None:
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + COUNTER, fw_path)
+    assert res["a"] == list(range(1, 21))
+    assert res["b"] > 20  # resumes at the persisted reservation, skipping at most a block
+    assert res["c"] > 500
+    assert res["d"] >= 600 + res["skip"]  # corrupt: jump far above every visible counter
+    assert res["e"] >= res["d"] + res["skip"]  # file missing while state exists: same
+    assert res["bad"] is True
+    assert len(res["logs"]) == 2 and "corrupt" in res["logs"][0] and "missing" in res["logs"][1]
+    # the reservation file is a single self-checking line
+    assert len((tmp_path / "counter").read_text().splitlines()) == 1
+
+
+OUTBOX = """
+import json, os
+import auxcodec as codec
+from outbox import Outbox
+from time import ticks_ms
+logs = []
+keys = codec.Keys(bytes(range(32)))
+DEV = 0x09380001
+p = ROOT + "/outbox.bin"
+ob = Outbox(p, 4, keys, logs.append, ticks_ms)
+pl = bytearray(64)
+def add(code, counter, vals):
+    n = codec.pack_payload_into(pl, 0, code, vals)
+    fl = codec.FLAG_ENCRYPTED if code == codec.ALERT else 0
+    return ob.add(code, fl, DEV, counter, 0, memoryview(pl)[:n])
+HB = (50, -60, 1, 0, 0, 1, 0, 0, 60)
+ALERT = (-2147483648, -2147483648, 0xFFFF, 0xFFFF, 50, -60, 1)
+add(codec.HEARTBEAT, 1, HB)
+add(codec.BOOT, 2, (1, 0, 1, 0, 0))
+add(codec.HEARTBEAT, 3, HB)
+add(codec.ALERT, 4, ALERT)
+full_hb = add(codec.HEARTBEAT, 5, HB)  # full: drops heartbeat 1 (oldest heartbeat)
+a2 = add(codec.ALERT, 6, ALERT)        # full: drops heartbeat 3
+a3 = add(codec.ALERT, 7, ALERT)        # full: drops heartbeat 5
+a4 = add(codec.ALERT, 8, ALERT)        # full: drops BOOT 2 (never an alert)
+a5 = add(codec.ALERT, 9, ALERT)        # full of alerts: refused
+order = []
+now = ticks_ms()
+while True:
+    r, w = ob.next_due(now)
+    if r is None:
+        break
+    order.append(r.counter)
+    r.due = now + 100000
+ob2 = Outbox(p, 4, keys, logs.append, ticks_ms)
+n = ob2.load(DEV)
+kept = sorted(r.counter for r in ob2.records if r.used)
+print("J " + json.dumps({"order": order, "kept": kept, "n": n, "hw": ob2.hw, "dropped": ob.dropped,
+                         "a5": a5 is None, "logs": logs}))
+"""
+
+
+def test_outbox_priority_bounds_and_persistence(fw_path: list[Path], tmp_path: Path) -> None:
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + OUTBOX, fw_path)
+    assert res["kept"] == [4, 6, 7, 8]  # only alerts left: heartbeats then BOOT were dropped
+    assert res["order"] == [4, 6, 7, 8]
+    assert res["n"] == 4 and res["hw"] == 8
+    assert res["a5"] is True and res["dropped"] == 5
+
+
+SALVAGE = """
+import json
+import auxcodec as codec
+from outbox import Outbox
+from time import ticks_ms
+logs = []
+keys = codec.Keys(bytes(range(32)))
+ob = Outbox(ROOT + "/outbox.bin", 6, keys, logs.append, ticks_ms)
+n = ob.load(0x09380001)
+print("J " + json.dumps({"n": n, "kept": sorted(r.counter for r in ob.records if r.used),
+                         "hw": ob.hw, "logs": logs}))
+"""
+
+
+def _frames(secret: bytes) -> list[bytes]:
+    dev = codec.device_str(0x09380001)
+    return [
+        codec.encode(
+            {"type": "TAMPER", "device": dev, "counter": c, "timestamp": 0, "open": True}, secret
+        )
+        for c in (11, 12, 13)
+    ]
+
+
+def test_outbox_corrupt_file_is_quarantined_and_salvaged(
+    fw_path: list[Path], tmp_path: Path
+) -> None:
+    secret = bytes(range(32))
+    f = _frames(secret)
+    # a damaged header, then three records, the middle one with a flipped byte
+    body = b"\xde\xad" + b"".join(bytes([0, len(x)]) + x for x in f)
+    body = bytearray(body)
+    body[2 + 2 + len(f[0]) + 2 + 20] ^= 0xFF
+    (tmp_path / "outbox.bin").write_bytes(bytes(body))
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + SALVAGE, fw_path)
+    assert res["kept"] == [11, 13]  # every frame whose tag still verifies
+    assert res["hw"] == 13
+    assert len(res["logs"]) == 1 and "corrupt" in res["logs"][0]
+    assert (tmp_path / "outbox.bin.bad").exists()  # quarantined for analysis
+    # the rewritten file is clean: a second load recovers the same frames without complaint
+    (res2,) = mp(f"ROOT = {str(tmp_path)!r}\n" + SALVAGE, fw_path)
+    assert res2["kept"] == [11, 13] and res2["logs"] == []
+
+
+POWER = """
+import json
+from power import PowerWatch
+pw = PowerWatch((20, 10), True, False)
+seq = [50, 21, 20, 19, 20, 15, 10, 9, 8, 26, 19, 5]
+print("J " + json.dumps([pw.battery(p) for p in seq]))
+print("J " + json.dumps([pw.mains_changed(True), pw.mains_changed(False), pw.mains_changed(False),
+                         pw.tamper_changed(True), pw.tamper_changed(None)]))
+"""
+
+
+def test_low_battery_fires_once_per_threshold_per_discharge(fw_path: list[Path]) -> None:
+    levels, edges = mp(POWER, fw_path)
+    # 20 once, 10 once; re-armed by charging to 26 (>= 20 + 5), then both fire again (5 < 10)
+    assert levels == [None, None, 20, None, None, None, 10, None, None, None, 20, 10]
+    assert edges == [False, True, False, True, False]
+
+
+CONFIG = """
+import json
+import auxcodec as codec
+from config import Config, ConfigError
+try:
+    c = Config(ROOT, codec)
+    print("J " + json.dumps(["ok", c.role, c.hold_ms, c.heartbeat_s, c.discreet, c.port]))
+except ConfigError as e:
+    print("J " + json.dumps(["error", str(e)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expect"),
+    [
+        (None, ["ok", "bracelet", 2000, 900, True, 1883]),
+        ({"secret": "zz"}, "secret must be 64 hex"),
+        ({"device": "0938-NKRX"}, "device id invalid"),
+        ({"broker": "http://x"}, "broker must start with"),
+        ({"role": "button"}, "role must be one of"),
+        ({"hold_ms": "2s"}, "hold_ms must be an integer"),
+        ({"broker": "mqtts://h:8883"}, "needs tls_ca"),
+        ("not json {", "config.json is not valid JSON"),
+        ("missing", "config.json missing"),
+    ],
+)
+def test_config_validation(
+    fw_path: list[Path], tmp_path: Path, mutate: object, expect: object
+) -> None:
+    cfg = make_root(tmp_path, "mqtt://127.0.0.1:1883", tunables={})
+    cfg.pop("tunables")
+    if isinstance(mutate, dict):
+        cfg.update(mutate)
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+    elif mutate == "missing":
+        os.remove(tmp_path / "config.json")
+    elif isinstance(mutate, str):
+        (tmp_path / "config.json").write_text(mutate)
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + CONFIG, fw_path)
+    if isinstance(expect, list):
+        assert res == expect
+    else:
+        assert res[0] == "error" and expect in res[1]
+        assert cfg["secret"] not in res[1]  # never a secret in a log line
+
+
+def test_boards_are_complete() -> None:
+    """Every board has flash layout, pins and role defaults the firmware reads."""
+    for p in sorted(BOARDS.glob("*.json")):
+        b = json.loads(p.read_text())
+        assert b["name"] == p.stem
+        vfs = [x for x in b["flash"]["partitions"] if x["name"] == "vfs"]
+        assert vfs and vfs[0]["offset"] == b["vfs"]["offset"] and vfs[0]["size"] == b["vfs"]["size"]
+        last = max(x["offset"] + x["size"] for x in b["flash"]["partitions"])
+        assert last <= b["flash"]["size_bytes"]
+        assert b["pins"]["button"]["pin"] >= 0
+        for role in b["roles"].values():
+            assert {"hold_ms", "cancel_window_s", "heartbeat_s", "discreet"} <= set(role)
