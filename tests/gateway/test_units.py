@@ -85,3 +85,40 @@ def test_broker_url_credentials_and_redaction(tmp_path: Path) -> None:
     assert "hunter2" not in str(e.value)
     with pytest.raises(UsageError):
         with_credentials("mqtt://h:1", tmp_path / "missing.json")
+
+
+def test_webhook_permanent_refusal_parks_record_and_continues(tmp_path: Path) -> None:
+    import http.server
+    import threading
+    import time
+
+    from auxilio.gateway.forward import WebhookForwarder
+
+    got: list[str] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append(body["key"])
+            self.send_response(422 if body["key"] == "bad" else 200)
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fwd = WebhookForwarder(f"http://127.0.0.1:{server.server_address[1]}/", tmp_path / "q")
+    try:
+        fwd.enqueue([{"key": "bad"}, {"key": "good"}])
+        fwd.release()
+        deadline = time.monotonic() + 20
+        while "good" not in got and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        fwd.close()
+        server.shutdown()
+        server.server_close()
+    assert got[:2] == ["bad", "good"]
+    assert fwd.rejected == 1 and len(list((tmp_path / "q" / "rejected").glob("*.json"))) == 1
+    assert list((tmp_path / "q").glob("*.json")) == []

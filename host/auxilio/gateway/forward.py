@@ -142,6 +142,7 @@ class WebhookForwarder(Forwarder):
         self._stop = False
         self.sent = 0
         self.failures = 0
+        self.rejected = 0
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
 
@@ -186,6 +187,15 @@ class WebhookForwarder(Forwarder):
         except urllib.error.HTTPError as exc:
             ok = False
             err = f"HTTP {exc.code}"
+            if 400 <= exc.code < 500 and exc.code not in (408, 425, 429):
+                # The receiver refuses this record for good: park it (still on
+                # disk, for an operator) instead of blocking every later record.
+                dead = self.queue.dir / "rejected"
+                dead.mkdir(exist_ok=True)
+                os.replace(path, dead / path.name)
+                self.rejected += 1
+                log.warning("webhook: record refused (%s), kept in %s", err, dead)
+                return True
         except (urllib.error.URLError, OSError, ValueError) as exc:
             ok = False
             err = type(getattr(exc, "reason", exc)).__name__
@@ -232,5 +242,8 @@ def make_forwarder(spec: str | None, url: str | None, queue_dir: Path | None) ->
     if spec == "webhook":
         if not url or not url.startswith(("http://", "https://")):
             raise UsageError("--forward webhook needs an http:// or https:// URL")
-        return WebhookForwarder(url, queue_dir or Path("var/forward-queue"))
+        try:
+            return WebhookForwarder(url, queue_dir or Path("var/forward-queue"))
+        except OSError as exc:
+            raise UsageError(f"webhook queue directory unusable: {exc.strerror}") from None
     raise UsageError(f"unknown forwarder {spec!r} (use jsonl or webhook URL)")
