@@ -1,0 +1,139 @@
+"""End to end: the real firmware from firmware/ on virtual boards, with a real broker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from auxilio.paths import firmware_dir
+
+from tests.emulator.peer import AckPeer
+
+pytestmark = [
+    pytest.mark.emulator,
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not (firmware_dir() / "app.py").exists(), reason="the firmware has not landed yet"
+    ),
+]
+
+# Fleet figures: short heartbeat so "heartbeating" is observable in bounded time.
+FLEET_SIZE = 200
+FLEET_HEARTBEAT_S = 5
+FLEET_BEATS = 2  # heartbeats each device must show after connecting
+
+
+def secret_of(vd) -> bytes:
+    return bytes.fromhex(vd.config["secret"])
+
+
+def test_bracelet_alert_is_acked_with_two_pulses(virtual_board, mqtt_broker) -> None:
+    vd = virtual_board(firmware=True, broker_url=mqtt_broker.url)
+    peer = AckPeer(mqtt_broker.host, mqtt_broker.port, {vd.device: secret_of(vd)})
+    try:
+        mark = vd.mark()
+        vd.hold()  # the bracelet's alert gesture: hold >= hold_ms
+        alert = peer.wait_frame(type="ALERT", device=vd.device)
+        assert alert["encrypted"]
+        ev = vd.wait_event(ev="haptic", pattern="double", since=mark)
+        pulses = [e["pattern"] for e in vd.events(mark) if e.get("ev") == "haptic"]
+        assert pulses[:2] == ["pulse", "double"]  # queued, then acked
+        assert ev["t"] >= alert["received_at"] - 1
+        acked = vd.wait_event(ev="state", name="acked", counter=alert["counter"], since=mark)
+        assert acked["dev"] == 0
+    finally:
+        peer.close()
+
+
+def test_alert_during_network_outage_is_delivered_when_link_returns(
+    virtual_board, mqtt_broker
+) -> None:
+    vd = virtual_board(firmware=True, broker_url=mqtt_broker.url)
+    peer = AckPeer(mqtt_broker.host, mqtt_broker.port, {vd.device: secret_of(vd)})
+    try:
+        vd.wait_event(ev="state", name="connected")
+        vd.network(False)
+        deadline = time.monotonic() + 30
+        while vd.proxy.connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vd.proxy.connections() == 0
+        mark = vd.mark()
+        vd.hold()
+        vd.wait_event(ev="haptic", pattern="pulse", since=mark)
+        time.sleep(1.0)
+        assert not [f for f in peer.frames if f["type"] == "ALERT"]  # nothing got through
+        vd.latency(50)  # a slow link when it comes back
+        vd.network(True)
+        alert = peer.wait_frame(type="ALERT", timeout=60)
+        vd.wait_event(ev="haptic", pattern="double", since=mark, timeout=60)
+        assert vd.proxy.stats["refused"] >= 0 and vd.proxy.stats["bytes_up"] > 0
+        assert alert["device"] == vd.device
+    finally:
+        peer.close()
+
+
+def test_unacked_alert_survives_a_power_cut_in_the_flash_image(virtual_board, mqtt_broker) -> None:
+    vd = virtual_board(firmware=True, broker_url=mqtt_broker.url)
+    peer = AckPeer(mqtt_broker.host, mqtt_broker.port, {vd.device: secret_of(vd)}, ack=False)
+    try:
+        vd.wait_event(ev="state", name="connected")
+        mark = vd.mark()
+        vd.hold()
+        first = peer.wait_frame(type="ALERT")
+        vd.wait_event(ev="state", name="sent", counter=first["counter"], since=mark)
+        vd.power_cut()  # kill -9: RAM gone, the outbox is in the LittleFS image
+        time.sleep(0.5)
+        peer.ack = True
+        since = vd.mark()
+        vd.power_restore()
+        vd.control.wait_connected(60)
+        vd.wait_event(ev="haptic", pattern="double", since=since, timeout=90)
+        resent = [f for f in peer.frames if f["type"] == "ALERT"]
+        assert {f["counter"] for f in resent} == {first["counter"]}  # same alert, same counter
+        assert any(f["retransmission"] for f in resent[1:]) or len(resent) >= 2
+    finally:
+        peer.close()
+
+
+@pytest.mark.slow
+def test_fleet_of_200_connected_and_heartbeating(
+    virtual_fleet, mqtt_broker, record_property
+) -> None:
+    t0 = time.monotonic()
+    fleet = virtual_fleet(FLEET_SIZE, mqtt_broker.url, heartbeat_s=FLEET_HEARTBEAT_S)
+    started_s = time.monotonic() - t0
+    peer = AckPeer(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        {d.device: bytes.fromhex(d.config["secret"]) for d in fleet.devices},
+    )
+    try:
+        assert fleet.proxy is not None and fleet.proxy.connections() == FLEET_SIZE
+        deadline = time.monotonic() + FLEET_HEARTBEAT_S * (FLEET_BEATS + 6)
+        while time.monotonic() < deadline:
+            beats: dict[str, int] = {}
+            for f in list(peer.frames):
+                if f["type"] == "HEARTBEAT":
+                    beats[f["device"]] = beats.get(f["device"], 0) + 1
+            if len(beats) == FLEET_SIZE and min(beats.values()) >= FLEET_BEATS:
+                break
+            time.sleep(0.5)
+        assert len(beats) == FLEET_SIZE, f"{len(beats)} devices heartbeating"
+        assert min(beats.values()) >= FLEET_BEATS
+        assert peer.bad == 0
+        # Idle figures over one heartbeat period (reported, not asserted: shared machine).
+        c0, w0 = fleet.cpu_seconds(), time.monotonic()
+        time.sleep(FLEET_HEARTBEAT_S)
+        cpu = (fleet.cpu_seconds() - c0) / (time.monotonic() - w0)
+        rss_per_device = fleet.rss_bytes() / FLEET_SIZE
+        record_property("fleet_start_s", round(started_s, 2))
+        record_property("rss_per_device_kb", round(rss_per_device / 1024, 1))
+        record_property("idle_cpu_fraction", round(cpu, 3))
+        print(
+            f"\nfleet {FLEET_SIZE}: started in {started_s:.1f}s, RSS/device "
+            f"{rss_per_device / 1024:.0f} KB, idle CPU {cpu * 100:.1f}% of one core "
+            f"(heartbeat {FLEET_HEARTBEAT_S}s)"
+        )
+        assert all(p.poll() is None for p in fleet.procs)
+    finally:
+        peer.close()
