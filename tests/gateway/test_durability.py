@@ -276,3 +276,48 @@ def test_poison_frame_dropped_after_retries_others_flow(
     assert gateway.stats["internal_error"] == 3
     c = sim.send("ALERT")
     assert sim.wait_ack(c)["disposition"] == "received"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_registry_outage_nothing_acked_until_durable(gw_key: Any, mqtt_broker: Any) -> None:
+    """PostgreSQL stops under a running gateway: no ACK while it is down, then stored once and acked."""
+    from auxilio.registry import open_registry
+    from auxilio.testing.postgres import PostgresCluster, postgres_bindir
+
+    from .conftest import Fleet
+
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL is not installed")
+    cluster = PostgresCluster().start()
+    registry = None
+    fleet = None
+    gw = None
+
+    def pg_ctl(*args: str) -> None:
+        cluster._run(str(cluster.bindir / "pg_ctl"), "-D", str(cluster.data), *args)
+
+    try:
+        registry = open_registry(cluster.create_database())
+        fleet = Fleet(registry, gw_key, mqtt_broker)
+        sim = fleet.sim()
+        gw = Gateway(registry, gw_key, mqtt_broker.url)
+        gw.start(connect_attempts=50)
+        assert gw.connected.wait(WAIT_S)
+        assert sim.wait_ack(sim.send("ALERT"))
+        pg_ctl("-m", "fast", "-w", "stop")
+        c = sim.send("ALERT")
+        assert sim.wait_ack(c, timeout=3) is None  # not durable, so not acked
+        opts = f"-p {cluster.port} -k {cluster.dir} -c listen_addresses=127.0.0.1"
+        pg_ctl("-o", opts, "-l", str(cluster.dir / "log"), "-w", "start")
+        ack = sim.wait_ack(c, timeout=60)  # the device did not resend
+        assert ack is not None and ack["disposition"] == "received"
+        assert [r for r in _stored(registry, sim.device) if r[0] == c] == [(c, "received")]
+    finally:
+        if gw is not None:
+            gw.stop()
+        if fleet is not None:
+            fleet.close()
+        if registry is not None:
+            registry.close()
+        cluster.stop()
