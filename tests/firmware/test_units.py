@@ -290,3 +290,121 @@ def test_boards_are_complete() -> None:
         assert b["pins"]["button"]["pin"] >= 0
         for role in b["roles"].values():
             assert {"hold_ms", "cancel_window_s", "heartbeat_s", "discreet"} <= set(role)
+
+
+GUARD = """
+import json, asyncio
+import app, device
+from hal.host import HostHal
+
+class FlakyHal(HostHal):
+    fail = 0
+    def battery_pct(self):
+        if self.fail > 0:
+            self.fail -= 1
+            raise OSError(5)  # EIO: an ADC read failing
+        return HostHal.battery_pct(self)
+
+hals = []
+def factory(i, root):
+    with open(root + "/board.json") as f:
+        h = FlakyHal(json.loads(f.read()), i)
+    hals.append(h)
+    return h
+
+device.HEALTHY_TICK_MS = 30000
+async def main():
+    t = asyncio.create_task(app._fleet([ROOT], factory))
+    await asyncio.sleep_ms(1500)
+    h = hals[0]
+    fed0 = h.wdt_feeds
+    h.fail = 2
+    await asyncio.sleep_ms(1500)
+    dev = h.device
+    h.set_battery(15)
+    await asyncio.sleep_ms(1500)
+    low = [r.code for r in dev.outbox.records if r.used]
+    fed1 = h.wdt_feeds
+    # a crash loop: the watchdog must starve so the hardware resets the board
+    dev.crashes = device.CRASH_LIMIT
+    await asyncio.sleep_ms(2500)
+    fed2 = h.wdt_feeds
+    print("J " + json.dumps({"crashes": dev.crashes, "low": low, "fed0": fed0, "fed1": fed1,
+                             "fed2": fed2, "wdt_ms": h.wdt_ms}))
+    raise SystemExit
+asyncio.run(main())
+"""
+
+
+def test_tasks_restart_after_failure_and_watchdog_starves_on_crash_loop(
+    fw_path: list[Path], tmp_path: Path
+) -> None:
+    make_root(tmp_path, "mqtt://127.0.0.1:9", tunables={"input_poll_ms": 50})  # no broker: offline
+    r = run_micropython(f"ROOT = {str(tmp_path)!r}\n" + GUARD, path=fw_path, timeout=60)
+    out = [json.loads(x[2:]) for x in r.stdout.splitlines() if x.startswith("J ")]
+    assert out, r.stdout + r.stderr
+    res = out[0]
+    assert "task inputs failed" in r.stdout and "restarting" in r.stdout
+    assert codec.LOW_BATTERY in res["low"]  # the restarted task still works
+    assert res["fed1"] > res["fed0"] > 0  # healthy: fed by the fleet loop
+    assert res["fed2"] == res["fed1"]  # crash loop: not fed any more
+    assert res["wdt_ms"] == 30000
+
+
+FAKE_ESP32 = Path(__file__).resolve().parent / "fake_esp32"
+
+ESP32_HAL = """
+import json, asyncio, machine
+from hal.esp32 import Esp32Hal
+from wifi import WifiTransport
+import network
+with open(BOARD) as f:
+    board = json.loads(f.read())
+h = Esp32Hal(board)
+edges = []
+class Dev:
+    def press_edge(self, level):
+        edges.append(level)
+h.attach_button(Dev())
+btn = [p for p in machine.Pin.ALL if p.n == board["pins"]["button"]["pin"]][0]
+btn.v = 0; btn.handler(btn)   # active low: pressed
+btn.v = 1; btn.handler(btn)   # released
+out = {"edges": edges, "battery": h.battery_pct(), "cause": h.reset_cause(),
+       "mains": h.mains(), "tamper": h.tamper_open()}
+async def main():
+    h.led("blink"); h.buzzer("beep2"); h.haptic("double")
+    await asyncio.sleep_ms(600)
+    t = WifiTransport(network.WLAN(0), "lab", "pw", print)
+    task = asyncio.create_task(t.run())
+    await asyncio.sleep_ms(300)
+    out["wifi_up"] = t.up()
+    out["rssi"] = t.rssi()
+    task.cancel()
+asyncio.run(main())
+h.wdt_start(30000); h.wdt_feed()
+h.deep_sleep(60000)
+h.error_blink()
+out["calls"] = [c[0] for c in machine.CALLS]
+print("J " + json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("board", ["bracelet-c3", "button-s3", "devkit-esp32"])
+def test_esp32_hal_against_fake_machine(fw_path: list[Path], board: str) -> None:
+    """The ESP32 HAL runs its board data end to end against recorded fake peripherals."""
+    (res,) = mp(
+        f"BOARD = {str(BOARDS / (board + '.json'))!r}\n" + ESP32_HAL, [FAKE_ESP32, *fw_path]
+    )
+    assert res["edges"] == [1, 0]  # IRQ only timestamps; active-low handled from board data
+    assert res["cause"] == "watchdog"
+    assert res["wifi_up"] is True and res["rssi"] == -61
+    calls = res["calls"]
+    assert "wdt" in calls and "feed" in calls and "deepsleep" in calls and "timer" in calls
+    if board == "bracelet-c3":
+        # 1.9 V at the pin x divider 2.0 = 3.8 V between 3.3 V and 4.15 V
+        assert res["battery"] == 58 and "pin" in calls and "np" not in calls
+    if board == "button-s3":
+        assert "np" in calls and "duty" in calls and "ext0" in calls
+        assert res["mains"] is True and res["tamper"] is True  # pins read 1, active high
+    if board == "devkit-esp32":
+        assert res["battery"] is None and res["mains"] is None
