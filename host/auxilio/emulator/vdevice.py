@@ -136,6 +136,19 @@ class VirtualDevice:
         if self.config is None and self.broker_url and self.deploy:
             self.config = new_identity(self.board_def.role, self.broker_url)
         if self.config is not None:
+            if "broker" not in self.config and not self.broker_url:
+                raise UsageError("the config has no broker: give a broker URL")
+            # A provisioning file (auxilio devices add --secret-out) holds only the
+            # enrolment fields; the rest of config.json comes from the board and here.
+            defaults = {
+                "role": self.board_def.role,
+                "broker": self.broker_url,
+                "username": self.config.get("device"),
+                "tls_ca": None,
+                "wifi": {"ssid": "virtual", "password": "virtual"},
+                "prefix": "auxilio",
+            }
+            self.config = {**defaults, **self.config}
             cfg = dict(self.config)
             if self.proxy is not None:
                 # The device's network is the proxy: it forwards to the real broker.
