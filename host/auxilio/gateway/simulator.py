@@ -39,6 +39,7 @@ class SimDevice:
         *,
         prefix: str = codec.DEFAULT_PREFIX,
         counter: int = 1,
+        password: str | None = None,
     ) -> None:
         self.device = device
         self.label = codec.device_str(device)
@@ -54,6 +55,8 @@ class SimDevice:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.label, clean_session=False)
         c.on_socket_open = lambda cl, ud, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.on_message = self._on_message
+        if password is not None:
+            c.username_pw_set(self.label, password)  # username = printed device id (SPEC §10.2)
         c.will_set(codec.topic(prefix, device, "status"), b"offline", qos=1, retain=True)
         self._subscribed = threading.Event()
         c.on_connect = self._on_connect

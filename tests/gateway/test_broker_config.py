@@ -1,0 +1,79 @@
+"""The gateway behind the broker config `auxilio broker config` generates (per-device users, ACL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from auxilio.broker.config import write_config
+from auxilio.gateway.simulator import SimDevice
+from auxilio.registry import open_registry
+from auxilio.registry.enrol import enrol_device
+from auxilio.testing.mosquitto import Mosquitto, free_port, mosquitto_binary
+
+from .conftest import WAIT_S, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_gateway_with_generated_users_and_acl(
+    tmp_path: Path, gw_key: Any, gw_key_file: Path
+) -> None:
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    reg_path = tmp_path / "reg.db"
+    reg = open_registry(reg_path)
+    prov = tmp_path / "device.json"
+    enrol_device(reg, gw_key.public_key(), "button", "button-s3", actor="test", secret_out=prov)
+    dev = json.loads(prov.read_text())
+    port = free_port()
+    files = write_config(
+        tmp_path / "broker",
+        reg,
+        port=port,
+        run_as="root" if os.geteuid() == 0 else None,
+        log_file=tmp_path / "mosquitto.log",
+    )
+    reg.close()
+    broker = Mosquitto(port=port, workdir=tmp_path / "broker", config_path=files.conf).start()
+    log = tmp_path / "gateway.log"
+    p = subprocess.Popen(
+        [
+            sys.executable, "-m", "auxilio.cli", "gateway",
+            "--broker", f"mqtt://127.0.0.1:{port}",
+            "--broker-credentials", str(files.gateway),
+            "--registry", str(reg_path), "--keys", str(gw_key_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )  # fmt: skip
+    sim = None
+    try:
+        from auxilio.protocol import codec
+
+        sim = SimDevice(
+            codec.device_int(dev["device"]),
+            bytes.fromhex(dev["secret"]),
+            "127.0.0.1",
+            port,
+            password=dev["password"],
+        )
+        ack = wait_for(
+            lambda: sim.wait_ack(sim.send("ALERT"), timeout=0.5), what="ack through the ACL"
+        )
+        assert ack["disposition"] == "received"
+    finally:
+        if sim is not None:
+            sim.close()
+        p.send_signal(signal.SIGTERM)
+        p.wait(WAIT_S)
+        broker.close()
+    text = log.read_text()
+    assert json.loads(files.gateway.read_text())["password"] not in text
+    assert dev["secret"] not in text and dev["password"] not in text
