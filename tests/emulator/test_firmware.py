@@ -137,3 +137,71 @@ def test_fleet_of_200_connected_and_heartbeating(
         assert all(p.poll() is None for p in fleet.procs)
     finally:
         peer.close()
+
+
+def test_cli_hold_and_events_through_vboard(tmp_path, mqtt_broker) -> None:
+    import json
+    import os
+    import subprocess
+
+    from tests.emulator.test_cli import AUXILIO, Emulator
+
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    # A provisioning file as `auxilio devices add --secret-out` writes it.
+    from auxilio.emulator.vdevice import new_identity
+
+    ident = new_identity("bracelet", mqtt_broker.url)
+    prov = {k: ident[k] for k in ("device", "role", "secret", "username", "password")}
+    (tmp_path / "prov.json").write_text(json.dumps(prov))
+    emu = Emulator(
+        [
+            "--image",
+            str(tmp_path / "b.img"),
+            "--format",
+            "--firmware",
+            "--config",
+            str(tmp_path / "prov.json"),
+            "--broker",
+            mqtt_broker.url,
+            "--name",
+            "cli",
+        ],
+        env,
+    )
+    peer = AckPeer(
+        mqtt_broker.host, mqtt_broker.port, {prov["device"]: bytes.fromhex(prov["secret"])}
+    )
+
+    def vboard(*args: str) -> str:
+        p = subprocess.run(
+            [AUXILIO, "vboard", "--name", "cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    try:
+        assert emu.info["device"] == prov["device"]
+        deadline = time.monotonic() + 60
+        while not json.loads(vboard("status"))["control_connected"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        vboard("hold")
+        peer.wait_frame(type="ALERT", device=prov["device"])
+        deadline = time.monotonic() + 60
+        while True:
+            evs = [json.loads(x) for x in vboard("events", "--last", "100").splitlines()]
+            if any(e.get("ev") == "haptic" and e.get("pattern") == "double" for e in evs):
+                break
+            assert time.monotonic() < deadline, evs
+            time.sleep(0.2)
+        vboard("battery", "15")
+        vboard("network", "down")
+        assert json.loads(vboard("status"))["network"]["up"] is False
+    finally:
+        peer.close()
+        rc, err = emu.stop()
+    assert rc == 0, err
