@@ -205,3 +205,21 @@ def test_cli_hold_and_events_through_vboard(tmp_path, mqtt_broker) -> None:
         peer.close()
         rc, err = emu.stop()
     assert rc == 0, err
+
+
+def test_fleet_populates_the_registry(virtual_fleet, mqtt_broker, tmp_path) -> None:
+    from auxilio.keys import init_keys, load_private_key
+    from auxilio.protocol import codec
+    from auxilio.registry import open_registry
+
+    priv, _pub = init_keys(tmp_path / "keys")
+    fleet = virtual_fleet(3, mqtt_broker.url)
+    db = tmp_path / "registry.db"
+    assert fleet.register(str(db), tmp_path / "keys") == 3
+    assert fleet.register(str(db), tmp_path / "keys") == 0  # idempotent
+    key = load_private_key(priv)
+    with open_registry(str(db)) as reg:
+        for d in fleet.devices:
+            rec = reg.get_device(codec.device_int(d.device))
+            assert rec is not None and rec.board == "bracelet-c3"
+            assert reg.device_secret(rec.id, key).hex() == d.config["secret"]

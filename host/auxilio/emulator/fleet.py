@@ -302,10 +302,12 @@ class VirtualFleet:
 
     def register(self, registry_url: str, keys: str | os.PathLike[str] | None = None) -> int:
         """Add every device to the registry with its secret sealed to the gateway key."""
-        from auxilio.keys import load_public_key, seal
+        from auxilio.keys import PUBLIC_KEY_FILE, load_public_key, seal
         from auxilio.protocol import codec
         from auxilio.registry import RegistryError, open_registry
 
+        if keys is not None and Path(keys).is_dir():
+            keys = Path(keys) / PUBLIC_KEY_FILE
         public = load_public_key(keys)
         added = 0
         with open_registry(registry_url) as reg:
