@@ -257,6 +257,7 @@ class VirtualFleet:
                 idx = g * self.per_interpreter + int(e.get("dev", 0))
                 if index is None or idx == index:
                     out.append(dict(e, index=idx))
+        out.sort(key=lambda e: e.get("t", 0.0))  # interpreters interleave in time
         return out
 
     # -- figures ----------------------------------------------------------------
