@@ -214,7 +214,7 @@ class VirtualBoard:
         with self._console_cond:
             return bytes(self._console)
 
-    def wait_output(self, pattern: bytes, timeout: float = 10.0, since: int = 0) -> int:
+    def wait_output(self, pattern: bytes, timeout: float = 30.0, since: int = 0) -> int:
         """Wait until `pattern` appears in the console after offset `since`; its end offset."""
         deadline = time.monotonic() + timeout
         with self._console_cond:

@@ -11,10 +11,11 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from auxilio.emulator.board import VirtualBoard
+from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.emulator.boards import Board, load_board
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
@@ -92,6 +93,7 @@ class VirtualDevice:
         rfc2217_port: int | None = 0,
         heapsize: str | None = None,
         name: str | None = None,
+        download_mode: Callable[[VirtualBoard], DownloadMode] | None = None,
     ) -> None:
         self.board_def = load_board(board) if isinstance(board, str) else board
         self.image = FlashImage(image, self.board_def)
@@ -114,6 +116,7 @@ class VirtualDevice:
             env={"AUXILIO_HAL_CONTROL": self.control.address},
             heapsize=heapsize,
             name=name,
+            download_mode=download_mode,  # the ROM bootloader, when the flashing issue adds it
         )
 
     @property
