@@ -22,7 +22,7 @@ import gesture as gesture_mod
 from config import Config, join
 from counter_store import CounterStore
 from feedback import Feedback
-from outbox import Outbox
+from outbox import BUSY, SENT, Outbox
 from power import PowerWatch
 
 # How long a publish may wait for the broker's PUBACK before it counts as failed.
@@ -83,9 +83,10 @@ class Device:
         self.recovered = self.outbox.load(cfg.device)
         if self.recovered:
             self.log("outbox: %d frame(s) recovered from flash" % self.recovered)
-        for r in self.outbox.records:
-            if r.used:
-                r.sent = True  # may have gone out before the reset: flag as retransmission
+        ob = self.outbox
+        for i in range(ob.slots):
+            if ob.used(i):
+                ob.mark_sent(i)  # may have gone out before the reset: flag as retransmission
         self.counters = CounterStore(join(data, "counter"), cfg.counter_block, self.log)
         self.counters.load(self.outbox.hw, self.outbox.hw > 0)
         self.gesture = gesture_mod.Gesture(cfg.hold_ms, cfg.cancel_taps)
@@ -254,9 +255,9 @@ class Device:
         fl = self.flags()
         if code == codec.ALERT or code == codec.TEST:
             fl |= codec.FLAG_ENCRYPTED
-        r = self.outbox.add(code, fl, self.cfg.device, c, self.now_ts(), memoryview(self._pl)[:n])
+        i = self.outbox.add(code, fl, self.cfg.device, c, self.now_ts(), memoryview(self._pl)[:n])
         self._wake.set()
-        if r is None:
+        if i < 0:
             return 0
         self.hal.state("queued", c)
         return c
@@ -392,49 +393,52 @@ class Device:
             if not up:
                 await self._idle(200)
                 continue
-            r, wait = ob.next_due(ticks_ms())
-            if r is None:
+            i, wait = ob.next_due(ticks_ms())
+            if i < 0:
                 await self._idle(wait)
                 continue
-            await self._transmit(r)
+            await self._transmit(i)
 
     def _reconnected(self):
         # Frames waiting for an application ACK are re-sent promptly after a
         # reconnect instead of sitting out a long backoff.
         now = ticks_ms()
-        for r in self.outbox.records:
-            if r.used and ticks_diff(r.due, now) > self.cfg.retry_base_ms:
-                r.due = ticks_add(now, self.jitter(self.cfg.retry_base_ms))
+        ob = self.outbox
+        for i in range(ob.slots):
+            if ob.used(i) and ticks_diff(ob.due[i], now) > self.cfg.retry_base_ms:
+                ob.due[i] = ticks_add(now, self.jitter(self.cfg.retry_base_ms))
 
-    async def _transmit(self, r):
-        gen = r.gen
-        if r.sent or r.attempts:
+    async def _transmit(self, i):
+        ob = self.outbox
+        gen = ob.gen[i]
+        if ob.flags[i] & SENT or ob.attempts[i]:
             # SPEC §12.3: same counter and payload; only timestamp and flags change.
             codec.restamp(
-                r.buf,
-                r.n,
+                ob.views[i],
+                ob.n[i],
                 self.keys,
                 self.now_ts(),
                 set_flags=codec.FLAG_RETRANSMISSION | self.flags(),
             )
-        r.attempts += 1
-        r.busy = True
+        if ob.attempts[i] < 255:
+            ob.attempts[i] += 1
+        ob.flags[i] |= BUSY
         try:
             ok = await self.session.publish(
-                self.up_topic, memoryview(r.buf)[: r.n], 1, False, PUBLISH_TIMEOUT_MS
+                self.up_topic, ob.frame(i), 1, False, PUBLISH_TIMEOUT_MS
             )
         finally:
-            r.busy = False
-        if not r.used or r.gen != gen:
+            ob.flags[i] &= ~BUSY & 0xFF
+        if not ob.used(i) or ob.gen[i] != gen:
             return  # acked (or replaced) while the PUBACK was in flight
         if ok:
-            if not r.sent:
-                r.sent = True
-                self.hal.state("sent", r.counter)
-            if r.code == codec.HEARTBEAT:
-                self.outbox.remove(r)  # fire-and-forget at QoS 1 (SPEC §12.4)
+            if not ob.flags[i] & SENT:
+                ob.flags[i] |= SENT
+                self.hal.state("sent", ob.counter[i])
+            if ob.code[i] == codec.HEARTBEAT:
+                ob.remove(i)  # fire-and-forget at QoS 1 (SPEC §12.4)
                 return
-        r.due = ticks_add(ticks_ms(), self.backoff(r.attempts))
+        ob.due[i] = ticks_add(ticks_ms(), self.backoff(ob.attempts[i]))
 
     # ---------------------------------------------------------- downlink ----
 
@@ -463,8 +467,9 @@ class Device:
         self._recent_i = (self._recent_i + 1) % RECENT_ACKED
 
     def _on_ack(self, ctr, ts, acked_type, disp, reason):
-        r = self.outbox.find(ctr, acked_type)
-        if r is None:
+        ob = self.outbox
+        i = ob.find(ctr, acked_type)
+        if i < 0:
             if disp == _ATTENDING and acked_type == codec.ALERT and ctr in self.recent:
                 # Attending after received: honoured once (SPEC §12.4).
                 self.recent[self.recent.index(ctr)] = 0
@@ -478,8 +483,8 @@ class Device:
         if disp == _RECEIVED or disp == _ATTENDING:
             ref = 0
             if acked_type == codec.CANCEL:
-                ref = struct.unpack_from(">I", r.buf, codec.HEADER_LEN)[0]
-            self.outbox.remove(r)
+                ref = struct.unpack_from(">I", ob.views[i], codec.HEADER_LEN)[0]
+            ob.remove(i)
             if acked_type == codec.ALERT:
                 if disp == _RECEIVED:
                     self._remember(ctr)
@@ -489,21 +494,21 @@ class Device:
                     self.feedback.show("attending")
                     self.hal.state("attending", ctr)
             elif acked_type == codec.CANCEL:
-                a = self.outbox.find(ref, codec.ALERT)
-                if a is not None:
-                    self.outbox.remove(a)  # cancelled: stop retrying the alert
+                a = ob.find(ref, codec.ALERT)
+                if a >= 0:
+                    ob.remove(a)  # cancelled: stop retrying the alert
                 self.hal.state("cancelled", ref)
             else:
                 self.hal.state("acked", ctr)
         elif disp == _TIME_NAK:
             # Clock now set from the ACK; re-send the same counter at once, restamped.
             self.log("time-NAK for frame %d: clock set, re-sending" % ctr)
-            r.sent = True
-            r.due = ticks_ms()
+            ob.mark_sent(i)
+            ob.due[i] = ticks_ms()
             self._wake.set()
         elif disp == _REJECTED and reason == _REASON_REPLAY:
             c = self.counters.take()
-            self.outbox.requeue(r, self.cfg.device, c, self.now_ts(), self.flags())
+            ob.requeue(i, self.cfg.device, c, self.now_ts(), self.flags())
             if acked_type == codec.ALERT and self.last_alert == ctr:
                 self.last_alert = c
             self.log("frame %d rejected as replay: re-queued as %d" % (ctr, c))
@@ -515,7 +520,7 @@ class Device:
             self.log(
                 "frame %d (type %d) rejected by the C4: %s; not retrying" % (ctr, acked_type, why)
             )
-            self.outbox.remove(r)
+            ob.remove(i)
             self.feedback.error()
             self.hal.state("rejected", ctr)
 

@@ -7,9 +7,11 @@
 # HMAC tag), so a damaged file is salvaged frame by frame.
 #
 # File: b"AXOB" ver(1) hw(u32) count(u8) { meta(u8) len(u8) frame }* crc32(u32)
-# RAM budget: slots x (96-byte buffer + ~80-byte Record) ~ 2.2 KB for 12 slots.
+# RAM budget: slots x ~110 B (96-byte frame + metadata arrays + one memoryview)
+# ~1.4 KB for 12 slots.
 
 import struct
+from array import array
 from binascii import crc32
 from time import ticks_diff
 
@@ -34,21 +36,11 @@ _PRIO = {
 }
 
 
-class Record:
-    """One outbox slot: an encoded frame plus delivery state."""
-
-    def __init__(self):
-        self.buf = bytearray(codec.MAX_FRAME)
-        self.used = False
-        self.gen = 0  # bumped on every reuse, so a sender can tell its record was replaced
-        self.n = 0
-        self.code = 0
-        self.counter = 0
-        self.prio = 9
-        self.attempts = 0
-        self.sent = False
-        self.busy = False
-        self.due = 0  # ticks_ms when the next transmission is due
+# A slot is an int index into parallel arrays (no per-record objects: on the
+# 64-bit unix port an object per slot cost ~370 B, the arrays ~110 B).
+USED = 0x01
+SENT = 0x02  # published at least once: the next transmission is a retransmission
+BUSY = 0x04  # the sender is publishing it right now: do not reuse the slot
 
 
 class Outbox:
@@ -59,7 +51,19 @@ class Outbox:
         self.keys = keys
         self.log = log
         self.ticks_ms = ticks_ms
-        self.records = [Record() for _ in range(slots)]
+        self.slots = slots
+        f = codec.MAX_FRAME
+        self.frames = bytearray(slots * f)
+        mv = memoryview(self.frames)
+        self.views = [mv[i * f : (i + 1) * f] for i in range(slots)]  # one per slot, made once
+        self.n = bytearray(slots)
+        self.code = bytearray(slots)
+        self.attempts = bytearray(slots)  # saturates at 255
+        self.flags = bytearray(slots)
+        self.prio = bytearray(slots)
+        self.counter = array("I", bytes(4 * slots))
+        self.due = array("i", bytes(4 * slots))  # ticks_ms of the next transmission
+        self.gen = array("H", bytes(2 * slots))  # bumped on reuse: a sender can tell
         self.hw = 0  # highest counter ever queued (a floor for the counter store)
         self.dropped = 0  # frames discarded because the outbox was full
         self._hdr = bytearray(_HDR_LEN)
@@ -68,113 +72,131 @@ class Outbox:
 
     # ----------------------------------------------------------- queries ----
 
+    def used(self, i):
+        return self.flags[i] & USED
+
     def depth(self):
         n = 0
-        for r in self.records:
-            if r.used:
+        for fl in self.flags:
+            if fl & USED:
                 n += 1
         return n
 
     def find(self, counter, code):
-        for r in self.records:
-            if r.used and r.counter == counter and r.code == code:
-                return r
-        return None
+        """Slot index of the waiting frame (counter, code), or -1."""
+        for i in range(self.slots):
+            if self.flags[i] & USED and self.counter[i] == counter and self.code[i] == code:
+                return i
+        return -1
+
+    def frame(self, i):
+        return self.views[i][: self.n[i]]
 
     def next_due(self, now):
-        """(record, 0) for the most urgent due record, else (None, ms until the next one or -1)."""
-        best = None
+        """(slot, 0) for the most urgent due frame, else (-1, ms until the next one or -1)."""
+        best = -1
         wait = -1
-        for r in self.records:
-            if not r.used or r.busy:
+        for i in range(self.slots):
+            fl = self.flags[i]
+            if not fl & USED or fl & BUSY:
                 continue
-            d = ticks_diff(r.due, now)
+            d = ticks_diff(self.due[i], now)
             if d <= 0:
                 if (
-                    best is None
-                    or r.prio < best.prio
-                    or (r.prio == best.prio and r.counter < best.counter)
+                    best < 0
+                    or self.prio[i] < self.prio[best]
+                    or (self.prio[i] == self.prio[best] and self.counter[i] < self.counter[best])
                 ):
-                    best = r
+                    best = i
             elif wait < 0 or d < wait:
                 wait = d
-        if best is not None:
+        if best >= 0:
             return best, 0
-        return None, wait
+        return -1, wait
 
     # ---------------------------------------------------------- mutation ----
 
     def _free_slot(self, code):
-        for r in self.records:
-            if not r.used and not r.busy:
-                return r
+        for i in range(self.slots):
+            if not self.flags[i] & (USED | BUSY):
+                return i
         # Full: drop the oldest heartbeat first (issue 3 §5).
-        victim = self._oldest(codec.HEARTBEAT, codec.HEARTBEAT)
-        if victim is None and _PRIO.get(code, 9) <= 1:
+        victim = self._oldest(_PRIO[codec.HEARTBEAT], _PRIO[codec.HEARTBEAT])
+        if victim < 0 and _PRIO.get(code, 9) <= 1:
             # An alert/cancel never waits behind housekeeping frames: drop the
             # oldest status frame (BOOT, POWER...), never another alert.
-            victim = self._oldest(2, 3, by_prio=True)
-        if victim is None:
-            return None
+            victim = self._oldest(2, 3)
+        if victim < 0:
+            return -1
         self.dropped += 1
-        self.log("outbox full: dropped frame %d (type %d)" % (victim.counter, victim.code))
-        victim.used = False
+        self.log(
+            "outbox full: dropped frame %d (type %d)" % (self.counter[victim], self.code[victim])
+        )
+        self.flags[victim] = 0
         return victim
 
-    def _oldest(self, lo, hi, by_prio=False):
-        best = None
-        for r in self.records:
-            if not r.used or r.busy:
+    def _oldest(self, lo, hi):
+        best = -1
+        for i in range(self.slots):
+            fl = self.flags[i]
+            if not fl & USED or fl & BUSY:
                 continue
-            key = r.prio if by_prio else r.code
-            if lo <= key <= hi and (best is None or r.counter < best.counter):
-                best = r
+            if lo <= self.prio[i] <= hi and (best < 0 or self.counter[i] < self.counter[best]):
+                best = i
         return best
 
     def add(self, code, flags, device, counter, ts, payload, persist=True):
-        """Encode a new frame into a free slot and persist; None when it cannot be queued."""
-        r = self._free_slot(code)
-        if r is None:
+        """Encode a new frame into a free slot and persist; -1 when it cannot be queued."""
+        i = self._free_slot(code)
+        if i < 0:
             self.dropped += 1
             self.log("outbox full of alerts: frame %d (type %d) not queued" % (counter, code))
-            return None
-        r.n = codec.encode_into(r.buf, self.keys, code, flags, device, counter, ts, payload)
-        self._fill(r, code, counter, False)
+            return -1
+        self.n[i] = codec.encode_into(
+            self.views[i], self.keys, code, flags, device, counter, ts, payload
+        )
+        self._fill(i, code, counter, 0)
         if counter > self.hw:
             self.hw = counter
         if persist:
             self.persist()
-        return r
+        return i
 
-    def _fill(self, r, code, counter, sent):
-        r.used = True
-        r.gen += 1
-        r.code = code
-        r.counter = counter
-        r.prio = _PRIO.get(code, 9)
-        r.attempts = 0
-        r.sent = sent
-        r.busy = False
-        r.due = self.ticks_ms()
+    def _fill(self, i, code, counter, sent):
+        self.flags[i] = USED | sent
+        self.gen[i] = (self.gen[i] + 1) & 0xFFFF
+        self.code[i] = code
+        self.counter[i] = counter
+        self.prio[i] = _PRIO.get(code, 9)
+        self.attempts[i] = 0
+        self.due[i] = self.ticks_ms()
 
-    def remove(self, r, persist=True):
-        if r.used:
-            r.used = False
-            r.gen += 1
+    def remove(self, i, persist=True):
+        if self.flags[i] & USED:
+            self.flags[i] &= ~USED & 0xFF
+            self.gen[i] = (self.gen[i] + 1) & 0xFFFF
             if persist:
                 self.persist()
 
-    def requeue(self, r, device, counter, ts, flags):
-        """Re-encode r's plaintext under a fresh counter (after a replay rejection, §12.4)."""
-        code, fl, dev, old, t, n = codec.verify_into(
-            memoryview(r.buf)[: r.n], self.keys, self._scratch
-        )
+    def mark_sent(self, i):
+        self.flags[i] |= SENT
+
+    def requeue(self, i, device, counter, ts, flags):
+        """Re-encode slot i's plaintext under a fresh counter (after a replay rejection, §12.4)."""
+        code, fl, dev, old, t, n = codec.verify_into(self.frame(i), self.keys, self._scratch)
         if code == codec.ALERT or code == codec.TEST:
             flags |= codec.FLAG_ENCRYPTED
-        r.n = codec.encode_into(
-            r.buf, self.keys, code, flags, device, counter, ts, memoryview(self._scratch)[:n]
+        self.n[i] = codec.encode_into(
+            self.views[i],
+            self.keys,
+            code,
+            flags,
+            device,
+            counter,
+            ts,
+            memoryview(self._scratch)[:n],
         )
-        self._fill(r, code, counter, False)
+        self._fill(i, code, counter, 0)
         if counter > self.hw:
             self.hw = counter
         self.persist()
@@ -191,13 +213,13 @@ class Outbox:
             f.write(hdr)
             crc = crc32(hdr)
             meta = self._meta
-            for r in self.records:
-                if not r.used:
+            for i in range(self.slots):
+                if not self.flags[i] & USED:
                     continue
-                meta[0] = _META_SENT if (r.sent or r.attempts) else 0
-                meta[1] = r.n
+                meta[0] = _META_SENT if (self.flags[i] & SENT or self.attempts[i]) else 0
+                meta[1] = self.n[i]
                 f.write(meta)
-                mv = memoryview(r.buf)[: r.n]
+                mv = self.frame(i)
                 f.write(mv)
                 crc = crc32(meta, crc)
                 crc = crc32(mv, crc)
@@ -225,8 +247,8 @@ class Outbox:
                 return n
         # Damaged: keep a copy for analysis, salvage every frame whose tag still verifies.
         self.log("outbox file corrupt: quarantined, salvaging frames")
-        for r in self.records:
-            r.used = False
+        for i in range(self.slots):
+            self.flags[i] = 0
         self._quarantine()
         n = self._scan(data, 0, len(data), device, True)
         try:
@@ -259,12 +281,12 @@ class Outbox:
                 except codec.FrameError:
                     good = False
             if good:
-                if self.find(ctr, code) is None:
-                    r = self._free_slot(code)
-                    if r is not None:
-                        r.buf[:size] = frame
-                        r.n = size
-                        self._fill(r, code, ctr, bool(meta & _META_SENT))
+                if self.find(ctr, code) < 0:
+                    i = self._free_slot(code)
+                    if i >= 0:
+                        self.views[i][:size] = frame
+                        self.n[i] = size
+                        self._fill(i, code, ctr, SENT if meta & _META_SENT else 0)
                         n += 1
                 if ctr > self.hw:
                     self.hw = ctr

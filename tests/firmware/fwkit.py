@@ -92,6 +92,16 @@ def make_root(
 
 
 def build_mpy(dst: Path) -> Path:
+    """The `make firmware` build (auxilio.build) of firmware/ + codec into dst (a tmp dir)."""
+    try:
+        from auxilio.build import build
+    except ImportError:  # the build module not there yet: compile ourselves
+        return _mpy_cross_all(dst)
+    build(out=dst)
+    return dst
+
+
+def _mpy_cross_all(dst: Path) -> Path:
     """mpy-cross every firmware module and the codec into dst (same layout as the device fs)."""
     exe = Path(micropython_binary()).parent / "mpy-cross"
     dst.mkdir(parents=True, exist_ok=True)

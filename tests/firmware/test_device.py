@@ -439,5 +439,5 @@ def test_alert_scenario_small_heap(rig: Rig, mpy_dir: Path) -> None:
     code = code_heap([mpy_dir])
     print(f"heap: code {code} B; steady {steady} B; during alert {during} B ({SMALL_HEAP} heap)")
     # state (everything but bytecode), including the control channel and the script
-    assert steady - code < STATE_BUDGET + 8 * 1024
+    assert steady - code < STATE_BUDGET + 12 * 1024  # + control channel queue and streams
     assert during - steady < 2048  # the alert path works in preallocated buffers

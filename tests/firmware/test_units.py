@@ -149,16 +149,16 @@ a5 = add(codec.ALERT, 9, ALERT)        # full of alerts: refused
 order = []
 now = ticks_ms()
 while True:
-    r, w = ob.next_due(now)
-    if r is None:
+    i, w = ob.next_due(now)
+    if i < 0:
         break
-    order.append(r.counter)
-    r.due = now + 100000
+    order.append(ob.counter[i])
+    ob.due[i] = now + 100000
 ob2 = Outbox(p, 4, keys, logs.append, ticks_ms)
 n = ob2.load(DEV)
-kept = sorted(r.counter for r in ob2.records if r.used)
+kept = sorted(ob2.counter[i] for i in range(ob2.slots) if ob2.used(i))
 print("J " + json.dumps({"order": order, "kept": kept, "n": n, "hw": ob2.hw, "dropped": ob.dropped,
-                         "a5": a5 is None, "logs": logs}))
+                         "a5": a5 < 0, "logs": logs}))
 """
 
 
@@ -179,7 +179,7 @@ logs = []
 keys = codec.Keys(bytes(range(32)))
 ob = Outbox(ROOT + "/outbox.bin", 6, keys, logs.append, ticks_ms)
 n = ob.load(0x09380001)
-print("J " + json.dumps({"n": n, "kept": sorted(r.counter for r in ob.records if r.used),
+print("J " + json.dumps({"n": n, "kept": sorted(ob.counter[i] for i in range(ob.slots) if ob.used(i)),
                          "hw": ob.hw, "logs": logs}))
 """
 
@@ -323,7 +323,8 @@ async def main():
     dev = h.device
     h.set_battery(15)
     await asyncio.sleep_ms(1500)
-    low = [r.code for r in dev.outbox.records if r.used]
+    ob = dev.outbox
+    low = [ob.code[i] for i in range(ob.slots) if ob.used(i)]
     fed1 = h.wdt_feeds
     # a crash loop: the watchdog must starve so the hardware resets the board
     dev.crashes = device.CRASH_LIMIT
