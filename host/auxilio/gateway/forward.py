@@ -2,18 +2,19 @@
 
 Record schema (one JSON object, "auxilio.forward/1"; documented in the README):
   schema      "auxilio.forward/1"
-  key         idempotency key, stable across redeliveries: "alert:<device>:<counter>"
-              or "event:<event id>"
+  key         idempotency key, stable across redeliveries: "alert:<device>:<counter>",
+              "event:<device>:<TYPE>:<counter>" for frame events, and
+              "event:<device>:<TYPE>:<unix time>" for supervision events
   kind        "alert" (ALERT, CANCEL) | "event" (TAMPER, POWER, LOW_BATTERY, BOOT,
-              SUPERVISION_LOST, SUPERVISION_RESTORED, REJECTED, LOST_DEVICE, OFFLINE)
+              SUPERVISION_LOST, SUPERVISION_RESTORED, REJECTED, LOST_DEVICE)
   type        frame type name or event type
   device      printed device id "XXXX-XXXX"
   counter     uplink counter (alerts / frame events), else null
   at          ISO-8601 UTC time the gateway stored it
   fields      decoded payload (ALERT: lat_e7, lon_e7, accuracy_m, fix_age_s, battery, rssi, bearer)
   lost        true when the device is marked lost (the C4 decides what to do)
-  disposition disposition sent to the device ("received" | "rejected")
-  detail      free text for events
+  disposition for alerts, the disposition sent to the device ("received"); null for events
+  detail      free text (empty today)
 Only verified frames are ever forwarded; TEST frames and frames with the test
 flag never are. Delivery is at-least-once: consumers dedup on "key".
 """
