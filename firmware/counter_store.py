@@ -81,7 +81,10 @@ class CounterStore:
             start = _MAX - self.block
         self.next = start
         self.limit = start  # nothing reserved in RAM until persisted
-        self._reserve(start + self.block)
+        try:
+            self._reserve(start + self.block)
+        except OSError as e:
+            self.log("counter reservation not persisted (%r): flash failing" % e)
 
     def _quarantine(self):
         import os
@@ -101,10 +104,17 @@ class CounterStore:
         self.limit = limit
 
     def take(self):
-        """The next counter; persists a new reservation first when the block is used up."""
+        """The next counter; persists a new reservation first when the block is used up.
+
+        If the flash refuses the write, the counter is still handed out (an alert
+        must go out) and the failure is logged; the next take() retries the write.
+        """
         c = self.next
         if c >= self.limit:
-            self._reserve(c + self.block)
+            try:
+                self._reserve(c + self.block)
+            except OSError as e:
+                self.log("counter reservation not persisted (%r): flash failing" % e)
         self.next = c + 1
         return c
 

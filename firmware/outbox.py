@@ -159,8 +159,15 @@ class Outbox:
         if counter > self.hw:
             self.hw = counter
         if persist:
-            self.persist()
+            self.save()
         return i
+
+    def save(self):
+        """persist(), but a failing flash only costs durability: the frame stays queued in RAM."""
+        try:
+            self.persist()
+        except OSError as e:
+            self.log("outbox not persisted (%r): flash failing" % e)
 
     def _fill(self, i, code, counter, sent):
         self.flags[i] = USED | sent
@@ -176,7 +183,7 @@ class Outbox:
             self.flags[i] &= ~USED & 0xFF
             self.gen[i] = (self.gen[i] + 1) & 0xFFFF
             if persist:
-                self.persist()
+                self.save()
 
     def mark_sent(self, i):
         self.flags[i] |= SENT
@@ -199,7 +206,7 @@ class Outbox:
         self._fill(i, code, counter, 0)
         if counter > self.hw:
             self.hw = counter
-        self.persist()
+        self.save()
 
     # ------------------------------------------------------- persistence ----
 

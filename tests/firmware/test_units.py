@@ -409,3 +409,31 @@ def test_esp32_hal_against_fake_machine(fw_path: list[Path], board: str) -> None
         assert res["mains"] is True and res["tamper"] is True  # pins read 1, active high
     if board == "devkit-esp32":
         assert res["battery"] is None and res["mains"] is None
+
+
+FLASH_FAIL = """
+import json, os
+import auxcodec as codec
+from counter_store import CounterStore
+from outbox import Outbox
+from time import ticks_ms
+logs = []
+# a path whose directory does not exist: every write fails like a dead flash
+cs = CounterStore(ROOT + "/gone/counter", 4, logs.append)
+cs.load(0, False)
+got = [cs.take() for _ in range(6)]
+ob = Outbox(ROOT + "/gone/outbox.bin", 2, codec.Keys(bytes(32)), logs.append, ticks_ms)
+pl = bytearray(5)
+i = ob.add(codec.TAMPER, 0, 1, got[-1], 0, memoryview(pl)[:1])
+print("J " + json.dumps({"got": got, "queued": i >= 0 and ob.used(i) > 0, "depth": ob.depth(),
+                         "logs": len(logs)}))
+"""
+
+
+def test_failing_flash_still_hands_out_counters_and_queues(
+    fw_path: list[Path], tmp_path: Path
+) -> None:
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + FLASH_FAIL, fw_path)
+    assert res["got"] == [1, 2, 3, 4, 5, 6]  # the alert still goes out, logged
+    assert res["queued"] is True and res["depth"] == 1
+    assert res["logs"] >= 3
