@@ -6,7 +6,7 @@
 import json
 
 # Protocol CONFIG limits (SPEC §8.10 wire types) and sane field ranges.
-_MAX_HEARTBEAT_S = 86400  # a day; the gateway supervises at 2.5 x interval
+_MAX_HEARTBEAT_S = 65535  # HEARTBEAT interval_s is u16 (SPEC §8.3); gateway supervises at 2.5x
 _MIN_HEARTBEAT_S = 1  # tests shorten the cadence; production uses 60..900
 _MAX_HOLD_MS = 10000
 _MIN_HOLD_MS = 50

@@ -49,7 +49,7 @@ _REASON_REPLAY = 3
 _SETTINGS_KEYS = ("heartbeat_s", "discreet", "cancel_window_s", "hold_ms")
 # CONFIG field ranges accepted from the C4 (SPEC §8.10 types, sane bounds).
 _CONFIG_RANGES = {
-    "heartbeat_s": (1, 86400),
+    "heartbeat_s": (1, 65535),  # HEARTBEAT interval_s is u16 (SPEC §8.3)
     "cancel_window_s": (0, 600),
     "hold_ms": (50, 10000),
 }
