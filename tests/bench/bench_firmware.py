@@ -97,13 +97,29 @@ asyncio.run(main())
 """
 
 
-def _run(mpy: Path, roots: list[Path], n: int) -> dict:
+def _run(mpy: Path, roots: list[Path], n: int, heapsize: str | None = None) -> dict:
     script = _SCRIPT % {"roots": [str(r) for r in roots], "n": n}
-    r = run_micropython(script, path=[mpy], timeout=300)
+    r = run_micropython(script, path=[mpy], timeout=300, heapsize=heapsize)
     for line in r.stdout.splitlines():
         if line.startswith("J "):
             return json.loads(line[2:])
     raise RuntimeError("firmware bench script failed: " + (r.stderr + r.stdout)[-1500:])
+
+
+def _min_heap_kb(mpy: Path, root: Path) -> int:
+    """Smallest -X heapsize (KB, 8 KB steps) that runs boot + one acked alert."""
+    lo, hi = 64, 256  # lo is known to fail on the 64-bit port (bytecode alone ~96 KB)
+    while hi - lo > 8:
+        mid = (lo + hi) // 16 * 8
+        try:
+            ok = _run(mpy, [root], 1, heapsize=f"{mid}K")["settled"]
+        except RuntimeError:
+            ok = False
+        if ok:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -127,6 +143,7 @@ def run() -> dict:
             try:
                 one = _run(mpy, roots[:1], N_ALERTS)
                 many = _run(mpy, roots, 0)
+                min_heap = _min_heap_kb(mpy, roots[0])
             finally:
                 peer.close()
         finally:
@@ -144,6 +161,7 @@ def run() -> dict:
         "heap_steady_state_bytes": one["steady"] - one["code"],
         "heap_during_alert_total_bytes": one["during"],
         "ram_per_extra_device_bytes": (many["steady"] - one["steady"]) // EXTRA_DEVICES,
+        "min_heapsize_kb_alert_scenario": min_heap,
         "settled": one["settled"] and many["settled"],
         "targets": {"latency_ms": 20, "mpy_bytes": 65536, "steady_heap_bytes": 24576},
     }

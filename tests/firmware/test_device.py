@@ -397,7 +397,7 @@ def test_oversized_and_garbage_downlinks_keep_device_running(rig: Rig) -> None:
 # importing the .mpy modules alone takes ~96 KB here (the codec ~24 KB, the
 # MQTT layer ~16 KB). On a device the modules are frozen or run in place from
 # ROMFS, so only the state below counts; see tests/bench/bench_firmware.py.
-SMALL_HEAP = "144K"
+SMALL_HEAP = "160K"  # bench: 136 KB is the measured minimum in-process
 STATE_BUDGET = 24 * 1024  # issue 3 figure: steady-state heap target
 
 
