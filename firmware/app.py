@@ -103,7 +103,7 @@ async def _fleet(roots, hal_factory):
 
     channel = None
     if hal_factory is None and not hal_mod.is_esp32():
-        from hal.host import channel_from_env
+        from hal.control import channel_from_env
 
         channel = channel_from_env()
         if channel is not None:

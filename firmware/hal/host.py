@@ -2,21 +2,14 @@
 #
 # Driven in-process (tests call press()/release()/set_battery()... on the
 # object) or, when AUXILIO_HAL_CONTROL=127.0.0.1:PORT is set, through the
-# control channel: the firmware connects to that address as a TCP client and
-# speaks newline-delimited JSON (docs: prompts' firmware contract; README).
-#   controller -> device: {"op":"press"|"release"|"battery"|"mains"|"tamper"|"link"|"reset"|"gc", "dev":N, ...}
-#   device -> controller: {"ev":"hello"|"haptic"|"led"|"buzzer"|"state"|"log"|"mem", "dev":N, ...}
+# control channel in hal/control.py (loaded only then).
 #
 # RAM budget: per HostHal ~0.5 KB (bounded output history of OUTPUT_HISTORY
-# entries); per interpreter one ControlChannel with at most QUEUE_MAX queued
-# event lines.
+# entries).
 
 import asyncio
-import json
 
 OUTPUT_HISTORY = 16  # feedback outputs remembered for in-process tests
-QUEUE_MAX = 256  # event lines buffered while the controller is not connected
-RECONNECT_MAX_MS = 2000  # control channel reconnect backoff cap
 BEARER_WIFI = 1  # auxcodec.BEARERS index
 
 
@@ -170,110 +163,3 @@ class HostHal:
         if self.channel is not None:
             obj["dev"] = self.index
             self.channel.emit(obj)
-
-
-class ControlChannel:
-    """One TCP client per interpreter, multiplexing every HostHal by its index."""
-
-    def __init__(self, host, port):
-        self.host = host
-        self.port = port
-        self.hals = {}
-        self._q = []
-        self._ev = asyncio.Event()
-        self.connected = False
-
-    def register(self, index, hal):
-        self.hals[index] = hal
-
-    def emit(self, obj):
-        q = self._q
-        if len(q) >= QUEUE_MAX:
-            del q[0]
-        q.append(json.dumps(obj))
-        self._ev.set()
-
-    async def run(self):
-        delay = 50
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await asyncio.sleep_ms(delay)
-                delay = min(delay * 2, RECONNECT_MAX_MS)
-                continue
-            delay = 50
-            self.connected = True
-            wt = asyncio.create_task(self._writer(writer))
-            try:
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        break
-                    self._dispatch(line)
-            except OSError:
-                pass
-            self.connected = False
-            wt.cancel()
-            try:
-                writer.close()
-            except OSError:
-                pass
-
-    async def _writer(self, writer):
-        q = self._q
-        while True:
-            if not q:
-                await self._ev.wait()
-                self._ev.clear()
-            while q:
-                writer.write(q[0].encode() + b"\n")
-                del q[0]
-            await writer.drain()
-
-    def _dispatch(self, line):
-        try:
-            cmd = json.loads(line)
-            op = cmd["op"]
-            hal = self.hals[cmd.get("dev", 0)]
-        except (ValueError, KeyError, TypeError):
-            self.emit({"ev": "log", "dev": -1, "msg": "control: bad command ignored"})
-            return
-        if op == "press":
-            hal.press()
-        elif op == "release":
-            hal.release()
-        elif op == "battery":
-            hal.set_battery(cmd.get("pct"))
-        elif op == "mains":
-            hal.set_mains(cmd.get("on", True))
-        elif op == "tamper":
-            hal.set_tamper(cmd.get("open", False))
-        elif op == "link":
-            hal.set_link(cmd.get("up", True))
-        elif op == "reset":
-            hal.reset()
-        elif op == "gc":
-            import gc
-
-            gc.collect()
-            self.emit(
-                {"ev": "mem", "dev": hal.index, "alloc": gc.mem_alloc(), "free": gc.mem_free()}
-            )
-        else:
-            self.emit({"ev": "log", "dev": hal.index, "msg": "control: unknown op"})
-
-
-def channel_from_env():
-    """A ControlChannel for AUXILIO_HAL_CONTROL=host:port, or None when unset/invalid."""
-    import os
-
-    addr = os.getenv("AUXILIO_HAL_CONTROL")
-    if not addr or ":" not in addr:
-        return None
-    host, port = addr.rsplit(":", 1)
-    try:
-        return ControlChannel(host, int(port))
-    except ValueError:
-        print("AUXILIO_HAL_CONTROL must look like 127.0.0.1:PORT; control channel off")
-        return None

@@ -24,7 +24,7 @@ _SCRIPT = """
 import sys, json, gc
 import asyncio
 import app, device, supervision, session, mqtt, config, outbox, counter_store, gesture
-import feedback, power, hal, hal.host
+import feedback, power, hal, hal.host, hal.control
 from hal.host import HostHal
 from time import ticks_us, ticks_diff
 import auxcodec as codec

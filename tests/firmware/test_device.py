@@ -404,7 +404,7 @@ STATE_BUDGET = 24 * 1024  # issue 3 figure: steady-state heap target
 def code_heap(path: list[Path]) -> int:
     """Heap taken by importing every firmware module (the bytecode), nothing running."""
     (res,) = _mp_json(
-        "import gc, asyncio, app, device, supervision, session, mqtt, hal, hal.host, wifi\n"
+        "import gc, asyncio, app, device, supervision, session, mqtt, hal, hal.host, hal.control, wifi\n"
         "gc.collect(); print('J', gc.mem_alloc())",
         path,
     )
