@@ -441,3 +441,38 @@ def test_alert_scenario_small_heap(rig: Rig, mpy_dir: Path) -> None:
     # state (everything but bytecode), including the control channel and the script
     assert steady - code < STATE_BUDGET + 12 * 1024  # + control channel queue and streams
     assert during - steady < 2048  # the alert path works in preallocated buffers
+
+
+def test_fleet_of_devices_in_one_interpreter(mqtt_broker: Mosquitto, tmp_path: Path) -> None:
+    """run_fleet: each Device owns its state; inputs and resets reach only their device."""
+    ctl = ControlServer()
+    boards = ["bracelet-c3", "button-s3", "bracelet-c3"]
+    cfgs = [
+        make_root(tmp_path / f"d{i}", mqtt_broker.url, n=i + 1, board=b)
+        for i, b in enumerate(boards)
+    ]
+    peer = C4Peer(mqtt_broker, {c["device"]: c["secret"] for c in cfgs})
+    proc = DeviceProc([tmp_path / f"d{i}" for i in range(3)], ctl)
+    try:
+        wait_until(lambda: len(peer.distinct("BOOT")) == 3, 30, "three BOOT frames")
+        assert {e["device"] for e in ctl.matching(ev="hello")} == {c["device"] for c in cfgs}
+        ctl.hold(700, dev=1)  # the street button's 0.5 s press
+        a = peer.wait("ALERT")[0]
+        assert a["device"] == cfgs[1]["device"]
+        ctl.wait(ev="state", name="acked", counter=a["counter"], dev=1)
+        assert [e["pattern"] for e in ctl.matching(ev="buzzer", dev=1)] == ["chirp", "beep2"]
+        assert not ctl.matching(ev="haptic", dev=0) and not ctl.matching(ev="haptic", dev=2)
+        ctl.hold(700, dev=0)  # 0.7 s on a bracelet: below its 2 s hold, nothing
+        time.sleep(1)
+        assert len(peer.distinct("ALERT")) == 1
+        ctl.send("reset", dev=2)
+        wait_until(lambda: len(peer.distinct("BOOT")) == 4, 30, "the reset device's BOOT")
+        boots = {f["device"]: f for f in peer.distinct("BOOT")}
+        assert boots[cfgs[2]["device"]]["reset_cause"] == "soft_reset"
+        assert boots[cfgs[0]["device"]]["reset_cause"] == "power_on"
+        peer.counters_consistent()
+    finally:
+        proc.kill()
+        print("--- fleet output (tail) ---\n" + proc.output()[-3000:])
+        peer.close()
+        ctl.close()
