@@ -52,6 +52,12 @@ def test_generated_acl_rules() -> None:
     assert acl.may_subscribe("gateway", "gw", "auxilio/v1/+/up")
     assert acl.may_publish("gateway", "gw", f"auxilio/v1/{dev}/down")
     assert not acl.may_publish("gateway", "gw", f"auxilio/v1/{dev}/up")
+    # Attend requests: operators write, the gateway reads, devices do neither.
+    assert acl.may_publish("operator", "op", "auxilio/c4/attend")
+    assert acl.may_subscribe("gateway", "gw", "auxilio/c4/attend")
+    assert not acl.may_publish(dev, dev, "auxilio/c4/attend")
+    assert not acl.may_publish("operator", "op", f"auxilio/v1/{dev}/down")
+    assert not acl.may_subscribe("operator", "op", "auxilio/v1/+/up")
     # A user name that would change a topic's shape gets no pattern rights.
     assert not acl.may_publish("x/#", "c", "auxilio/v1/x/#/up")
     assert not acl.may_publish(None, "c", "auxilio/v1/x/up")

@@ -62,8 +62,9 @@ def test_files_and_modes(tmp_path: Path) -> None:
     assert not any(ln.startswith("certfile") for ln in conf)
     assert stat.S_IMODE(files.passwd.stat().st_mode) == 0o600
     assert stat.S_IMODE(files.gateway.stat().st_mode) == 0o600
+    assert stat.S_IMODE(files.operator.stat().st_mode) == 0o600
     users = dict(ln.split(":", 1) for ln in files.passwd.read_text().splitlines())
-    want = {fleet.creds[n]["device"] for n in ("A", "B", "L")} | {"gateway"}
+    want = {fleet.creds[n]["device"] for n in ("A", "B", "L")} | {"gateway", "operator"}
     assert set(users) == want  # lost may connect (flagged); retired may not
     for n in ("A", "B", "L"):
         c = fleet.creds[n]

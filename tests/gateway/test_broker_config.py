@@ -64,10 +64,32 @@ def test_gateway_with_generated_users_and_acl(
             port,
             password=dev["password"],
         )
+        # Re-send until the freshly started gateway has subscribed.
         ack = wait_for(
             lambda: sim.wait_ack(sim.send("ALERT"), timeout=0.5), what="ack through the ACL"
         )
         assert ack["disposition"] == "received"
+        counter = ack["counter"]
+        # An operator console, with only the operator login, gets the attending ACK sent.
+        reg = open_registry(reg_path)
+        with reg.engine.connect() as conn:
+            t = reg.tables.alerts
+            alert_id = conn.execute(
+                t.select().with_only_columns(t.c.id).where(t.c.counter == counter)
+            ).scalar_one()
+        reg.close()
+        r = subprocess.run(
+            [
+                sys.executable, "-m", "auxilio.cli", "attend", str(alert_id),
+                "--operator", "op-7", "--registry", str(reg_path),
+                "--broker", f"mqtt://127.0.0.1:{port}",
+                "--broker-credentials", str(files.operator),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        att = wait_for(lambda: sim.wait_ack(counter, timeout=0.5, n=2), what="attending ack")
+        assert att["disposition"] == "attending"
     finally:
         if sim is not None:
             sim.close()

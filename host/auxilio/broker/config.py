@@ -31,6 +31,10 @@ ACL_FILE = "acl"
 # so rewriting the config never locks out a running gateway.
 GATEWAY_FILE = "gateway.json"
 DEFAULT_GATEWAY_USER = "gateway"
+# Operator consoles (`auxilio monitor`, `auxilio attend`) may only nudge the gateway
+# on the attend control topic; the gateway re-checks the registry before it signs.
+OPERATOR_FILE = "operator.json"
+DEFAULT_OPERATOR_USER = "operator"
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 # States whose devices may connect; a lost device still reports (its alerts are
@@ -55,6 +59,7 @@ class BrokerFiles:
     passwd: Path
     acl: Path
     gateway: Path
+    operator: Path
     devices: list[str] = field(default_factory=list)  # printed ids with a broker user
     skipped: list[str] = field(default_factory=list)  # in service but no password hash
 
@@ -65,20 +70,31 @@ class BrokerFiles:
             "passwd": str(self.passwd),
             "acl": str(self.acl),
             "gateway": str(self.gateway),
+            "operator": str(self.operator),
             "devices": len(self.devices),
             "skipped": self.skipped,
         }
 
 
-def render_acl(prefix: str = codec.DEFAULT_PREFIX, gateway_user: str = DEFAULT_GATEWAY_USER) -> str:
-    """The ACL file: one gateway user plus patterns where %u is the device's printed id."""
+def render_acl(
+    prefix: str = codec.DEFAULT_PREFIX,
+    gateway_user: str = DEFAULT_GATEWAY_USER,
+    operator_user: str = DEFAULT_OPERATOR_USER,
+) -> str:
+    """The ACL file: gateway and operator users plus patterns where %u is the device's printed id."""
     return (
         "# Written by `auxilio broker config`; regenerate rather than edit.\n"
-        "# The gateway reads every uplink and status, and writes every downlink.\n"
+        "# The gateway reads every uplink and status, writes every downlink, and\n"
+        "# reads the operators' attend requests.\n"
         f"user {gateway_user}\n"
         f"topic read {prefix}/v1/+/up\n"
         f"topic read {prefix}/v1/+/status\n"
         f"topic write {prefix}/v1/+/down\n"
+        f"topic read {prefix}/c4/attend\n"
+        "\n"
+        "# Operator consoles: only the attend request topic.\n"
+        f"user {operator_user}\n"
+        f"topic write {prefix}/c4/attend\n"
         "\n"
         "# Every device: only its own topics (username = printed device id).\n"
         f"pattern write {prefix}/v1/%u/up\n"
@@ -214,23 +230,31 @@ def write_config(
         passwd=directory / PASSWD_FILE,
         acl=directory / ACL_FILE,
         gateway=directory / GATEWAY_FILE,
+        operator=directory / OPERATOR_FILE,
     )
     gw = _gateway_credentials(files.gateway, gateway_user)
-    lines = [f"{gateway_user}:{hash_password(gw['password'])}"]
+    op = _gateway_credentials(files.operator, DEFAULT_OPERATOR_USER)
+    lines = [
+        f"{gateway_user}:{hash_password(gw['password'])}",
+        f"{DEFAULT_OPERATOR_USER}:{hash_password(op['password'])}",
+    ]
     for rec in registry.list_devices():
         if rec.state not in CONNECTABLE_STATES:
             continue
         if not rec.mqtt_password_hash:
             files.skipped.append(rec.label)
             continue
-        if rec.label == gateway_user:
-            raise UsageError("gateway user name collides with a device id")
+        if rec.label in (gateway_user, DEFAULT_OPERATOR_USER):
+            raise UsageError("gateway/operator user name collides with a device id")
         lines.append(f"{rec.label}:{rec.mqtt_password_hash}")
         files.devices.append(rec.label)
 
     url = f"mqtt://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
     _write_atomic(
         files.gateway, json.dumps({**gw, "url": url, "prefix": prefix}, indent=2) + "\n", 0o600
+    )
+    _write_atomic(
+        files.operator, json.dumps({**op, "url": url, "prefix": prefix}, indent=2) + "\n", 0o600
     )
     _write_atomic(files.passwd, "\n".join(lines) + "\n", 0o600)
     _write_atomic(files.acl, render_acl(prefix, gateway_user), 0o644)
