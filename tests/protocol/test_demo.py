@@ -31,7 +31,9 @@ def test_walkthrough_checks_hold_on_both_runtimes(
         assert leak not in logged
 
 
-@pytest.mark.parametrize("args", [["demo", "--protocol"], ["demo"]])
+@pytest.mark.parametrize(
+    "args", [["demo", "--protocol"], ["demo", "--protocol", "--no-micropython"]]
+)
 def test_demo_command_exits_0(args: list[str]) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "auxilio.cli", "-v", "-v", *args],

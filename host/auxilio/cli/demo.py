@@ -1,11 +1,17 @@
-"""`auxilio demo`: for now the protocol walk-through (issue 2); the end-to-end demo replaces it later."""
+"""`auxilio demo`: the end-to-end demo (broker, registry, gateway, two devices on the real firmware)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="headless: print one JSON summary line; exit 0 only if every alert was acked",
+    )
     p.add_argument(
         "--protocol",
         action="store_true",
@@ -14,14 +20,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-micropython",
         action="store_true",
-        help="skip the micropython half of the walk-through",
+        help="with --protocol: skip the micropython half of the walk-through",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from auxilio import walkthrough
+    if args.protocol:
+        from auxilio import walkthrough
 
-    # Interim: plain `auxilio demo` is the protocol walk-through too, until the
-    # end-to-end demo library exists (the lead wires it here).
-    result = walkthrough.run(use_micropython=not args.no_micropython)
-    return 0 if result.ok else 1
+        result = walkthrough.run(use_micropython=not args.no_micropython)
+        return 0 if result.ok else 1
+
+    from auxilio.demo import run_demo
+
+    summary = run_demo(once=args.once)
+    if args.once:
+        print(json.dumps(summary, sort_keys=True))
+    return 0 if summary.get("ok") else 1
