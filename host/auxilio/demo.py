@@ -15,16 +15,16 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from auxilio.emulator.control import ControlServer
 from auxilio.i18n import _, register
 from auxilio.protocol import codec
 
@@ -71,89 +71,19 @@ def _who(r: dict[str, Any]) -> dict[str, Any]:
     return {**r, "role": _(ROLE_LABEL.get(r["role"], r["role"]))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ControlServer:
-    """The controller side of the host HAL control channel (the firmware connects to us)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
-        self.port = self.sock.getsockname()[1]
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        self._conn: socket.socket | None = None
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _addr = self.sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._cond:
-                self._conn = conn
-            buf = b""
-            while True:
-                try:
-                    chunk = conn.recv(4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    try:
-                        ev = json.loads(line)
-                    except ValueError:
-                        continue
-                    with self._cond:
-                        self.events.append((time.perf_counter(), ev))
-                        self._cond.notify_all()
-
-    def send(self, obj: dict[str, Any]) -> None:
-        with self._cond:
-            conn = self._conn
-        if conn is None:
-            raise RuntimeError("firmware not connected to the control channel")
-        conn.sendall(json.dumps(obj).encode() + b"\n")
-
-    def wait(
-        self, pred: Any, timeout: float, since: int = 0
-    ) -> tuple[float, dict[str, Any]] | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            i = since
-            while True:
-                while i < len(self.events):
-                    if pred(self.events[i][1]):
-                        return self.events[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-
-    def close(self) -> None:
-        self._stop = True
-        try:
-            self.sock.close()
-        finally:
-            if self._conn is not None:
-                self._conn.close()
+def _wait(
+    ctl: ControlServer, pred: Callable[[dict[str, Any]], bool], timeout: float, since: int = 0
+) -> tuple[float, dict[str, Any]] | None:
+    """The first control event after `since` matching pred, as (time, event), or None."""
+    try:
+        ev = ctl.wait_event(pred, timeout=timeout, since=since)
+    except TimeoutError:
+        return None
+    return ev["t"], ev
 
 
 def _start_broker(stack: ExitStack) -> tuple[Any, str]:
-    from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
+    from auxilio.testing.mosquitto import Mosquitto, free_port, mosquitto_binary
 
     if mosquitto_binary() is not None:
         return stack.enter_context(Mosquitto()), "mosquitto"
@@ -161,7 +91,7 @@ def _start_broker(stack: ExitStack) -> tuple[Any, str]:
     from auxilio.broker.runner import EMBEDDED_NOTE
 
     sys.stderr.write(EMBEDDED_NOTE + "\n")
-    return stack.enter_context(EmbeddedBroker(port=_free_port())), "amqtt"
+    return stack.enter_context(EmbeddedBroker(port=free_port())), "amqtt"
 
 
 def _firmware_available() -> str | None:
@@ -330,7 +260,7 @@ def _run_firmware(
     registry: Any,
     quiet: bool,
 ) -> list[dict[str, Any]]:
-    ctl = ControlServer()
+    ctl = ControlServer()  # the emulator's controller side of the host HAL channel
     stack.callback(ctl.close)
     roots = []
     for d in devices:
@@ -367,7 +297,8 @@ def _run_firmware(
             "attended": False,
         }
         results.append(r)
-        conn = ctl.wait(
+        conn = _wait(
+            ctl,
             lambda e, i=i: (
                 e.get("dev") == i and e.get("ev") == "state" and e.get("name") == "connected"
             ),
@@ -380,12 +311,13 @@ def _run_firmware(
         _say(quiet, _("{role} {device}: conectado").format(**_who(r)))
         with open(Path(roots[i]) / "board.json") as f:
             hold_ms = json.load(f)["roles"][d["role"]]["hold_ms"]
-        mark = len(ctl.events)
+        mark = ctl.mark()
         _say(quiet, _("{role} {device}: pulsando…").format(**_who(r)))
-        ctl.send({"op": "press", "dev": i})
+        ctl.send("press", i)
         time.sleep((hold_ms + PRESS_MARGIN_MS) / 1000)
-        ctl.send({"op": "release", "dev": i})
-        queued = ctl.wait(
+        ctl.send("release", i)
+        queued = _wait(
+            ctl,
             lambda e, i=i: (
                 e.get("dev") == i and e.get("ev") == "state" and e.get("name") == "queued"
             ),
@@ -398,7 +330,8 @@ def _run_firmware(
             continue
         counter = queued[1].get("counter")
         r["counter"] = counter
-        acked = ctl.wait(
+        acked = _wait(
+            ctl,
             lambda e, i=i, c=counter: (
                 e.get("dev") == i
                 and e.get("ev") == "state"
@@ -418,7 +351,7 @@ def _run_firmware(
         r["press_to_ack_ms"] = round((acked[0] - queued[0]) * 1000, 1)
         r["feedback"] = [
             e.get("pattern")
-            for _t, e in ctl.events[mark:]
+            for e in ctl.events(mark)
             if e.get("dev") == i and e.get("ev") in ("haptic", "led")
         ]
         _say(
@@ -427,7 +360,7 @@ def _run_firmware(
                 "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms"
             ).format(ms=r["press_to_ack_ms"], **_who(r)),
         )
-        m2 = len(ctl.events)
+        m2 = ctl.mark()
         r["wait_attending"] = _attending_waiter(ctl, i, counter, m2)
     return results
 
@@ -442,7 +375,7 @@ def _attending_waiter(ctl: ControlServer, index: int, counter: int, since: int) 
                 and ev.get("counter") == counter
             )
 
-        return ctl.wait(match, ATTEND_TIMEOUT_S, since) is not None
+        return _wait(ctl, match, ATTEND_TIMEOUT_S, since) is not None
 
     return wait
 
