@@ -392,12 +392,14 @@ def test_oversized_and_garbage_downlinks_keep_device_running(rig: Rig) -> None:
     assert any("truncated" in m for m in rig.ctl.logs())  # the garbage one, one line
 
 
-# Smallest heap the whole firmware (mpy build) runs the alert scenario in on the
-# 64-bit unix port. 64 KB is not reachable while bytecode lives in the heap:
-# importing the .mpy modules alone takes ~96 KB here (the codec ~24 KB, the
-# MQTT layer ~16 KB). On a device the modules are frozen or run in place from
-# ROMFS, so only the state below counts; see tests/bench/bench_firmware.py.
-SMALL_HEAP = "160K"  # bench: 136 KB is the measured minimum in-process
+# The issue's budget is a 64 KB heap for the alert scenario. On this 64-bit unix
+# port that is not reachable while bytecode lives in the heap: importing the .mpy
+# modules alone takes ~100 KB here (the codec ~24 KB, the MQTT layer ~16 KB). On
+# a device the modules are frozen or run in place from ROMFS (flash), so the
+# heap holds only what runs. The test therefore gives the interpreter exactly the
+# measured bytecode footprint plus 64 KB: no MemoryError means the running
+# firmware fits the 64 KB budget. bench_firmware reports the absolute minimum.
+RUN_BUDGET = 64 * 1024
 STATE_BUDGET = 24 * 1024  # issue 3 figure: steady-state heap target
 
 
@@ -422,7 +424,9 @@ def _mp_json(script: str, path: list[Path]) -> list[int]:
 def test_alert_scenario_small_heap(rig: Rig, mpy_dir: Path) -> None:
     rig.fw_path = [mpy_dir]
     rig.setup()
-    p = rig.boot(heapsize=SMALL_HEAP)
+    code = code_heap([mpy_dir])
+    heap = f"{(code + RUN_BUDGET) // 1024}K"
+    p = rig.boot(heapsize=heap)
     rig.wait_boot()
     time.sleep(1)
     rig.ctl.send("gc")
@@ -436,8 +440,7 @@ def test_alert_scenario_small_heap(rig: Rig, mpy_dir: Path) -> None:
     rig.peer.ack(rig.dev, a["counter"], "ALERT")
     rig.ctl.wait(ev="state", name="acked", counter=a["counter"])
     assert p.alive() and "MemoryError" not in p.output()
-    code = code_heap([mpy_dir])
-    print(f"heap: code {code} B; steady {steady} B; during alert {during} B ({SMALL_HEAP} heap)")
+    print(f"heap: code {code} B; steady {steady} B; during alert {during} B ({heap} heap)")
     # state (everything but bytecode), including the control channel and the script
     assert steady - code < STATE_BUDGET + 12 * 1024  # + control channel queue and streams
     assert during - steady < 2048  # the alert path works in preallocated buffers
