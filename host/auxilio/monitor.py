@@ -59,8 +59,42 @@ register(
         "↑/↓ seleccionar · a atender · q salir": "↑/↓ select · a attend · q quit",
         "Alerta {id} ({device} #{counter}) atendida por {op}": "Alert {id} ({device} #{counter}) attended by {op}",
         "No se pudo atender: {err}": "Could not attend: {err}",
+        "recibida": "received",
+        "atendiendo": "attending",
+        "reloj desfasado": "clock skew (time NAK)",
+        "rechazada": "rejected",
+        "pulsera": "bracelet",
+        "botón": "button",
+        "en reserva": "spare",
+        "asignado": "assigned",
+        "perdido": "lost",
+        "revocado": "revoked",
+        "retirado": "retired",
     }
 )
+
+# Codes stored in the registry -> the Spanish words operators read (the JSON
+# snapshot keeps the codes; only the console shows words).
+_VALUE_ES = {
+    "received": "recibida",
+    "attending": "atendiendo",
+    "time_nak": "reloj desfasado",
+    "rejected": "rechazada",
+    "bracelet": "pulsera",
+    "button": "botón",
+    "spare": "en reserva",
+    "assigned": "asignado",
+    "lost": "perdido",
+    "revoked": "revocado",
+    "retired": "retirado",
+}
+
+
+def _word(code: str | None) -> str:
+    """A registry code as the operator's word (unknown codes pass through)."""
+    if not code:
+        return ""
+    return _(_VALUE_ES[code]) if code in _VALUE_ES else code
 
 
 def _t(ts: dt.datetime | None) -> str:
@@ -171,7 +205,7 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
             str(a["counter"]),
             _t(r["received_at"]),
             _t(r["acked_at"]),
-            a["disposition"] or "",
+            _word(a["disposition"]),
             a["attending_by"] or "",
             a["location"],
             style=style,
@@ -200,8 +234,8 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
         sup = {"lost": _("perdida"), "ok": _("correcta"), None: _("sin datos")}[d["supervision"]]
         dt_.add_row(
             d["device"],
-            d["kind"],
-            d["state"],
+            _word(d["kind"]),
+            _word(d["state"]),
             _t(d["_row"]["last_seen"]),
             sup,
             style="bold red" if d["supervision"] == "lost" else "",
