@@ -13,6 +13,16 @@ OUTPUT_HISTORY = 16  # feedback outputs remembered for in-process tests
 BEARER_WIFI = 1  # auxcodec.BEARERS index
 
 
+def _env_reset_cause():
+    try:
+        import os
+
+        cause = os.getenv("AUXILIO_RESET_CAUSE")
+    except (ImportError, AttributeError):
+        cause = None
+    return cause if cause in ("power_on", "hard_reset", "soft_reset") else "power_on"
+
+
 class HostLink:
     """The host 'transport': just a link-up flag the controller toggles."""
 
@@ -52,7 +62,9 @@ class HostHal:
         self.rssi_dbm = -55
         self.outputs = []  # recent (kind, pattern)
         self.boots = 0  # soft resets done through reset()
-        self.cause = "power_on"
+        # The emulator says why this interpreter started (EN pulse, soft reboot);
+        # SPEC §9 reset_cause names. Plain runs are a power-on.
+        self.cause = _env_reset_cause()
         self.wdt_ms = 0
         self.wdt_feeds = 0
         self.slept_ms = 0

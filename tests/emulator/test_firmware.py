@@ -95,6 +95,19 @@ def test_unacked_alert_survives_a_power_cut_in_the_flash_image(virtual_board, mq
         peer.close()
 
 
+def test_boot_frame_reports_power_on_then_hard_reset(virtual_board, mqtt_broker) -> None:
+    """The BOOT frame carries what machine.reset_cause() would say: EN pulse = hard_reset."""
+    vd = virtual_board(firmware=True, broker_url=mqtt_broker.url)
+    peer = AckPeer(mqtt_broker.host, mqtt_broker.port, {vd.device: secret_of(vd)})
+    try:
+        vd.wait_event(ev="state", name="connected")
+        vd.hard_reset()  # the RTS (EN) pulse an auto-reset circuit gives
+        boot = peer.wait_frame(type="BOOT", reset_cause="hard_reset", timeout=60)
+        assert boot["device"] == vd.device
+    finally:
+        peer.close()
+
+
 @pytest.mark.slow
 def test_fleet_of_200_connected_and_heartbeating(
     virtual_fleet, mqtt_broker, record_property

@@ -137,6 +137,7 @@ class VirtualBoard:
         self._gate: str | None = None  # "boot" until the ready marker, "raw" until >>>
         self._gate_buf = bytearray()
         self._raw = False  # the REPL mode, tracked from the output like pyexec_mode_kind
+        self._reset_cause = "power_on"  # reported to the firmware as machine.reset_cause()
         self._tail = b""
         self._boot_exits = 0
         self._lines = (False, False)  # (dtr, rts) as set by the RFC 2217 client
@@ -414,7 +415,7 @@ class VirtualBoard:
         elif what == "hard_reset":
             self._kill()
             self._stop_download()
-            self._power_on()
+            self._power_on(cause="hard_reset")
         elif what == "power_cut":
             self._kill()
             self._stop_download()
@@ -422,9 +423,10 @@ class VirtualBoard:
         elif what == "lines":
             self._apply_lines(bool(cmd[1]), bool(cmd[2]))
 
-    def _power_on(self) -> None:
+    def _power_on(self, cause: str = "power_on") -> None:
         self._raw = False
         self._boot_exits = 0
+        self._reset_cause = cause
         self._emit(ROM_BANNER)
         self._spawn()
 
@@ -433,6 +435,8 @@ class VirtualBoard:
         env.update(self.image.boot_env())
         env.update(self.env)
         env["AUXILIO_VB_MODE"] = "raw" if self._raw else "normal"
+        # What machine.reset_cause() would say on the chip; the host HAL reports it in BOOT.
+        env["AUXILIO_RESET_CAUSE"] = self._reset_cause
         env.pop("AUXILIO_VB_TASK", None)
         master, slave = pty.openpty()
         tty.setraw(slave)
@@ -508,6 +512,7 @@ class VirtualBoard:
         self._soft_reboot()
 
     def _soft_reboot(self) -> None:
+        self._reset_cause = "soft_reset"
         self._emit(SOFT_REBOOT_BANNER)
         self._spawn()
 
