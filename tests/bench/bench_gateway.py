@@ -309,7 +309,7 @@ def firmware_round_trip(
     Latency = the device's "queued" event (alert persisted in its outbox) to its
     "acked" event (signed ACK verified), both timed on arrival at the controller.
     """
-    from auxilio.demo import ControlServer, _firmware_available, _make_root
+    from auxilio.demo import ControlServer, _firmware_available, _make_root, _wait
 
     mp = _firmware_available()
     if mp is None:
@@ -337,23 +337,23 @@ def firmware_round_trip(
                 and (counter is None or e.get("counter") == counter)
             )
 
-        if ctl.wait(is_state("connected"), 30) is None:
+        if _wait(ctl, is_state("connected"), 30) is None:
             raise RuntimeError("firmware did not connect")
         for _ in range(FIRMWARE_ALERTS):
-            mark = len(ctl.events)
-            ctl.send({"op": "press", "dev": 0})
+            mark = ctl.mark()
+            ctl.send("press", 0)
             time.sleep((FIRMWARE_HOLD_MS + 20) / 1000)
-            ctl.send({"op": "release", "dev": 0})
+            ctl.send("release", 0)
             time.sleep(0.08)  # > the firmware's 30 ms debounce before the next press
-            q = ctl.wait(is_state("queued"), 10, mark)
+            q = _wait(ctl, is_state("queued"), 10, mark)
             if q is None:
-                tail = [e for _t, e in ctl.events[mark:]]
+                tail = ctl.events(mark)
                 raise RuntimeError(f"press {len(lat)} did not queue an alert: {tail[-5:]}")
-            a = ctl.wait(is_state("acked", q[1]["counter"]), 10, mark)
+            a = _wait(ctl, is_state("acked", q[1]["counter"]), 10, mark)
             if a is None:
                 raise RuntimeError("no ack reached the firmware")
             lat.append((a[0] - q[0]) * 1000)
-            sent = ctl.wait(is_state("sent", q[1]["counter"]), 0.01, mark)
+            sent = _wait(ctl, is_state("sent", q[1]["counter"]), 0.01, mark)
             if sent is not None:
                 to_sent.append((sent[0] - q[0]) * 1000)
     finally:
