@@ -5,7 +5,8 @@
 # reconnect with backoff) and multiplexes every HostHal by its index:
 #   controller -> device: {"op":"press"|"release"|"battery"|"mains"|"tamper"|"link"|"reset"|"gc", "dev":N, ...}
 #   device -> controller: {"ev":"hello"|"haptic"|"led"|"buzzer"|"state"|"log"|"mem", "dev":N, ...}
-# ("gc" / "mem" are test extras: a gc.collect() then gc.mem_alloc()/mem_free()).
+# ("gc" / "mem" are test extras: a gc.collect() then gc.mem_alloc()/mem_free();
+# "state" events also carry "us", the device's ticks_us, for latency figures).
 #
 # RAM budget: at most QUEUE_MAX queued event lines plus one stream pair.
 
@@ -47,6 +48,14 @@ class ControlChannel:
                 delay = min(delay * 2, RECONNECT_MAX_MS)
                 continue
             delay = 50
+            try:
+                # 6 = IPPROTO_TCP, 1 = TCP_NODELAY (names missing on the unix port). With
+                # Nagle, an event line written while the previous one is unacked waits for
+                # the controller's delayed ACK (~18 ms on loopback): every other alert's
+                # "sent"/"acked" looked ~18 ms late in bench_gateway.
+                writer.s.setsockopt(6, 1, 1)
+            except (OSError, AttributeError):
+                pass  # still works, only with late events
             self.connected = True
             wt = asyncio.create_task(self._writer(writer))
             try:

@@ -8,6 +8,7 @@
 # entries).
 
 import asyncio
+from time import ticks_us
 
 OUTPUT_HISTORY = 16  # feedback outputs remembered for in-process tests
 BEARER_WIFI = 1  # auxcodec.BEARERS index
@@ -147,7 +148,9 @@ class HostHal:
         self._out("led" if self.error_on_led else "haptic", "error")
 
     def state(self, name, counter):
-        self._emit({"ev": "state", "name": name, "counter": counter})
+        # "us": the device's ticks_us when the state changed, so latency figures
+        # need not trust arrival times (the control writer is just another task).
+        self._emit({"ev": "state", "name": name, "counter": counter, "us": ticks_us()})
 
     def log(self, msg):
         print(msg)

@@ -10,7 +10,11 @@ original client receives), every socket with TCP_NODELAY.
 
 Also, when the firmware is present: the real firmware (button role, hold
 shortened to 50 ms) pressed FIRMWARE_ALERTS times through the HAL control
-channel; "queued" to "acked" as the device reports them.
+channel; "queued" to "acked" (and to "sent", the broker's PUBACK) timed with
+the device's own ticks_us, which the host HAL puts in every state event. The
+same intervals timed on arrival at the controller are reported as *_observed:
+they also include the control channel's own scheduling (the "queued" line is
+written by another task after the sender has already published).
 
 Throughput: many simulated devices' pre-encoded frames published from CPython
 with a bounded in-flight window (paho packet ids wrap at 65,535), counting the
@@ -48,6 +52,7 @@ WARMUP = 50
 RTT_SAMPLES = 1000
 FIRMWARE_ALERTS = 200  # presses on the real firmware (each needs a real hold, so fewer)
 FIRMWARE_HOLD_MS = 50  # config override (the firmware's minimum) so presses are quick
+TICKS_US_PERIOD = 1 << 30  # MicroPython ticks_us wraps here (TICKS_MAX + 1) on the unix port
 THROUGHPUT_DEVICES = 100
 THROUGHPUT_FRAMES = 10000
 IN_FLIGHT = 500  # bounded window of unanswered frames (far below 65,535 packet ids)
@@ -301,13 +306,23 @@ def alert_round_trip(broker: Mosquitto, secrets: dict[int, bytes]) -> list[float
     return [u / 1000 for u in lat_us[WARMUP:]]
 
 
+def _device_ms(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """b - a on the device's ticks_us clock (wrap-safe), in ms; None without stamps."""
+    if "us" not in a or "us" not in b:
+        return None
+    half = TICKS_US_PERIOD // 2
+    return (((b["us"] - a["us"]) + half) % TICKS_US_PERIOD - half) / 1000
+
+
 def firmware_round_trip(
     broker: Mosquitto, secrets: dict[int, bytes], tmp: Path
-) -> tuple[list[float], list[float]] | None:
+) -> dict[str, list[float]] | None:
     """The real firmware (button role) under micropython, pressed through the HAL control channel.
 
     Latency = the device's "queued" event (alert persisted in its outbox) to its
-    "acked" event (signed ACK verified), both timed on arrival at the controller.
+    "acked" event (signed ACK verified) and to its "sent" event (broker PUBACK),
+    on the device's clock ("rtt", "sent") and on arrival at the controller
+    ("rtt_observed", "sent_observed").
     """
     from auxilio.demo import ControlServer, _firmware_available, _make_root, _wait
 
@@ -326,8 +341,7 @@ def firmware_round_trip(
     proc = subprocess.Popen(
         [mp, "-c", script], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    lat: list[float] = []
-    to_sent: list[float] = []  # queued -> "sent" (the broker's PUBACK), to locate device-side time
+    out: dict[str, list[float]] = {"rtt": [], "sent": [], "rtt_observed": [], "sent_observed": []}
     try:
 
         def is_state(name: str, counter: int | None = None) -> Any:
@@ -348,19 +362,27 @@ def firmware_round_trip(
             q = _wait(ctl, is_state("queued"), 10, mark)
             if q is None:
                 tail = ctl.events(mark)
-                raise RuntimeError(f"press {len(lat)} did not queue an alert: {tail[-5:]}")
+                n = len(out["rtt_observed"])
+                raise RuntimeError(f"press {n} did not queue an alert: {tail[-5:]}")
             a = _wait(ctl, is_state("acked", q[1]["counter"]), 10, mark)
             if a is None:
                 raise RuntimeError("no ack reached the firmware")
-            lat.append((a[0] - q[0]) * 1000)
-            sent = _wait(ctl, is_state("sent", q[1]["counter"]), 0.01, mark)
+            out["rtt_observed"].append((a[0] - q[0]) * 1000)
+            d = _device_ms(q[1], a[1])
+            if d is not None:
+                out["rtt"].append(d)
+            # "sent" is emitted before "acked" on the same channel: already here.
+            sent = _wait(ctl, is_state("sent", q[1]["counter"]), 1, mark)
             if sent is not None:
-                to_sent.append((sent[0] - q[0]) * 1000)
+                out["sent_observed"].append((sent[0] - q[0]) * 1000)
+                d = _device_ms(q[1], sent[1])
+                if d is not None:
+                    out["sent"].append(d)
     finally:
         proc.terminate()
         proc.wait(10)
         ctl.close()
-    return lat, to_sent
+    return out
 
 
 def load(broker: Mosquitto, frames: list[tuple[str, bytes]], reply_filter: str) -> float:
@@ -504,12 +526,16 @@ def run() -> dict[str, Any]:
         if fw is None:
             res["firmware_alerts"] = 0
         else:
-            fw_lat, fw_sent = fw
-            res["firmware_alerts"] = len(fw_lat)
-            res["firmware_alert_rtt_ms_p50"] = round(statistics.median(fw_lat), 3)
-            res["firmware_alert_rtt_ms_p99"] = round(_pct(fw_lat, 99), 3)
-            if fw_sent:
-                res["firmware_queued_to_puback_ms_p50"] = round(statistics.median(fw_sent), 3)
+            res["firmware_alerts"] = len(fw["rtt_observed"])
+            for key, name in (
+                ("rtt", "firmware_alert_rtt_ms"),
+                ("sent", "firmware_queued_to_puback_ms"),
+                ("rtt_observed", "firmware_alert_rtt_observed_ms"),
+                ("sent_observed", "firmware_queued_to_puback_observed_ms"),
+            ):
+                if fw[key]:
+                    res[name + "_p50"] = round(statistics.median(fw[key]), 3)
+                    res[name + "_p99"] = round(_pct(fw[key], 99), 3)
         echo_rate = (echo_before + echo_after) / 2
         res["gateway_frames_per_s"] = round(gw_rate)
         res["bare_echo_frames_per_s"] = round(echo_rate)
