@@ -106,17 +106,19 @@ def _firmware_available() -> str | None:
 def _make_root(
     root: Path, role: str, board: str, device: int, secret: bytes, broker_url: str
 ) -> None:
-    from auxilio.paths import boards_dir, firmware_dir, protocol_dir
+    from auxilio.emulator.vdevice import firmware_files
+    from auxilio.paths import boards_dir
 
     root.mkdir(parents=True)
-    src = firmware_dir()
-    for p in src.rglob("*.py"):
-        if "__pycache__" in p.parts or p.name in ("main.py", "boot.py"):
-            continue
-        dst = root / p.relative_to(src)
+    for name, src in firmware_files().items():
+        if name in ("main.py", "boot.py"):
+            continue  # app.run_fleet is the entry point here
+        dst = root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, dst)
-    shutil.copyfile(protocol_dir() / "auxcodec.py", root / "auxcodec.py")
+        if isinstance(src, Path):
+            shutil.copyfile(src, dst)
+        else:
+            dst.write_bytes(src)
     shutil.copyfile(boards_dir() / f"{board}.json", root / "board.json")
     (root / "data").mkdir()
     label = codec.device_str(device)
