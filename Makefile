@@ -4,7 +4,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint format firmware vectors clean
+.PHONY: setup system-deps demo test bench lint format firmware vectors clean
 
 setup: $(STAMP)
 
@@ -15,10 +15,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The tests start their own mosquitto and PostgreSQL on free loopback ports.
+# Install the Debian packages when they are missing (as root), else say how.
+SYSTEM_PACKAGES := mosquitto postgresql
+system-deps:
+	@if ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } \
+	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "error: the tests need: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+
+# The demo needs no system packages: without mosquitto it uses an embedded broker.
 demo: $(STAMP)
 	$(BIN)/auxilio demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/pytest
 
 bench: $(STAMP)
