@@ -66,7 +66,7 @@ def test_alert_during_network_outage_is_delivered_when_link_returns(
         vd.network(True)
         alert = peer.wait_frame(type="ALERT", timeout=60)
         vd.wait_event(ev="haptic", pattern="double", since=mark, timeout=60)
-        assert vd.proxy.stats["refused"] >= 0 and vd.proxy.stats["bytes_up"] > 0
+        assert vd.proxy.stats["bytes_up"] > 0
         assert alert["device"] == vd.device
     finally:
         peer.close()
@@ -90,7 +90,8 @@ def test_unacked_alert_survives_a_power_cut_in_the_flash_image(virtual_board, mq
         vd.wait_event(ev="haptic", pattern="double", since=since, timeout=90)
         resent = [f for f in peer.frames if f["type"] == "ALERT"]
         assert {f["counter"] for f in resent} == {first["counter"]}  # same alert, same counter
-        assert any(f["retransmission"] for f in resent[1:]) or len(resent) >= 2
+        assert len(resent) >= 2  # sent before the cut, sent again after it
+        assert resent[-1]["retransmission"]  # SPEC §12.3: flagged as a repeat
     finally:
         peer.close()
 
