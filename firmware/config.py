@@ -133,6 +133,12 @@ class Config:
         self.wifi_ssid = wifi.get("ssid") if wifi else None
         self.wifi_password = wifi.get("password") if wifi else None
         self.prefix = _str(cfg, "prefix", w, False) or "auxilio"
+        # SPEC §12.1: the lowest counter this secret may still use, written by
+        # the host tool from the registry whenever it writes a known secret.
+        floor = cfg.get("counter_floor", 0)
+        if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0 or floor > 0xFFFFFFFF:
+            raise ConfigError(w + ": counter_floor must be an integer in 0..4294967295")
+        self.counter_floor = floor
         # Role defaults from the board, then config.json overrides (DESIGN §5.5).
         d = {}
         base = roles[role]

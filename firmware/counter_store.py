@@ -47,11 +47,13 @@ class CounterStore:
         self.next = FIRST_COUNTER
         self.limit = FIRST_COUNTER  # persisted exclusive bound; next < limit may be used
 
-    def load(self, seen, other_state):
+    def load(self, seen, other_state, floor=0):
         """Read the reservation. seen = highest counter visible elsewhere (outbox) or 0.
 
         other_state: True when the device has other persisted state (so a missing
-        file is suspicious, not a first boot).
+        file is suspicious, not a first boot). floor: config.json's counter_floor,
+        the lowest counter this key may still use (SPEC §12.1: a known secret on
+        a fresh filesystem never restarts low).
         """
         try:
             with open(self.path, "rb") as f:
@@ -73,6 +75,8 @@ class CounterStore:
                 self.log("counter file corrupt: quarantined, skipping ahead")
                 self._quarantine()
                 start = seen + SKIP_ON_CORRUPTION
+        if start < floor:
+            start = floor
         if start < FIRST_COUNTER:
             start = FIRST_COUNTER
         if start > _MAX - self.block:
@@ -117,6 +121,19 @@ class CounterStore:
                 self.log("counter reservation not persisted (%r): flash failing" % e)
         self.next = c + 1
         return c
+
+    def skip_past(self, counter):
+        """Never hand out counter or anything below it (SPEC §12.4 resync); one write at most."""
+        if counter < self.next:
+            return
+        if counter >= _MAX - self.block:
+            self.log("counter space exhausted: device must be re-keyed")
+            counter = _MAX - self.block - 1
+        self.next = counter + 1
+        try:
+            self._reserve(self.next + self.block)
+        except OSError as e:
+            self.log("counter reservation not persisted (%r): flash failing" % e)
 
     def peek(self):
         return self.next

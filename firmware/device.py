@@ -45,6 +45,7 @@ _RECEIVED = 0
 _TIME_NAK = 2
 _REJECTED = 3
 _REASON_REPLAY = 3
+_REASON_COLLISION = 6  # SPEC §8.9: the counter names another stored frame
 
 _SETTINGS_KEYS = ("heartbeat_s", "discreet", "cancel_window_s", "hold_ms")
 # CONFIG field ranges accepted from the C4 (SPEC §8.10 types, sane bounds).
@@ -88,7 +89,7 @@ class Device:
             if ob.used(i):
                 ob.mark_sent(i)  # may have gone out before the reset: flag as retransmission
         self.counters = CounterStore(join(data, "counter"), cfg.counter_block, self.log)
-        self.counters.load(self.outbox.hw, self.outbox.hw > 0)
+        self.counters.load(self.outbox.hw, self.outbox.hw > 0, cfg.counter_floor)
         self.gesture = gesture_mod.Gesture(cfg.hold_ms, cfg.cancel_taps)
         self.feedback = Feedback(hal, cfg.has_haptic, cfg.has_led, cfg.has_buzzer, cfg.discreet)
         self.power = PowerWatch(
@@ -105,15 +106,17 @@ class Device:
         # Preallocated buffers for the alert path (no allocation per frame).
         self._pl = bytearray(codec.MAX_PAYLOAD)
         self._rx = bytearray(codec.MAX_PAYLOAD)
-        self._loc = [0, 0, 0, 0, 0, 0, 0]
+        self._loc = [0, 0, 0, 0, 0, 0, 0, 0]
         self._wake = asyncio.Event()
         self.hb_changed = asyncio.Event()
         # ThreadSafeFlag on hardware (set from the IRQ); a plain Event on the host,
         # where 5+ ThreadSafeFlag waiters next to sockets crash the unix port.
         self.button_flag = hal.make_flag()
-        # Clock (SPEC §12.5): unknown until a genuine ACK carries server time.
+        # Clock (SPEC §12.5): unknown until a genuine ACK carries server time;
+        # "synced" only while that ACK said the gateway's own clock is synced.
         self._clk_ts = 0
         self._clk_ticks = 0
+        self._clk_synced = False
         self.last_alert = 0
         self.last_alert_t = 0
         self.recent = [0] * RECENT_ACKED
@@ -204,13 +207,14 @@ class Device:
             d -= s * 1000
         return self._clk_ts + d // 1000
 
-    def _sync_clock(self, ts):
+    def _sync_clock(self, ts, synced):
         if ts:
             self._clk_ts = ts
             self._clk_ticks = ticks_ms()
+            self._clk_synced = synced
 
     def flags(self):
-        return codec.FLAG_CLOCK_SYNCED if self._clk_ts else 0
+        return codec.FLAG_CLOCK_SYNCED if self._clk_ts and self._clk_synced else 0
 
     # ---------------------------------------------------------- settings ----
 
@@ -278,6 +282,7 @@ class Device:
         v[4] = self._battery_wire()
         v[5] = self._rssi_wire()
         v[6] = self.transport.bearer
+        v[7] = self.now_ts()  # SPEC §8.1 pressed_at: 0 = no clock yet
         n = codec.pack_payload_into(self._pl, 0, codec.ALERT, v)
         c = self.queue(codec.ALERT, n)
         self.feedback.show("queued")
@@ -456,7 +461,9 @@ class Device:
             self.log("downlink ignored: addressed to another device")
             return
         if code == codec.ACK:
-            self._on_ack(ctr, ts, self._rx[0], self._rx[1], self._rx[2])
+            rx = self._rx
+            hw = struct.unpack_from(">I", rx, 3)[0]  # SPEC §8.9 high_water
+            self._on_ack(ctr, ts, rx[0], rx[1], rx[2], hw, fl & codec.FLAG_CLOCK_SYNCED != 0)
         elif code == codec.CONFIG:
             self._on_config(ctr, n)
         else:
@@ -466,20 +473,20 @@ class Device:
         self.recent[self._recent_i] = counter
         self._recent_i = (self._recent_i + 1) % RECENT_ACKED
 
-    def _on_ack(self, ctr, ts, acked_type, disp, reason):
+    def _on_ack(self, ctr, ts, acked_type, disp, reason, hw=0, synced=True):
         ob = self.outbox
         i = ob.find(ctr, acked_type)
         if i < 0:
             if disp == _ATTENDING and acked_type == codec.ALERT and ctr in self.recent:
                 # Attending after received: honoured once (SPEC §12.4).
                 self.recent[self.recent.index(ctr)] = 0
-                self._sync_clock(ts)
+                self._sync_clock(ts, synced)
                 self.feedback.show("attending")
                 self.hal.state("attending", ctr)
                 return
             self.log("ack ignored: no frame %d of type %d waiting" % (ctr, acked_type))
             return
-        self._sync_clock(ts)
+        self._sync_clock(ts, synced)
         if disp == _RECEIVED or disp == _ATTENDING:
             ref = 0
             if acked_type == codec.CANCEL:
@@ -506,14 +513,22 @@ class Device:
             ob.mark_sent(i)
             ob.due[i] = ticks_ms()
             self._wake.set()
-        elif disp == _REJECTED and reason == _REASON_REPLAY:
+        elif disp == _REJECTED and (reason == _REASON_REPLAY or reason == _REASON_COLLISION):
+            # SPEC §12.4: resynchronise once above the C4's high-water mark
+            # (one durable write), then re-send the same content under a fresh
+            # counter after the normal backoff - never a tight reject loop.
+            self.counters.skip_past(hw)
             c = self.counters.take()
+            attempts = ob.attempts[i]
             ob.requeue(i, self.cfg.device, c, self.now_ts(), self.flags())
+            ob.attempts[i] = attempts
+            ob.due[i] = ticks_add(ticks_ms(), self.backoff(attempts))
             if acked_type == codec.ALERT and self.last_alert == ctr:
                 self.last_alert = c
-            self.log("frame %d rejected as replay: re-queued as %d" % (ctr, c))
+            why = "replay" if reason == _REASON_REPLAY else "collision"
+            self.log("frame %d rejected (%s, C4 at %d): re-queued as %d" % (ctr, why, hw, c))
+            self.hal.state("resync", c)
             self.hal.state("queued", c)
-            self._wake.set()
         else:
             names = codec.REJECT_REASONS
             why = names[reason] if reason < len(names) else str(reason)

@@ -88,7 +88,7 @@ RESET_CAUSES = (
     "panic",
 )
 DISPOSITIONS = ("received", "attending", "time_nak", "rejected")
-REJECT_REASONS = ("none", "revoked", "retired", "replay", "policy", "malformed")
+REJECT_REASONS = ("none", "revoked", "retired", "replay", "policy", "malformed", "collision")
 CANCEL_REASONS = ("gesture", "remote")
 
 # Field kinds. A field is (name, struct char, kind, sentinel): the sentinel is
@@ -107,6 +107,9 @@ _LOCATION = (
     ("battery", "B", _NUM, 0xFF),
     ("rssi", "b", _NUM, -128),
     ("bearer", "B", _ENUM, BEARERS),
+    # §8.1: the device clock at the press; fixed when the frame is made, unlike
+    # the header timestamp (freshness), which every retransmission restamps.
+    ("pressed_at", "I", _NUM, 0),
 )
 
 # code -> (name, fields, encrypted). fields None = TLV payload (CONFIG, §8.10).
@@ -153,6 +156,9 @@ TYPES = {
             ("acked_type", "B", _TYPE, None),
             ("disposition", "B", _ENUM, DISPOSITIONS),
             ("reason", "B", _ENUM, REJECT_REASONS),
+            # §8.9: the C4's counter high-water mark for the device; on a
+            # replay/collision rejection the device moves its counters above it.
+            ("high_water", "I", _NUM, None),
         ),
         False,
     ),

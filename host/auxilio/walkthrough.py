@@ -178,6 +178,7 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
         "lon_e7": DEMO_LON_E7,
         "accuracy_m": 8,
         "fix_age_s": 2,
+        "pressed_at": now - 1,
         "battery": 76,
         "rssi": -71,
         "bearer": "lte",

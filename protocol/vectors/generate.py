@@ -56,7 +56,9 @@ def _fields(ftype: str, device: int, counter: int, ts: int, **kw: object) -> dic
     return f
 
 
-def _loc(lat=194326000, lon=-991332000, acc=12, age=3, batt=87, rssi=-67, bearer="lte"):
+def _loc(
+    lat=194326000, lon=-991332000, acc=12, age=3, batt=87, rssi=-67, bearer="lte", pressed=None
+):
     return {
         "lat_e7": lat,
         "lon_e7": lon,
@@ -65,6 +67,7 @@ def _loc(lat=194326000, lon=-991332000, acc=12, age=3, batt=87, rssi=-67, bearer
         "battery": batt,
         "rssi": rssi,
         "bearer": bearer,
+        "pressed_at": pressed,
     }
 
 
@@ -91,7 +94,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
         "spec_example_alert",
         "SPEC.md §14 worked example: ALERT, clock synced, Mexico City, over LTE",
         SPEC_SECRET,
-        _fields("ALERT", DEV_SPEC, 7, TS, clock_synced=True, **_loc()),
+        _fields("ALERT", DEV_SPEC, 7, TS, clock_synced=True, **_loc(pressed=TS - 2)),
     ),
     (
         "spec_example_ack",
@@ -106,6 +109,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             acked_type="ALERT",
             disposition="received",
             reason="none",
+            high_water=7,
         ),
     ),
     (
@@ -124,7 +128,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             2,
             TS,
             clock_synced=True,
-            **_loc(900000000, 1800000000, 0, 0, 100, 127, "wifi"),
+            **_loc(900000000, 1800000000, 0, 0, 100, 127, "wifi", pressed=TS),
         ),
     ),
     (
@@ -137,7 +141,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             3,
             TS,
             clock_synced=True,
-            **_loc(-900000000, -1800000000, 0xFFFE, 0xFFFE, 0, -127, "sms"),
+            **_loc(-900000000, -1800000000, 0xFFFE, 0xFFFE, 0, -127, "sms", pressed=1),
         ),
     ),
     (
@@ -156,14 +160,27 @@ VALID: list[tuple[str, str, bytes, dict]] = [
         "alert_counter_max_time_max",
         "ALERT with counter 0xFFFFFFFF, timestamp 0xFFFFFFFF, device id 0xFFFFFFFF",
         S_BRACELET,
-        _fields("ALERT", 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, clock_synced=True, **_loc()),
+        _fields(
+            "ALERT",
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+            clock_synced=True,
+            **_loc(pressed=0xFFFFFFFF),
+        ),
     ),
     (
         "alert_retransmission",
-        "ALERT retransmitted (§12.3): same counter and ciphertext, new timestamp, flag set",
+        "ALERT retransmitted (§12.3): same counter, ciphertext and press time, new timestamp",
         S_BRACELET,
         _fields(
-            "ALERT", DEV_BRACELET, 5, TS + 30, clock_synced=True, retransmission=True, **_loc()
+            "ALERT",
+            DEV_BRACELET,
+            5,
+            TS + 30,
+            clock_synced=True,
+            retransmission=True,
+            **_loc(pressed=TS - 1),
         ),
     ),
     (
@@ -255,7 +272,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
         "test_frame_with_fix",
         "TEST frame in a self-test with a fix",
         S_BUTTON,
-        _fields("TEST", DEV_BUTTON, 16, TS, clock_synced=True, **_loc(bearer="wifi")),
+        _fields("TEST", DEV_BUTTON, 16, TS, clock_synced=True, **_loc(bearer="wifi", pressed=TS)),
     ),
     (
         "boot_power_on",
@@ -282,6 +299,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             acked_type="ALERT",
             disposition="attending",
             reason="none",
+            high_water=9,
         ),
     ),
     (
@@ -297,6 +315,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             acked_type="ALERT",
             disposition="time_nak",
             reason="none",
+            high_water=9,
         ),
     ),
     (
@@ -312,6 +331,24 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             acked_type="CANCEL",
             disposition="rejected",
             reason="replay",
+            high_water=1000,
+        ),
+    ),
+    (
+        "ack_rejected_collision",
+        "ACK rejected/collision: counter 2 names another stored frame; the C4 has seen up to "
+        "counter 0x00100040, so the device moves its counters above that and re-sends (§12.2)",
+        S_BRACELET,
+        _fields(
+            "ACK",
+            DEV_BRACELET,
+            2,
+            TS,
+            clock_synced=True,
+            acked_type="ALERT",
+            disposition="rejected",
+            reason="collision",
+            high_water=0x00100040,
         ),
     ),
     (
@@ -327,6 +364,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             acked_type="TEST",
             disposition="rejected",
             reason="revoked",
+            high_water=0,
         ),
     ),
     (
@@ -493,8 +531,8 @@ def _invalid() -> list[tuple[str, str, bytes, bytes, str]]:
             S_BRACELET,
             _sign(
                 S_BRACELET,
-                _header(0x01, up, DEV_BRACELET, 21, TS, 15)
-                + struct.pack(">iiHHBbB", 194326000, -991332000, 12, 3, 87, -67, 2),
+                _header(0x01, up, DEV_BRACELET, 21, TS, 19)
+                + struct.pack(">iiHHBbBI", 194326000, -991332000, 12, 3, 87, -67, 2, TS),
             ),
             "bad_flags",
         ),
@@ -562,10 +600,10 @@ def _invalid() -> list[tuple[str, str, bytes, bytes, str]]:
 
 def _encrypted_alert(secret: bytes, device: int, counter: int, lat: int, lon: int) -> bytes:
     k = codec.Keys(secret)
-    payload = bytearray(struct.pack(">iiHHBbB", lat, lon, 5, 1, 50, -70, 1))
+    payload = bytearray(struct.pack(">iiHHBbBI", lat, lon, 5, 1, 50, -70, 1, TS))
     k.crypt(payload, 0, len(payload), 0x01, device, counter)
     flags = codec.FLAG_CLOCK_SYNCED | codec.FLAG_ENCRYPTED
-    return _sign(secret, _header(0x01, flags, device, counter, TS, 15) + bytes(payload))
+    return _sign(secret, _header(0x01, flags, device, counter, TS, 19) + bytes(payload))
 
 
 # Forward compatibility (§8.10, §13): unknown CONFIG keys are skipped.
@@ -644,11 +682,11 @@ def main(argv: list[str]) -> int:
     # Guard the spec's worked example against silent drift (SPEC.md §14).
     assert hmac.compare_digest(
         vectors["spec_example_alert"]["frame_hex"],
-        "01010612345678000000076929d8300f8c387608f9ba805817d58094d4e552"
-        "616c3c8be3ad6334084bec43c1b5184b",
+        "01010612345678000000076929d830138c387608f9ba805817d58094d4e55223b03514"
+        "8b25bbd8b3ae56ba0bed0a9b1ae4b1cf",
     ), "SPEC.md §14 example no longer matches the codec"
     assert vectors["spec_example_ack"]["frame_hex"] == (
-        "01810212345678000000076929d83103010000eab058053aa03739dcccf4c38aac25f6"
+        "01810212345678000000076929d8310701000000000007d9a7eb374b765e0a3c614342e608a0a0"
     ), "SPEC.md §14 ACK example no longer matches the codec"
     drift = []
     wanted = {f"{name}.json" for name in vectors}

@@ -316,7 +316,7 @@ def alert_round_trip(
     script = (
         f"PROTO={str(protocol_dir())!r}\nHOST='127.0.0.1'\nPORT={broker.port}\nLABEL={codec.device_str(dev)!r}\n"
         f"DEV={dev}\nSECRET={secrets[dev].hex()!r}\nN={n + warmup}\nGAP={gap_ms}\n"
-        f"LOC={[SIM_LOCATION[k] for k in ('lat_e7', 'lon_e7', 'accuracy_m', 'fix_age_s', 'battery', 'rssi')] + [1]!r}\n"
+        f"LOC={[SIM_LOCATION[k] for k in ('lat_e7', 'lon_e7', 'accuracy_m', 'fix_age_s', 'battery', 'rssi')] + [1, 0]!r}\n"
         + _MP_CLIENT
     )
     mp = find_micropython() or "micropython"

@@ -42,6 +42,7 @@ ALERT = {
     "lon_e7": -991332000,
     "accuracy_m": 12,
     "fix_age_s": 3,
+    "pressed_at": 1764350000,
     "battery": 87,
     "rssi": -67,
     "bearer": "lte",
@@ -75,7 +76,7 @@ def _cpython() -> dict[str, float]:
     buf = bytearray(codec.MAX_FRAME)
     out = bytearray(codec.MAX_PAYLOAD)
     payload = bytearray(codec.payload_len(codec.ALERT))
-    values = (194326000, -991332000, 12, 3, 87, -67, 2)
+    values = (194326000, -991332000, 12, 3, 87, -67, 2, 1764350000)
     flags = codec.FLAG_CLOCK_SYNCED | codec.FLAG_ENCRYPTED
     body = frame[:31]
 
@@ -109,7 +110,7 @@ frame = codec.encode(fields, k)
 buf = bytearray(codec.MAX_FRAME)
 out = bytearray(codec.MAX_PAYLOAD)
 payload = bytearray(codec.payload_len(codec.ALERT))
-values = (194326000, -991332000, 12, 3, 87, -67, 2)
+values = (194326000, -991332000, 12, 3, 87, -67, 2, 1764350000)
 flags = codec.FLAG_CLOCK_SYNCED | codec.FLAG_ENCRYPTED
 body = frame[:31]
 

@@ -50,6 +50,7 @@ class AckPeer:
                     "acked_type": f["type"],
                     "disposition": "received",
                     "reason": "none",
+                    "high_water": f["counter"],
                 },
                 secret,
             )

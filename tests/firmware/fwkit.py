@@ -323,6 +323,8 @@ class C4Peer:
         reason: str = "none",
         secret: bytes | None = None,
         timestamp: int | None = None,
+        high_water: int | None = None,
+        clock_synced: bool = True,
     ) -> bytes:
         return codec.encode(
             {
@@ -330,10 +332,11 @@ class C4Peer:
                 "device": dev,
                 "counter": counter,
                 "timestamp": int(time.time()) if timestamp is None else timestamp,
-                "clock_synced": True,
+                "clock_synced": clock_synced,
                 "acked_type": ftype,
                 "disposition": disposition,
                 "reason": reason,
+                "high_water": counter if high_water is None else high_water,
             },
             secret or self.secrets[dev],
         )

@@ -136,7 +136,7 @@ def add(code, counter, vals):
     fl = codec.FLAG_ENCRYPTED if code == codec.ALERT else 0
     return ob.add(code, fl, DEV, counter, 0, memoryview(pl)[:n])
 HB = (50, -60, 1, 0, 0, 1, 0, 0, 60)
-ALERT = (-2147483648, -2147483648, 0xFFFF, 0xFFFF, 50, -60, 1)
+ALERT = (-2147483648, -2147483648, 0xFFFF, 0xFFFF, 50, -60, 1, 0)
 add(codec.HEARTBEAT, 1, HB)
 add(codec.BOOT, 2, (1, 0, 1, 0, 0))
 add(codec.HEARTBEAT, 3, HB)

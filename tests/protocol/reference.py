@@ -43,7 +43,7 @@ RESET_CAUSE = [
     "panic",
 ]
 DISPOSITION = ["received", "attending", "time_nak", "rejected"]
-REASON = ["none", "revoked", "retired", "replay", "policy", "malformed"]
+REASON = ["none", "revoked", "retired", "replay", "policy", "malformed", "collision"]
 CANCEL_REASON = ["gesture", "remote"]
 
 # §8 payload layouts: (field, struct code, decoder kind, unknown sentinel or None)
@@ -55,6 +55,7 @@ _LOC = [
     ("battery", "B", "num", 0xFF),
     ("rssi", "b", "num", -128),
     ("bearer", "B", BEARER, None),
+    ("pressed_at", "I", "num", 0),  # §8.1: 0 = unknown
 ]
 LAYOUTS: dict[str, list[tuple[str, str, object, int | None]]] = {
     "ALERT": _LOC,
@@ -81,6 +82,7 @@ LAYOUTS: dict[str, list[tuple[str, str, object, int | None]]] = {
         ("acked_type", "B", "type", None),
         ("disposition", "B", DISPOSITION, None),
         ("reason", "B", REASON, None),
+        ("high_water", "I", "num", None),  # §8.9
     ],
 }
 # §9 domains checked on decode

@@ -24,6 +24,8 @@ PAYLOAD_FIELDS: dict[str, st.SearchStrategy] = {
     "battery": _opt(st.integers(0, 100)),
     "rssi": _opt(st.integers(-127, 127)),
     "bearer": st.sampled_from(ref.BEARER),
+    "pressed_at": _opt(st.integers(1, 0xFFFFFFFF)),
+    "high_water": U32,
     "ref_counter": U32,
     "outbox": st.integers(0, 255),
     "fw": st.tuples(*[st.integers(0, 255)] * 3).map(lambda t: ".".join(map(str, t))),

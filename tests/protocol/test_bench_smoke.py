@@ -17,5 +17,5 @@ def test_bench_protocol_reports_every_figure(
     for runtime in ("cpython", "micropython"):
         assert names <= set(figures[runtime])
         assert all(figures[runtime][n] > 0 for n in names)
-    assert figures["bytes"]["ALERT"] == {"raw": 47, "base64": 64}
+    assert figures["bytes"]["ALERT"] == {"raw": 51, "base64": 68}
     assert figures["bytes"]["HEARTBEAT"]["raw"] <= 48

@@ -156,6 +156,7 @@ MAX_LOCATION = {
     "lon_e7": -1800000000,
     "accuracy_m": 0xFFFE,
     "fix_age_s": 0xFFFE,
+    "pressed_at": 1764350000,
     "battery": 100,
     "rssi": -127,
     "bearer": "lte",

@@ -739,7 +739,12 @@ class Gateway:
     ) -> None:
         payload = codec.pack_payload(
             codec.ACK,
-            (acked_code, codec.DISPOSITIONS.index(disp), codec.REJECT_REASONS.index(reason)),
+            (
+                acked_code,
+                codec.DISPOSITIONS.index(disp),
+                codec.REJECT_REASONS.index(reason),
+                max(dev.high_water, 0),
+            ),
         )
         buf = self._ack_payload
         n = codec.encode_into(buf, dev.keys, codec.ACK, 0, dev.id, counter, ts, payload)

@@ -21,6 +21,7 @@ SIM_LOCATION = {
     "lon_e7": -991332080,
     "accuracy_m": 12,
     "fix_age_s": 3,
+    "pressed_at": None,
     "battery": 80,
     "rssi": -61,
     "bearer": "wifi",
