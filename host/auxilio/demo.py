@@ -148,7 +148,7 @@ def run_demo(once: bool = True) -> dict[str, Any]:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from auxilio.gateway import Gateway
-    from auxilio.gateway.control import attend
+    from auxilio.gateway.control import request_attend
     from auxilio.keys import new_device_secret, seal
     from auxilio.registry import open_registry
 
@@ -200,16 +200,16 @@ def run_demo(once: bool = True) -> dict[str, Any]:
             _say(quiet, _("Dispositivos: simulados en CPython (no hay firmware o micropython)"))
             results = _run_simulated(stack, devices, broker, quiet)
 
-        # Operator attends each acked alert: registry first, then the gateway signs the ACK.
+        # The operator attends each acked alert: the gateway checks it, signs the ACK.
         for r in results:
             row = _alert_row(registry, r["device_id"], r.get("counter"))
             r["verified"] = row is not None
             r["stored"] = row is not None and row["disposition"] in ("received", "attending")
             if row is None or not r["acked"]:
                 continue
-            attend(registry, row["id"], "operadora-demo", broker.url)
+            res = request_attend(broker.url, row["id"], "operadora-demo")
             r["alert_id"] = row["id"]
-            r["attended"] = r["wait_attending"]()
+            r["attended"] = res.sent and r["wait_attending"]()
             if r["attended"]:
                 _say(
                     quiet,

@@ -2,8 +2,10 @@
 
 Spanish first (auxilio.i18n; AUXILIO_LANG=en for English). Coordinates are shown
 only for real alerts, rounded to ~100 m, since the console is for dispatch; they
-never go to logs. Keys in the live view: ↑/↓ or j/k select an alert, "a" attends
-it (registry + signed ACK via the gateway), "q" quits.
+never go to logs. Keys in the live view: ↑/↓ or j/k select an alert, "a" asks
+the gateway to attend it, "q" quits. The console reads the registry read-only:
+an alert shows "atendiendo" only once the gateway has signed the ACK and the
+broker took it; a request that failed says why, on one line (issue 8 §4).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import select
 import sys
+import threading
 import time
 from typing import Any
 
@@ -57,8 +60,15 @@ register(
         "prueba": "test",
         "sin datos": "no data",
         "↑/↓ seleccionar · a atender · q salir": "↑/↓ select · a attend · q quit",
-        "Alerta {id} ({device} #{counter}) atendida por {op}": "Alert {id} ({device} #{counter}) attended by {op}",
-        "No se pudo atender: {err}": "Could not attend: {err}",
+        "Alerta {id}: atención enviada; la usuaria recibe el aviso (operadora {op})": "Alert {id}: attend sent; the wearer is being told (operator {op})",
+        "Alerta {id}: atención fallida: {reason}": "Alert {id}: attend failed: {reason}",
+        "Alerta {id}: atención solicitada, sin respuesta de la pasarela todavía": "Alert {id}: attend requested, no answer from the gateway yet",
+        "Alerta {id}: solicitando atención…": "Alert {id}: requesting attend…",
+        "la pasarela no respondió en {s:.0f} s (solicitud {r} en espera)": "the gateway did not answer within {s:.0f} s (request {r} waiting)",
+        "Atención": "Attend",
+        "solicitada": "requested",
+        "enviada": "sent",
+        "fallida": "failed",
         "recibida": "received",
         "atendiendo": "attending",
         "reloj desfasado": "clock skew (time NAK)",
@@ -90,6 +100,55 @@ _VALUE_ES = {
 }
 
 
+# Why the gateway refused an attend (attend.py reasons) in the operator's words.
+_ATTEND_REASON_ES = {
+    "unknown_alert": "alerta desconocida",
+    "not_an_alert": "no es una alerta (evento)",
+    "test_alert": "alerta de prueba",
+    "alert_rejected": "la alerta fue rechazada",
+    "unknown_device": "dispositivo desconocido",
+    "device_revoked": "dispositivo revocado",
+    "device_retired": "dispositivo retirado",
+    "old_key_epoch": "el dispositivo cambió de clave",
+    "not_stored_by_gateway": "registro no creado por la pasarela",
+    "frame_does_not_verify": "la trama guardada no verifica",
+    "frame_does_not_match": "la trama guardada no coincide",
+    "gateway_error": "error en la pasarela",
+    "already_attended": "ya estaba atendida",
+}
+register(
+    {
+        "alerta desconocida": "unknown alert",
+        "no es una alerta (evento)": "not an alert (an event)",
+        "alerta de prueba": "test alert",
+        "la alerta fue rechazada": "the alert was rejected",
+        "dispositivo desconocido": "unknown device",
+        "dispositivo revocado": "device revoked",
+        "dispositivo retirado": "device retired",
+        "el dispositivo cambió de clave": "the device was re-keyed",
+        "registro no creado por la pasarela": "row not stored by the gateway",
+        "la trama guardada no verifica": "the stored frame does not verify",
+        "la trama guardada no coincide": "the stored frame does not match",
+        "error en la pasarela": "gateway error",
+        "ya estaba atendida": "already attended",
+    }
+)
+
+
+def attend_message(alert_id: int, state: str, reason: str, operator: str) -> str:
+    """One line for the operator: what became of an attend request."""
+    if state == "sent":
+        return _(
+            "Alerta {id}: atención enviada; la usuaria recibe el aviso (operadora {op})"
+        ).format(id=alert_id, op=operator)
+    if state == "requested":
+        return _("Alerta {id}: atención solicitada, sin respuesta de la pasarela todavía").format(
+            id=alert_id
+        )
+    why = _(_ATTEND_REASON_ES[reason]) if reason in _ATTEND_REASON_ES else reason
+    return _("Alerta {id}: atención fallida: {reason}").format(id=alert_id, reason=why)
+
+
 def _word(code: str | None) -> str:
     """A registry code as the operator's word (unknown codes pass through)."""
     if not code:
@@ -114,7 +173,10 @@ def snapshot(registry: Any, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """Plain data for one screen: alerts, events, devices (JSON-safe)."""
     st = Store(registry)
     alerts = []
-    for r in st.recent_alerts(limit):
+    rows = st.recent_alerts(limit)
+    attends = st.attend_states([r["id"] for r in rows])
+    for r in rows:
+        req = attends.get(r["id"])
         alerts.append(
             {
                 "id": r["id"],
@@ -130,6 +192,9 @@ def snapshot(registry: Any, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
                 "test": bool(r["test"]),
                 "lost": bool(r["lost"]),
                 "location": _location(r),
+                "attend": None
+                if req is None
+                else {"state": req["state"], "reason": req["reason"], "operator": req["operator"]},
                 "_row": r,
             }
         )
@@ -179,6 +244,7 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
         _("Confirmada"),
         _("Disposición"),
         _("Atendida por"),
+        _("Atención"),
         _("Ubicación"),
     ):
         at.add_column(col)
@@ -207,6 +273,7 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
             _t(r["acked_at"]),
             _word(a["disposition"]),
             a["attending_by"] or "",
+            _attend_cell(a["attend"]),
             a["location"],
             style=style,
         )
@@ -246,6 +313,17 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
     return Group(*parts)
 
 
+def _attend_cell(req: dict[str, Any] | None) -> str:
+    if req is None:
+        return ""
+    word = {"requested": "solicitada", "sent": "enviada", "failed": "fallida"}.get(req["state"])
+    text = _(word) if word else req["state"]
+    if req["state"] == "failed" and req["reason"]:
+        r = req["reason"]
+        text += ": " + (_(_ATTEND_REASON_ES[r]) if r in _ATTEND_REASON_ES else r)
+    return text
+
+
 def print_once(
     registry: Any, limit: int = DEFAULT_LIMIT, as_json: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
@@ -265,11 +343,20 @@ def run_live(
     limit: int = DEFAULT_LIMIT,
 ) -> None:
     """Interactive console until 'q' or Ctrl-C."""
-    from auxilio.gateway.control import attend
+    from auxilio.gateway.control import request_attend
 
     interactive = sys.stdin.isatty()
     selected = 0
     message = ""
+    shown: list[str] = []  # the latest attend outcome, written by the request thread
+
+    def ask(alert_id: int) -> None:
+        try:
+            res = request_attend(broker_url or "", alert_id, operator, prefix)
+            shown.append(attend_message(alert_id, res.state, res.reason, operator))
+        except Exception as exc:  # noqa: BLE001 - show it on one line, keep the console up
+            shown.append(attend_message(alert_id, "failed", str(exc), operator))
+
     old = None
     if interactive:
         import termios
@@ -300,18 +387,11 @@ def run_live(
                     snap = snapshot(registry, limit)
                     if snap["alerts"]:
                         a = snap["alerts"][min(selected, len(snap["alerts"]) - 1)]
-                        try:
-                            row = attend(registry, a["id"], operator, broker_url, prefix)
-                            message = _(
-                                "Alerta {id} ({device} #{counter}) atendida por {op}"
-                            ).format(
-                                id=row["id"],
-                                device=a["device"],
-                                counter=row["counter"],
-                                op=operator,
-                            )
-                        except Exception as exc:  # noqa: BLE001 - show it, keep the console up
-                            message = _("No se pudo atender: {err}").format(err=exc)
+                        message = _("Alerta {id}: solicitando atención…").format(id=a["id"])
+                        threading.Thread(target=ask, args=(a["id"],), daemon=True).start()
+                if shown:
+                    message = shown.pop()
+                    key = key or "refresh"
                 now = time.monotonic()
                 if key or now >= next_refresh:
                     snap = snap or snapshot(registry, limit)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from auxilio.gateway import Gateway
+from auxilio.gateway.clock import ClockState
 from auxilio.gateway.simulator import SimDevice
 from auxilio.keys import new_device_secret, seal
 from auxilio.registry import open_registry
@@ -113,6 +114,8 @@ def gateway_factory(
     started: list[Gateway] = []
 
     def make(**kw: Any) -> Gateway:
+        # A gateway whose clock is synchronised (production), unless a test says otherwise.
+        kw.setdefault("clock_state", ClockState(True))
         gw = Gateway(registry, gw_key, mqtt_broker.url, **kw)
         gw.start(connect_attempts=50)
         assert gw.connected.wait(WAIT_S), "gateway did not connect"

@@ -81,7 +81,7 @@ def test_gateway_with_generated_users_and_acl(
         r = subprocess.run(
             [
                 sys.executable, "-m", "auxilio.cli", "attend", str(alert_id),
-                "--operator", "op-7", "--registry", str(reg_path),
+                "--operator", "op-7",
                 "--broker", f"mqtt://127.0.0.1:{port}",
                 "--broker-credentials", str(files.operator),
             ],

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pytest
-from auxilio.gateway.control import attend
+from auxilio.gateway.control import request_attend
 from auxilio.gateway.supervision import MISSED_FACTOR
 from sqlalchemy import select
 
@@ -65,41 +65,36 @@ def test_offline_status_hint_shortens_the_deadline(
     assert time.time() - t0 < 5.0  # interval + grace after the hint
 
 
-def test_attend_sends_signed_attending_ack(
+def _alert_id(registry: Any, device: int, counter: int) -> int:
+    a = registry.tables.alerts
+    with registry.engine.connect() as conn:
+        return conn.execute(
+            select(a.c.id).where(a.c.device_id == device, a.c.counter == counter)
+        ).scalar()
+
+
+def test_attend_sends_signed_attending_ack_once(
     gateway: Any, fleet: Any, registry: Any, mqtt_broker: Any
 ) -> None:
     sim = fleet.sim()
     c = sim.send("ALERT")
     assert sim.wait_ack(c)["disposition"] == "received"
-    a = registry.tables.alerts
-    with registry.engine.connect() as conn:
-        alert_id = conn.execute(
-            select(a.c.id).where(a.c.device_id == sim.device, a.c.counter == c)
-        ).scalar()
-    row = attend(registry, alert_id, "operadora-7", mqtt_broker.url)
-    assert row["attending_by"] == "operadora-7" and row["attending_at"] is not None
+    alert_id = _alert_id(registry, sim.device, c)
+    res = request_attend(mqtt_broker.url, alert_id, "operadora-7")
+    assert res.sent, res
     ack = sim.wait_ack(c, n=2)
     assert ack["disposition"] == "attending" and ack["acked_type"] == "ALERT"
+    row = gateway.store.alert(alert_id)
+    assert row["attending_by"] == "operadora-7" and row["attending_at"] is not None
+    # A second request is answered, never signed again (issue 8 §3).
+    again = request_attend(mqtt_broker.url, alert_id, "operadora-8")
+    assert again.sent and again.reason == "already_attended"
+    assert sim.wait_ack(c, n=3, timeout=0.5) is None
     # A retransmission after that gets the stored disposition: attending.
     sim.publish(sim.frame("ALERT", counter=c)[1])
     assert sim.wait_ack(c, n=3)["disposition"] == "attending"
-    assert registry.audit_log(limit=5)[0]["action"] == "attend"
-
-
-def test_control_request_for_unmarked_alert_ignored(
-    gateway: Any, fleet: Any, registry: Any, mqtt_broker: Any
-) -> None:
-    from auxilio.gateway.control import publish_attend_request
-
-    sim = fleet.sim()
-    c = sim.send("ALERT")
-    assert sim.wait_ack(c)
-    a = registry.tables.alerts
-    with registry.engine.connect() as conn:
-        alert_id = conn.execute(select(a.c.id).where(a.c.device_id == sim.device)).scalar()
-    publish_attend_request(mqtt_broker.url, alert_id, "intruso")  # registry not marked
-    wait_for(lambda: gateway.stats["drop_control_unmarked"] == 1, what="control drop")
-    assert sim.wait_ack(c, n=2, timeout=0.3) is None
+    actions = [r["action"] for r in registry.audit_log(limit=10)]
+    assert actions.count("attend") == 1 and actions.count("attend-request") == 2
 
 
 def _cli(*args: str) -> Any:
@@ -125,22 +120,13 @@ def test_attend_cli_and_monitor_once(
         alert_id = conn.execute(
             select(a.c.id).where(a.c.device_id == sim.device, a.c.counter == c)
         ).scalar()
-    r = _cli(
-        "attend",
-        str(alert_id),
-        "--operator",
-        "op-3",
-        "--registry",
-        registry_url,
-        "--broker",
-        mqtt_broker.url,
-        "--json",
-    )
+    r = _cli("attend", str(alert_id), "--operator", "op-3", "--broker", mqtt_broker.url, "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["operator"] == "op-3"
+    out = json.loads(r.stdout)
+    assert out["operator"] == "op-3" and out["state"] == "sent"
     assert sim.wait_ack(c, n=2)["disposition"] == "attending"
-    r = _cli("attend", "999999", "--registry", registry_url, "--broker", mqtt_broker.url)
-    assert r.returncode == 3 and r.stderr.startswith("error: alert 999999 not found")
+    r = _cli("attend", "999999", "--broker", mqtt_broker.url, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "unknown_alert"
     wait_for(
         lambda: len([x for x in _event_types(registry, sim.device) if x == "TAMPER"]) == 1,
         what="tamper",

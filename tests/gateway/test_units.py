@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from auxilio.gateway import replay
-from auxilio.gateway.forward import DurableQueue
 from auxilio.gateway.supervision import MISSED_FACTOR, Supervisor
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,22 +50,10 @@ def test_supervision_deadline_restore_and_offline_hint() -> None:
     assert Supervisor.interval("bracelet", None, 120) == 120  # then CONFIG (registry)
 
 
-def test_durable_queue_order_survives_reopen_and_ignores_partial_writes(tmp_path: Path) -> None:
-    q = DurableQueue(tmp_path / "q")
-    q.put_many([{"key": "a"}, {"key": "b"}])
-    (tmp_path / "q" / "0000000000000099-0.json.tmp").write_text("{partial")  # crash mid-write
-    q2 = DurableQueue(tmp_path / "q")
-    assert [json.loads(p.read_text())["key"] for p in q2.items()] == ["a", "b"]
-    assert not list((tmp_path / "q").glob("*.tmp"))
-    q2.put_many([{"key": "c"}])
-    assert [json.loads(p.read_text())["key"] for p in q2.items()] == ["a", "b", "c"]
-    assert (tmp_path / "q").stat().st_mode & 0o777 == 0o700
-
-
 def test_broker_url_credentials_and_redaction(tmp_path: Path) -> None:
     import pytest
+    from auxilio.broker.url import parse_broker_url, with_credentials
     from auxilio.errors import UsageError
-    from auxilio.gateway.service import parse_broker_url, with_credentials
 
     cred = tmp_path / "gateway.json"
     cred.write_text(json.dumps({"username": "gateway", "password": "s3cr:t@x"}))
@@ -85,40 +72,3 @@ def test_broker_url_credentials_and_redaction(tmp_path: Path) -> None:
     assert "hunter2" not in str(e.value)
     with pytest.raises(UsageError):
         with_credentials("mqtt://h:1", tmp_path / "missing.json")
-
-
-def test_webhook_permanent_refusal_parks_record_and_continues(tmp_path: Path) -> None:
-    import http.server
-    import threading
-    import time
-
-    from auxilio.gateway.forward import WebhookForwarder
-
-    got: list[str] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            got.append(body["key"])
-            self.send_response(422 if body["key"] == "bad" else 200)
-            self.end_headers()
-
-        def log_message(self, *a: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    fwd = WebhookForwarder(f"http://127.0.0.1:{server.server_address[1]}/", tmp_path / "q")
-    try:
-        fwd.enqueue([{"key": "bad"}, {"key": "good"}])
-        fwd.release()
-        deadline = time.monotonic() + 20
-        while "good" not in got and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        fwd.close()
-        server.shutdown()
-        server.server_close()
-    assert got[:2] == ["bad", "good"]
-    assert fwd.rejected == 1 and len(list((tmp_path / "q" / "rejected").glob("*.json"))) == 1
-    assert list((tmp_path / "q").glob("*.json")) == []

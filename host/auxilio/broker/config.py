@@ -46,6 +46,10 @@ AUTOSAVE_INTERVAL_S = 5
 # Per-client queue while a client (e.g. the gateway) is offline; mosquitto's default
 # of 1000 could drop a burst of alerts during a gateway restart.
 MAX_QUEUED_MESSAGES = 100000
+# Largest MQTT packet the broker accepts from any client (issue 8 §2). Frames are at
+# most 96 bytes and attend requests 512; a few KB leaves room for topics and CONNECT
+# while stopping a login from pushing megabytes at the gateway.
+MAX_PACKET_SIZE = 4096
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -84,17 +88,19 @@ def render_acl(
     """The ACL file: gateway and operator users plus patterns where %u is the device's printed id."""
     return (
         "# Written by `auxilio broker config`; regenerate rather than edit.\n"
-        "# The gateway reads every uplink and status, writes every downlink, and\n"
-        "# reads the operators' attend requests.\n"
+        "# The gateway reads every uplink and status, writes every downlink, reads\n"
+        "# the operators' attend requests and answers each one.\n"
         f"user {gateway_user}\n"
         f"topic read {prefix}/v1/+/up\n"
         f"topic read {prefix}/v1/+/status\n"
         f"topic write {prefix}/v1/+/down\n"
         f"topic read {prefix}/c4/attend\n"
+        f"topic write {prefix}/c4/attend/result/+\n"
         "\n"
-        "# Operator consoles: only the attend request topic.\n"
+        "# Operator consoles: only attend requests, and the gateway's answers.\n"
         f"user {operator_user}\n"
         f"topic write {prefix}/c4/attend\n"
+        f"topic read {prefix}/c4/attend/result/+\n"
         "\n"
         "# Every device: only its own topics (username = printed device id).\n"
         f"pattern write {prefix}/v1/%u/up\n"
@@ -121,6 +127,11 @@ def render_conf(
         f"# {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         "per_listener_settings false",
         "allow_anonymous false",
+        # A login can never take another's session (issue 8 §2): the client id
+        # is the username, so a device or operator login that claims the
+        # gateway's client id only gets its own session.
+        "use_username_as_clientid true",
+        f"max_packet_size {MAX_PACKET_SIZE}",
         f"password_file {directory / PASSWD_FILE}",
         f"acl_file {directory / ACL_FILE}",
         # Nagle + delayed ACK adds ~88 ms per QoS1 round trip (NOTES.md, DESIGN §3).

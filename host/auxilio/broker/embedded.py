@@ -53,6 +53,11 @@ class PasswordFileAuthPlugin(BaseAuthPlugin):  # type: ignore[misc,valid-type]
 
         if not check_password(self._users, session.username, session.password):
             return False
+        # mosquitto's use_username_as_clientid replaces the client id with the
+        # username; amqtt cannot, so it refuses any other id. Either way no login
+        # can take another's session (issue 8 §2).
+        if session.client_id != session.username:
+            return False
         # A will is published by the broker on the client's behalf: same rule as a publish.
         if session.will_topic and not self._acl.may_publish(
             session.username, session.client_id, session.will_topic

@@ -1,4 +1,9 @@
-"""`auxilio attend ALERT_ID`: an operator takes an alert; the wearer feels the long "help is coming" pulse."""
+"""`auxilio attend ALERT_ID`: an operator takes an alert; the wearer feels the long "help is coming" pulse.
+
+Exit 0 only when the gateway answered `sent` (it signed the `attending` ACK and
+the broker took it); 1 when it refused (the reason is printed); 4 when the
+broker or the gateway could not be reached (nothing is attended then).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,9 @@ import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "alert_id", type=int, metavar="ALERT_ID", help="alert id (see `auxilio monitor`)"
-    )
+    p.add_argument("alert_id", metavar="ALERT_ID", help="alert id (see `auxilio monitor`)")
     p.add_argument(
         "--operator", default=None, help="operator name for the audit log (default: login name)"
-    )
-    p.add_argument(
-        "--registry", default=None, help="registry path or URL (default $AUXILIO_REGISTRY)"
     )
     p.add_argument(
         "--broker",
@@ -27,44 +27,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--broker-credentials",
         default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
         metavar="FILE",
-        help='JSON {"username", "password"} for the broker (keeps the password off the command line)',
+        help='JSON {"username", "password"} (operator.json from `auxilio broker config`)',
     )
     p.add_argument("--prefix", default="auxilio", help="topic prefix")
+    p.add_argument(
+        "--wait", type=float, default=10.0, metavar="S", help="seconds to wait for the gateway"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from auxilio.gateway.control import attend
-    from auxilio.gateway.service import parse_broker_url, with_credentials
+    from auxilio.broker.url import parse_broker_url, with_credentials
+    from auxilio.errors import ConnectionFailed, UsageError
+    from auxilio.gateway.control import SENT, request_attend
     from auxilio.i18n import _
-    from auxilio.monitor import REFRESH_S  # noqa: F401 - registers the English catalogue
-    from auxilio.protocol import codec
-    from auxilio.registry import open_registry
+    from auxilio.monitor import attend_message
 
+    try:
+        alert_id = int(args.alert_id)
+    except ValueError:
+        raise UsageError(f"alert id must be a number, not {args.alert_id!r}") from None
+    if not 1 <= alert_id < 1 << 63:
+        raise UsageError("alert id must be a positive number below 2^63")
     parse_broker_url(args.broker)
     broker = with_credentials(args.broker, args.broker_credentials)
     operator = args.operator or getpass.getuser()
-    registry = open_registry(args.registry)
-    try:
-        row = attend(registry, args.alert_id, operator, broker, args.prefix)
-    finally:
-        registry.close()
-    device = codec.device_str(row["device_id"])
+    res = request_attend(broker, alert_id, operator, args.prefix, result_timeout=args.wait)
     if args.json:
         print(
             json.dumps(
                 {
-                    "alert": row["id"],
-                    "device": device,
-                    "counter": row["counter"],
-                    "operator": row["attending_by"],
+                    "alert": alert_id,
+                    "request": res.request,
+                    "state": res.state,
+                    "reason": res.reason,
+                    "operator": operator,
                 }
             )
         )
     else:
-        print(
-            _("Alerta {id} ({device} #{counter}) atendida por {op}").format(
-                id=row["id"], device=device, counter=row["counter"], op=row["attending_by"]
+        print(attend_message(alert_id, res.state, res.reason, operator))
+    if res.state == SENT:
+        return 0
+    if res.state == "requested":
+        raise ConnectionFailed(
+            _("la pasarela no respondió en {s:.0f} s (solicitud {r} en espera)").format(
+                s=args.wait, r=res.request
             )
         )
-    return 0
+    return 1

@@ -30,11 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from auxilio.gateway.service import parse_broker_url, with_credentials
+    from auxilio.broker.url import parse_broker_url, with_credentials
     from auxilio.monitor import print_once, run_live
     from auxilio.registry import open_registry
 
-    registry = open_registry(args.registry)
+    # Consoles read the registry, never write it (DESIGN §1): attends go to the gateway.
+    registry = open_registry(args.registry, readonly=True)
     try:
         if args.once:
             print_once(registry, args.limit, args.json)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from auxilio.gateway.service import Gateway, parse_broker_url
+from auxilio.gateway.service import Gateway
 
-__all__ = ["Gateway", "parse_broker_url"]
+__all__ = ["Gateway"]

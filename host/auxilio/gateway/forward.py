@@ -1,250 +1,332 @@
-"""Forwarding verified alerts and C4 events to dispatch: JSON lines on stdout, or a webhook with a durable queue.
+"""Delivering forward records to dispatch: a worker over the registry's outbox, and its sinks.
 
-Record schema (one JSON object, "auxilio.forward/1"; documented in the README):
-  schema      "auxilio.forward/1"
-  key         idempotency key, stable across redeliveries: "alert:<device>:<counter>",
-              "event:<device>:<TYPE>:<counter>" for frame events, and
-              "event:<device>:<TYPE>:<unix time>" for supervision events
-  kind        "alert" (ALERT, CANCEL) | "event" (TAMPER, POWER, LOW_BATTERY, BOOT,
-              SUPERVISION_LOST, SUPERVISION_RESTORED, REJECTED, LOST_DEVICE)
-  type        frame type name or event type
-  device      printed device id "XXXX-XXXX"
-  counter     uplink counter (alerts / frame events), else null
-  at          ISO-8601 UTC time the gateway stored it
-  fields      decoded payload (ALERT: lat_e7, lon_e7, accuracy_m, fix_age_s, battery, rssi, bearer)
-  lost        true when the device is marked lost (the C4 decides what to do)
-  disposition for alerts, the disposition sent to the device ("received"); null for events
-  detail      free text (empty today)
-Only verified frames are ever forwarded; TEST frames and frames with the test
-flag never are. Delivery is at-least-once: consumers dedup on "key".
+An ACK means "stored and on its way to dispatch" (DESIGN §1). The pipeline
+writes each forward record (records.py) into ``forward_outbox`` in the same
+transaction as the frame it describes; this worker sends pending records
+oldest first and marks one delivered only when its sink confirmed it (a
+flushed line on stdout, a 2xx from the webhook). On a restart everything
+unconfirmed is sent again, so delivery is at-least-once and consumers dedup
+on ``key``. Nothing is ever dropped or parked: a sink that keeps failing is
+retried with capped backoff, and after FAILING_AFTER_S the gateway raises a
+``FORWARD_FAILING`` C4 event with the backlog, then ``FORWARD_RESTORED``.
+A JSONL consumer that goes away (broken pipe) ends the gateway with an error
+(exit code 6), so its supervisor restarts both and the backlog is resent. A
+pipe has no end-to-end confirmation: lines the consumer had not read yet
+when it died were lost with the pipe buffer. So JSONL records stay resendable
+for JSONL_RESEND_S after they were written, and a broken pipe makes every
+record written in that window pending again (duplicates are fine: consumers
+dedup on ``key``; losing one is not).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import IO, Any
+from collections import Counter
+from collections.abc import Callable
+from typing import IO
 
-log = logging.getLogger(__name__)
+from auxilio.errors import AuxilioError, UsageError
+from auxilio.gateway import records as R
+from auxilio.gateway.crash import CrashHook, env_crash_hook
+from auxilio.gateway.store import Store
 
-SCHEMA = "auxilio.forward/1"
-# Webhook retry backoff: first retry after RETRY_MIN_S, doubling up to RETRY_MAX_S.
+log = logging.getLogger("auxilio.gateway")
+
+# Records fetched per delivery round.
+FETCH = 100
+# Retry backoff of a failing sink: first retry after RETRY_MIN_S, doubling up to RETRY_MAX_S.
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 # One POST may take this long before it counts as failed.
 POST_TIMEOUT_S = 5.0
+# A sink failing for this long (with records waiting) raises FORWARD_FAILING.
+FAILING_AFTER_S = 10.0
+# While it keeps failing, the event is raised again this often with the new backlog.
+FAILING_REPEAT_S = 300.0
+# Idle poll period (the pipeline also wakes the worker after each commit).
+IDLE_POLL_S = 1.0
+# JSONL records written this recently are resent after a broken pipe: a reader
+# that died may not have read them (a Linux pipe buffers 64 KiB).
+JSONL_RESEND_S = 60.0
 
 
-class Forwarder:
-    """Interface: enqueue() durably before the DB commit, release() after it."""
+class SinkGone(AuxilioError):
+    """The consumer went away for good (a closed stdout): the gateway must stop."""
 
-    def enqueue(self, records: list[dict[str, Any]]) -> None:
+    exit_code = 6
+
+
+class SinkError(Exception):
+    """One delivery failed; the record stays pending. `down`: the sink itself is unavailable."""
+
+    def __init__(self, message: str, down: bool = True) -> None:
+        super().__init__(message)
+        self.down = down
+
+
+class Sink:
+    """Where records go. send() returns only when the sink confirmed the record."""
+
+    name = "none"
+
+    def send(self, body: str, key: str) -> None:
         raise NotImplementedError
 
-    def release(self) -> None:
-        """The records enqueued so far are committed in the registry: deliver them."""
+    def send_many(self, items: list[tuple[str, str]]) -> int:
+        """Deliver in order; returns how many were confirmed (the first failure raises after)."""
+        done = 0
+        for body, key in items:
+            self.send(body, key)
+            done += 1
+        return done
 
-    def close(self) -> None:
-        pass
+    def describe(self) -> str:
+        return self.name
 
 
-class NullForwarder(Forwarder):
-    def enqueue(self, records: list[dict[str, Any]]) -> None:
-        pass
+class JsonlSink(Sink):
+    """One JSON object per line on a stream (stdout by default); confirmed once flushed."""
 
-
-class JsonlForwarder(Forwarder):
-    """One JSON object per line on a stream (stdout by default), printed after commit."""
+    name = "jsonl"
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
-        self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
 
-    def enqueue(self, records: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._pending.extend(records)
-
-    def release(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
-            return
-        text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in pending)
+    def send_many(self, items: list[tuple[str, str]]) -> int:
+        text = "".join(body + "\n" for body, _key in items)
         try:
             self.stream.write(text)
             self.stream.flush()
         except (BrokenPipeError, ValueError, OSError) as exc:
-            log.warning("jsonl forward: stdout unavailable (%s)", type(exc).__name__)
+            raise SinkGone(f"forward consumer on stdout went away ({type(exc).__name__})") from None
+        return len(items)
+
+    def send(self, body: str, key: str) -> None:
+        self.send_many([(body, key)])
+
+    def describe(self) -> str:
+        return "jsonl (stdout)"
 
 
-class DurableQueue:
-    """A directory of JSON files, one per record, fsynced; named so sorting gives FIFO order."""
+class WebhookSink(Sink):
+    """POST each record as JSON with an Idempotency-Key header; 2xx confirms it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)  # records carry locations
-        for tmp in self.dir.glob("*.tmp"):  # a crash mid-write: the record was never enqueued
-            tmp.unlink(missing_ok=True)
-        existing = sorted(self.dir.glob("*.json"))
-        self._seq = int(existing[-1].name.split("-", 1)[0]) + 1 if existing else 0
-        self._lock = threading.Lock()
+    name = "webhook"
 
-    def put_many(self, records: list[dict[str, Any]]) -> list[Path]:
-        paths = []
-        with self._lock:
-            for rec in records:
-                name = f"{self._seq:016d}-{len(paths)}.json"
-                self._seq += 1
-                tmp = self.dir / (name + ".tmp")
-                with open(tmp, "w") as f:
-                    json.dump(rec, f, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                final = self.dir / name
-                os.replace(tmp, final)
-                paths.append(final)
-            if paths:
-                fd = os.open(self.dir, os.O_RDONLY)
-                try:
-                    os.fsync(fd)  # the renames themselves are durable
-                finally:
-                    os.close(fd)
-        return paths
-
-    def items(self) -> list[Path]:
-        return sorted(self.dir.glob("*.json"))
-
-    def __len__(self) -> int:
-        return len(self.items())
-
-
-class WebhookForwarder(Forwarder):
-    """POST each record as JSON with an Idempotency-Key header; retry forever with backoff.
-
-    Records are written to the on-disk queue before the registry commit, and
-    only become eligible for sending after it (release()). At start-up every
-    file in the queue is eligible: it was verified, and the alert it describes
-    is either committed or will be on redelivery, so at-least-once holds.
-    """
-
-    def __init__(self, url: str, queue_dir: Path) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.queue = DurableQueue(queue_dir)
-        self._held: set[Path] = set()
-        self._cond = threading.Condition()
-        self._stop = False
-        self.sent = 0
-        self.failures = 0
-        self.rejected = 0
-        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
-        self._thread.start()
 
-    def enqueue(self, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
-        paths = self.queue.put_many(records)
-        with self._cond:
-            self._held.update(paths)
-
-    def release(self) -> None:
-        with self._cond:
-            self._held.clear()
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=POST_TIMEOUT_S + 1)
-
-    def _post(self, path: Path) -> bool:
-        try:
-            body = path.read_bytes()
-            rec = json.loads(body)
-        except (OSError, ValueError):
-            log.warning("webhook queue: unreadable record %s removed", path.name)
-            path.unlink(missing_ok=True)
-            return True
+    def send(self, body: str, key: str) -> None:
         req = urllib.request.Request(
             self.url,
-            data=body,
+            data=body.encode(),
             method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Idempotency-Key": str(rec.get("key", "")),
-            },
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
         )
         try:
             with urllib.request.urlopen(req, timeout=POST_TIMEOUT_S) as resp:
-                ok = 200 <= resp.status < 300
+                if not 200 <= resp.status < 300:
+                    raise SinkError(f"HTTP {resp.status}")
         except urllib.error.HTTPError as exc:
-            ok = False
-            err = f"HTTP {exc.code}"
-            if 400 <= exc.code < 500 and exc.code not in (408, 425, 429):
-                # The receiver refuses this record for good: park it (still on
-                # disk, for an operator) instead of blocking every later record.
-                dead = self.queue.dir / "rejected"
-                dead.mkdir(exist_ok=True)
-                os.replace(path, dead / path.name)
-                self.rejected += 1
-                log.warning("webhook: record refused (%s), kept in %s", err, dead)
-                return True
+            # 4xx other than "not there right now" refuses this one record; the
+            # sink itself is up, so later records are still tried (never parked).
+            down = exc.code >= 500 or exc.code in (404, 408, 425, 429)
+            raise SinkError(f"HTTP {exc.code}", down=down) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            ok = False
-            err = type(getattr(exc, "reason", exc)).__name__
-        if ok:
-            path.unlink(missing_ok=True)
-            self.sent += 1
-            return True
-        self.failures += 1
-        log.warning("webhook: delivery failed (%s); %d queued, retrying", err, len(self.queue))
-        return False
+            raise SinkError(type(getattr(exc, "reason", exc)).__name__) from None
+
+    def describe(self) -> str:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.url)
+        return f"webhook {u.scheme}://{u.hostname}{':' + str(u.port) if u.port else ''}{u.path}"
+
+
+class ForwardWorker:
+    """Sends the outbox's pending records through one sink, on its own thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        stats: Counter[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        failing_after_s: float = FAILING_AFTER_S,
+        crash: CrashHook | None = None,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.stats = stats
+        self.clock = clock
+        self.on_fatal = on_fatal
+        self.failing_after_s = failing_after_s
+        self.backlog = 0
+        self.failing = False
+        self._fail_since: float | None = None
+        self._failing_event_at = 0.0
+        self._delay = RETRY_MIN_S
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        # Crash points for the tests (crash.py): after_forward, before_mark.
+        self._crash = crash or env_crash_hook()
+        self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
+
+    def start(self) -> ForwardWorker:
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=POST_TIMEOUT_S + 2)
+
+    # ---------------------------------------------------------------- loop ---
 
     def _run(self) -> None:
-        delay = RETRY_MIN_S
-        while True:
-            with self._cond:
-                if self._stop:
-                    return
-                ready = [p for p in self.queue.items() if p not in self._held]
-                if not ready:
-                    self._cond.wait(timeout=1.0)
+        while not self._stop.is_set():
+            try:
+                progressed = self.round()
+            except SinkGone as exc:
+                log.error("gateway: %s; stopping so the backlog is resent on restart", exc)
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. the registry is down: retry
+                self.stats["forward_internal_error"] += 1
+                log.warning("gateway: forwarder error (%s); retrying", type(exc).__name__)
+                progressed = False
+                self._stop.wait(self._delay)
+                self._delay = min(self._delay * 2, RETRY_MAX_S)
+            if not progressed:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+
+    def round(self) -> bool:
+        """One delivery round; True if it delivered something (more may be waiting)."""
+        now = self.clock()
+        pipe = isinstance(self.sink, JsonlSink)
+        pending = self.store.forward_pending(now, FETCH)
+        if not pending:
+            self.backlog = 0
+            self._health(now, ok=True)
+            if pipe:
+                self.store.forward_erase_before(now - JSONL_RESEND_S)
+            return False
+        delivered: list[int] = []
+        error: SinkError | None = None
+        if pipe:
+            try:
+                self.sink.send_many([(p["body"], p["key"]) for p in pending])
+            except SinkGone:
+                n = self.store.forward_unmark_since(now - JSONL_RESEND_S)
+                log.error("gateway: %d recently written record(s) will be sent again", n)
+                raise
+            delivered = [p["id"] for p in pending]
+            self._crash("after_forward")
+        else:
+            for p in pending:
+                try:
+                    self.sink.send(p["body"], p["key"])
+                except SinkError as exc:
+                    self.stats["forward_failed"] += 1
+                    retry = now + self._delay
+                    self.store.forward_failed(p["id"], str(exc), retry)
+                    error = exc
+                    if exc.down:
+                        break  # the sink is down: do not hammer it with the rest
                     continue
-            for path in ready:
-                if self._stop:
-                    return
-                if not self._post(path):
-                    with self._cond:
-                        self._cond.wait(timeout=delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
-                    break
-                delay = RETRY_MIN_S
+                delivered.append(p["id"])
+                if len(delivered) == 1:
+                    self._crash("after_forward")
+        if delivered:
+            self._crash("before_mark")
+            self.store.forward_done(delivered, self.clock(), erase=not pipe)
+            self.stats["forwarded"] += len(delivered)
+        self.backlog, _oldest = self.store.forward_backlog()
+        if error is not None:
+            log.warning(
+                "gateway: forward to %s failed (%s); %d record(s) waiting",
+                self.sink.describe(),
+                error,
+                self.backlog,
+            )
+            self._health(now, ok=False)
+            self._stop.wait(self._delay)
+            self._delay = min(self._delay * 2, RETRY_MAX_S)
+            return bool(delivered)
+        self._delay = RETRY_MIN_S
+        self._health(now, ok=True)
+        return True
 
-    def pending(self) -> int:
-        return len(self.queue)
+    def _health(self, now: float, ok: bool) -> None:
+        """Raise FORWARD_FAILING once the sink has failed for failing_after_s; RESTORED after."""
+        if ok:
+            self._fail_since = None
+            if self.failing and self.backlog == 0:
+                self.failing = False
+                self.store.add_events([R.event_row(None, R.FORWARD_RESTORED, now, {})])
+                log.warning("gateway: forwarding to %s restored", self.sink.describe())
+            return
+        if self._fail_since is None:
+            self._fail_since = now
+        if now - self._fail_since < self.failing_after_s:
+            return
+        if not self.failing or now - self._failing_event_at >= FAILING_REPEAT_S:
+            self.failing = True
+            self._failing_event_at = now
+            self.stats["forward_failing"] += 1
+            self.store.add_events(
+                [
+                    R.event_row(
+                        None,
+                        R.FORWARD_FAILING,
+                        now,
+                        {"sink": self.sink.describe(), "backlog": self.backlog},
+                    )
+                ]
+            )
+            log.error(
+                "gateway: FORWARD_FAILING: %s has failed for %.0fs; %d record(s) waiting",
+                self.sink.describe(),
+                now - self._fail_since,
+                self.backlog,
+            )
 
 
-def make_forwarder(spec: str | None, url: str | None, queue_dir: Path | None) -> Forwarder:
-    """CLI helper: --forward jsonl | webhook URL."""
-    from auxilio.errors import UsageError
-
+def make_sink(spec: str | None, url: str | None) -> Sink | None:
+    """CLI helper: --forward jsonl | webhook URL (None: no forwarding)."""
     if not spec:
-        return NullForwarder()
+        return None
     if spec == "jsonl":
-        return JsonlForwarder()
+        return JsonlSink()
     if spec == "webhook":
         if not url or not url.startswith(("http://", "https://")):
             raise UsageError("--forward webhook needs an http:// or https:// URL")
-        try:
-            return WebhookForwarder(url, queue_dir or Path("var/forward-queue"))
-        except OSError as exc:
-            raise UsageError(f"webhook queue directory unusable: {exc.strerror}") from None
+        return WebhookSink(url)
     raise UsageError(f"unknown forwarder {spec!r} (use jsonl or webhook URL)")
+
+
+def describe(sink: Sink | None) -> str:
+    return "none" if sink is None else sink.describe()
+
+
+__all__ = [
+    "ForwardWorker",
+    "JsonlSink",
+    "Sink",
+    "SinkError",
+    "SinkGone",
+    "WebhookSink",
+    "describe",
+    "make_sink",
+]

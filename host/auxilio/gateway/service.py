@@ -1,156 +1,80 @@
-"""The C4 gateway service: MQTT in, verify, group-commit, signed ACK out, supervise, forward.
+"""The C4 gateway service: MQTT in, the pipeline, signed ACKs out, supervision, forwarding, attends.
 
 One thread runs paho's network loop itself (no loop_start): it reads every
-message that is waiting (manual PUBACK), verifies the batch, commits it in one
-transaction, and only then publishes the ACKs and the MQTT PUBACKs (SPEC §12.4).
-One thread, because handing messages to a worker and ACKs back to paho's
-network thread cost two thread wake-ups per alert (~0.3 ms of a ~1 ms round
-trip here); group commit comes from reading everything waiting before committing.
-A gateway killed at any point before the commit leaves the messages un-PUBACKed
-in its persistent session, so the broker redelivers them; killed after the
-commit, the redelivered copies are duplicates and get the stored disposition.
+message that is waiting (manual PUBACK), runs the pipeline over the batch
+(pipeline.py: verify, decide, build), commits it in one transaction, and only
+then publishes the ACKs and the MQTT PUBACKs (SPEC §12.4). One thread,
+because handing messages to a worker and ACKs back to paho's network thread
+cost two thread wake-ups per alert (~0.3 ms of a ~1 ms round trip here);
+group commit comes from reading everything waiting before committing.
+
+A gateway killed before the commit leaves the messages un-PUBACKed in its
+persistent session, so the broker redelivers them; killed after the commit,
+the redelivered copies are duplicates and get the stored disposition, and at
+start-up every stored frame whose ACK the broker never confirmed is acked
+again at once (issue 8 §8). Forward records are committed with their frames
+and delivered by forward.ForwardWorker.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import random
 import select
 import signal
-import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
-from auxilio.errors import ConnectionFailed, UsageError
+from auxilio.broker.client import AuthenticationFailed, is_auth_refusal, make_client
+from auxilio.broker.url import parse_broker_url
+from auxilio.errors import AuxilioError, ConnectionFailed
+from auxilio.gateway import attend as A
+from auxilio.gateway import records as R
 from auxilio.gateway import verifier as V
-from auxilio.gateway.forward import Forwarder, NullForwarder
-from auxilio.gateway.store import SUPERVISION_LOST, SUPERVISION_RESTORED, Batch, Store
+from auxilio.gateway.clock import ClockState
+from auxilio.gateway.crash import CrashHook, env_crash_hook
+from auxilio.gateway.forward import ForwardWorker, Sink, describe
+from auxilio.gateway.obs import Summary, serve_metrics
+from auxilio.gateway.pipeline import AckOut, Pipeline, Turn
+from auxilio.gateway.retention import DEFAULT_RETENTION_DAYS, RETENTION_EVERY_S, purge_locations
+from auxilio.gateway.seal import RowSealer
+from auxilio.gateway.store import Batch, Conflicts, Store
 from auxilio.gateway.supervision import GRACE_S, Supervisor
 from auxilio.protocol import codec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("auxilio.gateway")
 
 # Largest group commit. The broker's in-flight window (mosquitto
 # max_inflight_messages, default 20) usually bounds a batch well below this.
 MAX_BATCH = 512
-# A frame whose verification raised this many times is dropped (counted as
-# "drop_poison") instead of being redelivered forever.
-POISON_LIMIT = 3
+# QoS 1 publishes (ACKs) the gateway keeps in flight towards the broker. paho's
+# default of 20 made ACKs of a burst wait behind each other (issue 8 §8); the
+# bound stays far below paho's 16-bit packet ids (65535).
+MAX_INFLIGHT_OUT = 4096
 # Longest wait for network traffic in one loop turn (bounds stop() latency).
 NET_WAIT_S = 0.1
 # How often supervision deadlines are checked when idle.
 SUPERVISION_TICK_S = 0.5
-# Reconnect backoff towards the broker (first attempt, then doubling up to the cap).
+# Reconnect backoff towards the broker: capped exponential with equal jitter.
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 KEEPALIVE_S = 30
 # Backoff while the registry refuses a commit (nothing is acked meanwhile).
 COMMIT_RETRY_MIN_S = 0.2
 COMMIT_RETRY_MAX_S = 10.0
-# Lifecycle state (revoked, lost...) of a cached device is re-read from the
-# registry when older than this: a revocation bites within this delay, and the
-# hot path does not pay a query per batch.
-STATE_REFRESH_S = 1.0
 # acked_at bookkeeping rides on the next group commit; when the gateway has been
 # idle this long it is flushed on its own (never on the ACK path).
 ACKED_FLUSH_S = 1.0
-# Debug hook for the crash tests: "before_commit" or "after_commit" makes the
-# process SIGKILL itself at that point of the first batch holding a new frame.
-CRASH_ENV = "AUXILIO_GATEWAY_CRASH_AT"
-CONTROL_LEAF = "c4/attend"  # <prefix>/c4/attend: {"alert": id, "operator": name}
-
-# Frame types that are raised as C4 events (besides being stored and acked).
-EVENT_TYPES = {
-    codec.TAMPER: "TAMPER",
-    codec.POWER: "POWER",
-    codec.LOW_BATTERY: "LOW_BATTERY",
-    codec.BOOT: "BOOT",
-}
-ALERT_TYPES = (codec.ALERT, codec.CANCEL)
-
-
-@dataclass
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
-def _redact(url: str) -> str:
-    """The URL with any password replaced, for error messages."""
-    head, sep, tail = url.rpartition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _s, cred = head.partition("//")
-    return f"{scheme}//{cred.split(':', 1)[0]}:***@{tail}"
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """mqtt://[user:pass@]host[:port] or mqtts://… ; anything else is a UsageError."""
-    try:
-        u = urlsplit(url)
-        port = u.port
-    except ValueError:
-        raise UsageError(f"bad broker URL {_redact(url)!r}") from None
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise UsageError(
-            f"bad broker URL {_redact(url)!r} (expected mqtt://host:port or mqtts://host:port)"
-        )
-    tls = u.scheme == "mqtts"
-    return BrokerAddress(
-        u.hostname,
-        port or (8883 if tls else 1883),
-        tls,
-        unquote(u.username) if u.username else None,
-        unquote(u.password) if u.password else None,
-    )
-
-
-def with_credentials(url: str, path: str | os.PathLike[str] | None) -> str:
-    """Add the username/password from a credentials file ({"username", "password"},
-    as `auxilio broker config` writes for the gateway) to a broker URL, so the
-    password never appears on a command line."""
-    if not path:
-        return url
-    from urllib.parse import quote
-
-    try:
-        data = json.loads(open(path).read())
-        user, password = data["username"], data["password"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"cannot read broker credentials from {path}") from None
-    b = parse_broker_url(url)
-    scheme = "mqtts" if b.tls else "mqtt"
-    return (
-        f"{scheme}://{quote(str(user), safe='')}:{quote(str(password), safe='')}@{b.host}:{b.port}"
-    )
-
-
-def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    # Nagle + delayed ACK costs ~88 ms per MQTT round trip (NOTES.md).
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-def _event(
-    device: int | None, etype: str, at: float, detail: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return {"device_id": device, "type": etype, "at": at, "detail": detail or {}, "alert_id": None}
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+# At start-up, stored frames younger than this whose ACK the broker never
+# confirmed are acked again at once (a crash between commit and ACK).
+REACK_HORIZON_S = 7 * 24 * 3600
+REACK_LIMIT = 20_000
+CONTROL_LEAF = A.CONTROL_LEAF
 
 
 class Gateway:
@@ -163,75 +87,128 @@ class Gateway:
         broker_url: str,
         *,
         prefix: str = codec.DEFAULT_PREFIX,
-        client_id: str = "auxilio-gateway",
-        forwarder: Forwarder | None = None,
+        client_id: str | None = None,
+        sink: Sink | None = None,
         grace_s: float = GRACE_S,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
+        clock_state: ClockState | None = None,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        metrics: str | None = None,
+        crash: CrashHook | None = None,
+        failing_after_s: float | None = None,
     ) -> None:
         self.registry = registry
         self.store = Store(registry)
         self._private_key = private_key
         self.broker = parse_broker_url(broker_url)
         self.prefix = prefix
-        self.client_id = client_id
-        self.forwarder = forwarder or NullForwarder()
+        # The broker config ties client ids to usernames (use_username_as_clientid):
+        # with a login, the session is the username's.
+        self.client_id = client_id or self.broker.username or "auxilio-gateway"
+        self.sink = sink
         self.clock = clock
-        self.stats: Counter[str] = Counter()  # drop reasons and outcomes, read by tests
+        self.clock_state = clock_state or ClockState()
+        self.retention_days = retention_days
+        self.metrics_address = metrics
+        self.stats: Counter[str] = Counter()  # every count, by reason (obs.py, tests)
         self.verifier = V.Verifier(self._load_device)
         self.supervisor = Supervisor(grace_s)
+        self.sealer = RowSealer(private_key)
+        self.control_topic = f"{prefix}/{A.CONTROL_LEAF}"
+        self.pipeline = Pipeline(
+            self.store,
+            self.verifier,
+            self.supervisor,
+            self.sealer,
+            self.stats,
+            prefix=prefix,
+            control_topic=self.control_topic,
+            forwarding=sink is not None,
+            clock_synced=self.clock_state.synced,
+        )
+        self.desk = A.AttendDesk(self.store, self.verifier, self.sealer)
+        self.forwarder: ForwardWorker | None = None
+        self._crash = crash or env_crash_hook()
+        if sink is not None:
+            kw = {} if failing_after_s is None else {"failing_after_s": failing_after_s}
+            self.forwarder = ForwardWorker(
+                self.store,
+                sink,
+                self.stats,
+                clock=clock,
+                on_fatal=self._fatal_error,
+                crash=self._crash,
+                **kw,
+            )
+        self.summary = Summary(self.stats)
         self._inbox: list[tuple[str, bytes, int, int]] = []
-        self._failures: dict[int, int] = {}  # hash(frame) -> verification crashes (poison guard)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._pending_acked: list[tuple[int, int, float]] = []
-        self._crash_at = os.environ.get(CRASH_ENV, "")
+        self._pending_acked: list[tuple[int, int, int, float]] = []
+        # mid of an in-flight publish -> what to record when the broker confirms it.
+        self._inflight: dict[int, tuple[str, Any]] = {}
         self._ack_payload = bytearray(codec.MAX_FRAME)
-        self.connected = threading.Event()
+        self._reacked = False
+        self._link_state = "down"
+        self._stop_metrics: Callable[[], None] | None = None
+        self.fatal: AuxilioError | None = None
+        self.connected = threading.Event()  # set once subscribed (SUBACK), not on CONNACK
         self._client = self._make_client()
 
     # ------------------------------------------------------------ MQTT ---
 
     def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
+        c = make_client(
+            self.broker,
+            self.client_id,
             clean_session=False,  # persistent session: unacked QoS1 frames are redelivered
             manual_ack=True,  # PUBACK only after the frame is durable
         )
-        if self.broker.username:
-            c.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            c.tls_set()
-        c.on_socket_open = _nodelay
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         c.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         c.max_queued_messages_set(0)
+        c.max_inflight_messages_set(MAX_INFLIGHT_OUT)
         return c
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         if rc.is_failure:
-            log.warning("gateway: broker refused the connection (%s)", rc)
+            if is_auth_refusal(rc):
+                self._fatal_error(
+                    AuthenticationFailed(
+                        f"broker {self.broker} refused the gateway's credentials ({rc}); "
+                        "check --broker-credentials"
+                    )
+                )
+            else:
+                self._link(f"refused by the broker ({rc})")
             return
         client.subscribe(
             [
                 (f"{self.prefix}/v1/+/up", 1),
                 (f"{self.prefix}/v1/+/status", 1),
-                (f"{self.prefix}/{CONTROL_LEAF}", 1),
+                (self.control_topic, 1),
             ]
         )
-        log.info("gateway: connected to %s:%d", self.broker.host, self.broker.port)
+
+    def _on_subscribe(self, client: mqtt.Client, *_: Any) -> None:
+        self._link("up")
         self.connected.set()
+        if not self._reacked:
+            self._reacked = True
+            self._reack_stored()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         self.connected.clear()
         if not self._stop.is_set():
-            log.warning("gateway: lost the broker (%s); reconnecting", rc)
+            self._link(f"lost ({rc})")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Called from our own loop (_net): only collect; the batch is processed after the read.
@@ -241,8 +218,29 @@ class Gateway:
             topic = ""
         self._inbox.append((topic, msg.payload, msg.mid, msg.qos))
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, *_: Any) -> None:
+        """The broker confirmed one of our QoS 1 publishes (an ACK or an attend result)."""
+        item = self._inflight.pop(mid, None)
+        if item is None:
+            return
+        kind, what = item
+        if kind == "ack":
+            self._pending_acked.append((*what, self.clock()))
+        elif kind == "attend":
+            self._attend_confirmed(what)
+
+    def _link(self, state: str) -> None:
+        """Log the broker link once per state change (never once per retry)."""
+        if state == self._link_state:
+            return
+        self._link_state = state
+        if state == "up":
+            log.info("gateway: connected to %s", self.broker)
+        else:
+            log.warning("gateway: broker %s %s; reconnecting with backoff", self.broker, state)
+
     def connect(self, attempts: int | None = None, first: bool = True) -> None:
-        """Connect (or reconnect) with backoff, one log line per failed attempt."""
+        """Connect (or reconnect) with capped, jittered exponential backoff."""
         delay = RECONNECT_MIN_S
         n = 0
         while not self._stop.is_set():
@@ -252,21 +250,14 @@ class Gateway:
                     self._client.connect(self.broker.host, self.broker.port, KEEPALIVE_S)
                 else:
                     self._client.reconnect()
-                break
+                return
             except (OSError, ValueError) as exc:
                 if attempts is not None and n >= attempts:
                     raise ConnectionFailed(
-                        f"broker {self.broker.host}:{self.broker.port} unreachable ({type(exc).__name__})"
+                        f"broker {self.broker} unreachable ({type(exc).__name__})"
                     ) from None
-                log.warning(
-                    "gateway: broker %s:%d unreachable (%s), attempt %d; retrying in %.1fs",
-                    self.broker.host,
-                    self.broker.port,
-                    getattr(exc, "strerror", None) or type(exc).__name__,
-                    n,
-                    delay,
-                )
-                self._stop.wait(delay)
+                self._link(f"unreachable ({getattr(exc, 'strerror', None) or type(exc).__name__})")
+                self._stop.wait(delay / 2 + random.random() * delay / 2)
                 delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _net(self) -> bool:
@@ -304,7 +295,11 @@ class Gateway:
 
     def start(self, connect_attempts: int | None = None) -> Gateway:
         self._load_supervision()
+        if self.metrics_address:
+            self._stop_metrics = serve_metrics(self.metrics_address, self.stats, self.gauges)
         self.connect(connect_attempts)
+        if self.forwarder is not None:
+            self.forwarder.start()
         self._worker = threading.Thread(target=self._work, name="gateway", daemon=True)
         self._worker.start()
         return self
@@ -322,10 +317,35 @@ class Gateway:
             self._client.disconnect()
         except Exception:  # noqa: BLE001 - shutting down anyway
             pass
-        self.forwarder.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+
+    def abort(self) -> None:
+        """Stop as a crash would: no DISCONNECT, no bookkeeping flush (in-process crash tests)."""
+        self._stop.set()
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=10)
+        if self.forwarder is not None:
+            self.forwarder._stop.set()
+            self.forwarder.wake()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+
+    def _fatal_error(self, exc: BaseException) -> None:
+        if isinstance(exc, AuxilioError) and self.fatal is None:
+            self.fatal = exc
+        self._stop.set()
 
     def run(self) -> None:
-        """Run until SIGINT/SIGTERM."""
+        """Run until SIGINT/SIGTERM or a fatal error (raised: one line and its exit code)."""
         done = threading.Event()
 
         def _sig(signum: int, frame: Any) -> None:
@@ -335,11 +355,20 @@ class Gateway:
         signal.signal(signal.SIGTERM, _sig)
         signal.signal(signal.SIGINT, _sig)
         self.start()
-        log.info("gateway: running (prefix %s)", self.prefix)
+        log.info(
+            "gateway: running: broker %s, registry %s, forward %s, clock %s, prefix %s",
+            self.broker,
+            self.registry.engine.url.render_as_string(hide_password=True),
+            describe(self.sink),
+            self.clock_state.describe(),
+            self.prefix,
+        )
         while not done.wait(0.5):
-            if self._worker is not None and not self._worker.is_alive():
+            if self._stop.is_set() or (self._worker is not None and not self._worker.is_alive()):
                 break
         self.stop()
+        if self.fatal is not None:
+            raise self.fatal
 
     # ------------------------------------------------------ device load ---
 
@@ -352,8 +381,11 @@ class Gateway:
         try:
             secret = unseal(rec.sealed_secret, self._private_key, device_id)
         except Exception as exc:  # noqa: BLE001 - one device's bad key must not stop others
-            log.warning(
-                "gateway: %s: cannot unseal its secret (%s)", codec.device_str(device_id), exc
+            self.pipeline.warn.warning(
+                (device_id, "unseal"),
+                "gateway: %s: cannot unseal its secret (%s)",
+                codec.device_str(device_id),
+                type(exc).__name__,
             )
             self.stats["unseal_failed"] += 1
             return None
@@ -378,11 +410,23 @@ class Gateway:
             last = max(r["last_seen"].timestamp(), now)
             self.supervisor.load(r["id"], r["kind"], last, interval, r["lost"])
 
+    def gauges(self) -> dict[str, float]:
+        return {
+            "broker_connected": 1.0 if self.connected.is_set() else 0.0,
+            "forward_backlog": float(self.forwarder.backlog if self.forwarder else 0),
+            "forward_failing": 1.0 if self.forwarder and self.forwarder.failing else 0.0,
+            "supervision_lost_devices": float(
+                sum(1 for t in self.supervisor.tracks.values() if t.lost)
+            ),
+            "clock_synced": 1.0 if self.clock_state.synced() else 0.0,
+        }
+
     # ---------------------------------------------------------- worker ---
 
     def _work(self) -> None:
         last_tick = 0.0
         last_batch = time.monotonic()
+        next_retention = time.monotonic()
         while not self._stop.is_set():
             batch: list[tuple[str, bytes, int, int]] = []
             try:
@@ -397,6 +441,10 @@ class Gateway:
                 if now - last_tick >= SUPERVISION_TICK_S:
                     last_tick = now
                     self._supervise(now)
+                    self.summary.tick()
+                if self.retention_days and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_EVERY_S
+                    self._retention(now)
                 if not link_ok and not self._stop.is_set():
                     # Frames read but not PUBACKed are redelivered by the broker.
                     self._stop.wait(RECONNECT_MIN_S)
@@ -427,17 +475,19 @@ class Gateway:
         self._stop.wait(RECONNECT_MIN_S)
         self.connect(first=False)
 
-    def _take_acked(self) -> list[tuple[int, int, float]]:
+    def _take_acked(self) -> list[tuple[int, int, int, float]]:
         acked, self._pending_acked = self._pending_acked, []
         return acked
 
-    def _commit_retrying(self, batch: Batch) -> list[tuple[int, int]]:
+    def _commit_retrying(self, batch: Batch) -> None:
         delay = COMMIT_RETRY_MIN_S
         attempt = 0
         while True:
             attempt += 1
             try:
                 return self.store.commit(batch)
+            except Conflicts:
+                raise
             except Exception as exc:  # noqa: BLE001 - registry down: keep the frames, ack nothing
                 if self._stop.is_set():
                     raise
@@ -450,292 +500,77 @@ class Gateway:
                 self._stop.wait(delay)
                 delay = min(delay * 2, COMMIT_RETRY_MAX_S)
 
-    def _crash(self, point: str) -> None:
-        if self._crash_at == point:
-            os.kill(os.getpid(), signal.SIGKILL)
-
     def _process(self, msgs: list[tuple[str, bytes, int, int]]) -> None:
-        now = self.clock()
-        up_suffix = "/up"
-        control = f"{self.prefix}/{CONTROL_LEAF}"
-        results: list[V.Verdict] = []
-        raws: list[bytes] = []
-        topics: list[str] = []
-        controls: list[bytes] = []
-        statuses: list[tuple[str, bytes]] = []
-        hold: set[int] = set()  # mids not to PUBACK: the broker redelivers them after _resync
-        for topic, payload, mid, _qos in msgs:
-            if topic.endswith(up_suffix):
-                try:
-                    v = self.verifier.verify(V.topic_device(topic, self.prefix), payload, now)
-                except Exception as exc:  # noqa: BLE001 - e.g. the registry failed a lookup
-                    self.stats["internal_error"] += 1
-                    log.error("gateway: verifier error (%s)", type(exc).__name__)
-                    key = hash(payload)
-                    self._failures[key] = self._failures.get(key, 0) + 1
-                    if self._failures[key] < POISON_LIMIT:
-                        hold.add(mid)  # transient, most likely: have it redelivered
-                        v = V.Verdict(V.DROP, "retry")
-                    else:  # the same bytes keep failing: count and drop, never loop forever
-                        v = V.Verdict(V.DROP, "poison")
-                    if len(self._failures) > 10_000:
-                        self._failures.clear()
-                results.append(v)
-                raws.append(payload)
-                topics.append(topic)
-            elif topic == control:
-                controls.append(payload)
-            elif topic.endswith("/status"):
-                statuses.append((topic, payload))
-            else:
-                self.stats["bad_topic"] += 1
-
-        # Lifecycle state is re-read for cached devices older than STATE_REFRESH_S
-        # (bad tags too: the device may have been re-keyed since it was cached).
-        mono = time.monotonic()
-        touched = {
-            v.device.id
-            for v in results
-            if v.device is not None
-            and (v.action != V.DROP or v.reason == "bad_tag")
-            and mono - v.device.checked_at > STATE_REFRESH_S
-        }
-        if touched:
-            fresh = self.store.device_rows(sorted(touched))
-            for dev_id in touched:
-                row = fresh.get(dev_id)
-                dev = self.verifier.devices.get(dev_id)
-                if row is None or dev is None:
-                    continue
-                if row["key_epoch"] != dev.key_epoch:
-                    # Re-keyed: verify this device's frames again with the new key
-                    # (frames under the old key now fail, as they must).
-                    self.verifier.forget(dev_id)
-                    for i, v in enumerate(results):
-                        if v.device is dev:
-                            results[i] = self.verifier.verify(
-                                V.topic_device(topics[i], self.prefix), raws[i], now
-                            )
-                    continue
-                dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
-                dev.checked_at = mono
-                if dev.state in V.REJECTED_STATES:
-                    self.supervisor.forget(dev_id)  # out of service: no supervision
-            for v in results:
-                if v.action == V.STORE and v.device is not None:
-                    reject = V.REJECTED_STATES.get(v.device.state)
-                    v.disposition, v.reason = (
-                        ("rejected", reject) if reject else ("received", "none")
-                    )
-
-        batch = Batch(acked=self._take_acked())
-        records: list[dict[str, Any]] = []
-        restored: list[int] = []
-        accepted: dict[tuple[int, int], str] = {}
-        for v, raw in zip(results, raws, strict=True):
-            if v.action == V.DROP:
-                if v.reason != "retry":  # held for redelivery, not dropped
-                    self.stats["drop_" + v.reason] += 1
-                if v.device is not None:
-                    log.info("gateway: %s: dropped (%s)", codec.device_str(v.device.id), v.reason)
-                continue
-            dev = v.device
-            assert dev is not None
-            # Any verified frame counts for supervision (SPEC §12.7).
-            batch.devices[dev.id] = {
-                "high_water": dev.high_water,
-                "window": dev.window,
-                "last_seen": now,
-            }
-            interval = Supervisor.interval(dev.kind, dev.interval_s, dev.heartbeat_s)
-            if dev.state not in V.REJECTED_STATES and self.supervisor.seen(
-                dev.id, dev.kind, now, interval
-            ):
-                restored.append(dev.id)
-            if v.action == V.HEARTBEAT:
-                self.stats["heartbeat"] += 1
-                continue
-            if v.action != V.STORE:
-                continue
-            self.stats["stored"] += 1
-            lost = dev.state == "lost"
-            batch.alerts.append(
-                {
-                    "device_id": dev.id,
-                    "counter": v.counter,
-                    "type": v.type_name,
-                    "flags": v.flags,
-                    "device_ts": v.timestamp,
-                    "payload": v.fields,
-                    "raw": bytes(raw),  # as received: ALERT/TEST payloads stay ciphertext
-                    "received_at": now,
-                    "acked_at": None,
-                    "attending_at": None,
-                    "attending_by": None,
-                    "disposition": v.disposition,
-                    "forwarded_at": None,
-                    "cancelled_at": None,
-                    "test": v.test,
-                    "lost": lost,
-                }
-            )
-            accepted[(dev.id, v.counter)] = v.disposition
-            if v.code == codec.CANCEL and v.disposition == "received":
-                batch.cancels.append((dev.id, v.fields["ref_counter"], now))
-            records.extend(self._events_and_records(v, now, batch))
-        for dev_id in restored:
-            batch.events.append(_event(dev_id, SUPERVISION_RESTORED, now))
-            records.append(self._event_record(dev_id, SUPERVISION_RESTORED, now, None, {}))
-
-        if batch.alerts:
-            self._crash("before_commit")
-        self.forwarder.enqueue(records)
-        try:
-            collided = self._commit_retrying(batch)
-        except Exception:
-            # Stopping while the registry is down: nothing was acked; drop the
-            # cached replay state so it is reloaded from what is durable.
-            self.verifier.forget()
-            raise
-        if batch.alerts:
-            self._crash("after_commit")
-        self.stats["counter_collision"] += len(collided)
-        self.forwarder.release()
-
-        # Duplicates and below-window frames: re-ack the stored disposition.
-        lookups = [
-            (v.device.id, v.counter)
-            for v in results
-            if v.action in (V.DUPLICATE, V.BELOW)
-            and v.device is not None
-            and (v.device.id, v.counter) not in accepted
-        ]
-        stored = self.store.stored(lookups) if lookups else {}
-        server_time = int(now)
-        for v in results:
-            if v.action == V.DROP or v.action == V.HEARTBEAT or v.device is None:
-                continue
-            key = (v.device.id, v.counter)
-            if v.action in (V.DUPLICATE, V.BELOW):
-                if key in accepted:
-                    disp, reason = accepted[key], V.REJECTED_STATES.get(v.device.state, "none")
-                elif key in stored:
-                    row = stored[key]
-                    disp = (
-                        "attending"
-                        if row["attending_at"] is not None
-                        else (row["disposition"] or "received")
-                    )
-                    reason = (
-                        V.REJECTED_STATES.get(v.device.state, "policy")
-                        if disp == "rejected"
-                        else "none"
-                    )
-                elif v.code == codec.HEARTBEAT:
-                    self.stats["duplicate_heartbeat"] += 1
-                    continue
-                else:
-                    disp, reason = "rejected", "replay"
-                    self.stats["rejected_replay"] += 1
-                    log.info(
-                        "gateway: %s #%d: replay rejected", codec.device_str(v.device.id), v.counter
-                    )
-                if reason != "replay":
-                    self.stats["duplicate"] += 1
-            elif v.action == V.TIME_NAK:
-                disp, reason = "time_nak", "none"
-                self.stats["time_nak"] += 1
-            else:  # STORE
-                disp, reason = v.disposition, v.reason
-            self._send_ack(v.device, v.counter, v.code, disp, reason, server_time)
-            if disp in ("received", "attending"):
-                # acked_at is bookkeeping, written with the next group commit.
-                self._pending_acked.append((v.device.id, v.counter, now))
-            log.info("gateway: %s #%d: ack %s", codec.device_str(v.device.id), v.counter, disp)
-
-        for topic, payload in statuses:
-            self._status(topic, payload, now)
-        for payload in controls:
-            self._control(payload)
+        p = self.pipeline
+        turn = p.route(msgs, self.clock())
+        p.verify(turn)
+        p.refresh(turn)
+        p.decide(turn)
+        self._commit_turn(turn)
+        self._send_acks(p.acks(turn), int(turn.now))
+        for topic, payload in turn.statuses:
+            self._status(turn, topic, payload)
+        for payload in turn.controls:
+            self._control(turn, payload)
+        late = turn.dead[turn.dead_committed :]
+        if late:  # statuses and attend requests found unusable: durable before PUBACK
+            self._commit_retrying(Batch(dead=late))
         for _topic, _payload, mid, qos in msgs:
-            if qos > 0 and mid not in hold:
+            if qos > 0 and mid not in turn.hold:
                 self._client.ack(mid, qos)
-        if hold:
+        if turn.hold:
             self._resync()
 
-    def _events_and_records(self, v: V.Verdict, now: float, batch: Batch) -> list[dict[str, Any]]:
-        """C4 events for a stored frame, and the forward records (never for test frames)."""
-        dev = v.device
-        assert dev is not None
-        out: list[dict[str, Any]] = []
-        ref = {"counter": v.counter, "type": v.type_name}
-        if v.disposition == "rejected":
-            batch.events.append(_event(dev.id, "REJECTED", now, {**ref, "reason": v.reason}))
-            log.warning(
-                "gateway: %s #%d: rejected (%s)", codec.device_str(dev.id), v.counter, v.reason
-            )
-            out.append(
-                self._event_record(
-                    dev.id, "REJECTED", now, v.counter, {"reason": v.reason, "type": v.type_name}
-                )
-            )
-            return out
-        if dev.state == "lost":
-            batch.events.append(_event(dev.id, "LOST_DEVICE", now, ref))
-            if not v.test:
-                out.append(
-                    self._event_record(dev.id, "LOST_DEVICE", now, v.counter, {"type": v.type_name})
-                )
-        if v.test:
-            self.stats["test"] += 1
-            return out
-        if v.code in EVENT_TYPES:
-            etype = EVENT_TYPES[v.code]
-            batch.events.append(_event(dev.id, etype, now, {**ref, **v.fields}))
-            out.append(self._event_record(dev.id, etype, now, v.counter, v.fields))
-        elif v.code in ALERT_TYPES:
-            out.append(
-                {
-                    "schema": "auxilio.forward/1",
-                    "key": f"alert:{codec.device_str(dev.id)}:{v.counter}",
-                    "kind": "alert",
-                    "type": v.type_name,
-                    "device": codec.device_str(dev.id),
-                    "counter": v.counter,
-                    "at": _iso(now),
-                    "fields": v.fields,
-                    "lost": dev.state == "lost",
-                    "disposition": v.disposition,
-                    "detail": "",
-                }
-            )
-        return out
+    def _commit_turn(self, turn: Turn) -> None:
+        p = self.pipeline
+        p.observe(turn)
+        for _attempt in range(3):
+            batch = p.build(turn, self._take_acked())
+            turn.dead_committed = len(turn.dead)
+            if batch.alerts:
+                self._crash("before_commit")
+            try:
+                self._commit_retrying(batch)
+            except Conflicts as conflicts:
+                # Names the window had not seen were taken: decide again (SPEC §12.2).
+                self._pending_acked.extend(batch.acked)
+                p.redecide(turn, conflicts)
+                continue
+            except Exception:
+                # Stopping while the registry is down: nothing was acked; drop the
+                # cached replay state so it is reloaded from what is durable.
+                self.verifier.forget()
+                raise
+            p.committed(turn)
+            if batch.alerts:
+                self._crash("after_commit")
+            if batch.forward and self.forwarder is not None:
+                self.forwarder.wake()
+            return
+        raise RuntimeError("frame names kept changing under the gateway")
 
-    def _event_record(
-        self, device: int, etype: str, now: float, counter: int | None, fields: dict[str, Any]
-    ) -> dict[str, Any]:
-        dev = codec.device_str(device)
-        key = (
-            f"event:{dev}:{etype}:{counter}"
-            if counter is not None
-            else f"event:{dev}:{etype}:{now:.3f}"
-        )
-        return {
-            "schema": "auxilio.forward/1",
-            "key": key,
-            "kind": "event",
-            "type": etype,
-            "device": dev,
-            "counter": counter,
-            "at": _iso(now),
-            "fields": fields,
-            "lost": False,
-            "disposition": None,
-            "detail": "",
-        }
+    def _crash_during_ack(self, acks: list[AckOut], i: int) -> None:
+        if i == 1 or len(acks) == 1:
+            self._crash("during_ack")
+
+    def _send_acks(self, acks: list[AckOut], server_time: int) -> None:
+        for i, a in enumerate(acks, 1):
+            self._send_ack(a.device, a.counter, a.code, a.disposition, a.reason, server_time)
+            if a.disposition in ("received", "attending", "rejected"):
+                self._crash_during_ack(acks, i)
+            log.debug(
+                "gateway: %s #%d: ack %s", codec.device_str(a.device.id), a.counter, a.disposition
+            )
 
     def _send_ack(
-        self, dev: V.DeviceState, counter: int, acked_code: int, disp: str, reason: str, ts: int
+        self,
+        dev: V.DeviceState,
+        counter: int,
+        acked_code: int,
+        disp: str,
+        reason: str,
+        ts: int,
+        track: tuple[str, Any] | None = None,
     ) -> None:
         payload = codec.pack_payload(
             codec.ACK,
@@ -746,52 +581,107 @@ class Gateway:
                 max(dev.high_water, 0),
             ),
         )
+        flags = codec.FLAG_CLOCK_SYNCED if self.clock_state.synced() else 0
         buf = self._ack_payload
-        n = codec.encode_into(buf, dev.keys, codec.ACK, 0, dev.id, counter, ts, payload)
-        self._client.publish(codec.topic(self.prefix, dev.id, "down"), bytes(buf[:n]), qos=1)
+        n = codec.encode_into(buf, dev.keys, codec.ACK, flags, dev.id, counter, ts, payload)
+        info = self._client.publish(codec.topic(self.prefix, dev.id, "down"), bytes(buf[:n]), qos=1)
+        if track is None and disp in ("received", "attending", "rejected"):
+            track = ("ack", (dev.id, dev.key_epoch, counter))
+        if track is not None:
+            self._inflight[info.mid] = track
         self.stats["acks"] += 1
+
+    def _reack_stored(self) -> None:
+        """Stored frames whose ACK the broker never confirmed get it now, not on a device's
+        next retry (which may be a minute away on a real backoff)."""
+        try:
+            rows = self.store.unacked(self.clock() - REACK_HORIZON_S, REACK_LIMIT)
+        except Exception as exc:  # noqa: BLE001 - a registry hiccup: devices retry anyway
+            log.warning("gateway: could not look for unacked frames (%s)", type(exc).__name__)
+            return
+        n = 0
+        now = int(self.clock())
+        for r in rows:
+            dev = self.verifier.device(r["device_id"])
+            if dev is None or dev.key_epoch != r["key_epoch"]:
+                continue
+            disp = (
+                "attending" if r["attending_at"] is not None else (r["disposition"] or "received")
+            )
+            reason = "none"
+            if disp == "rejected":
+                reason = dev.state if dev.state in ("revoked", "retired") else "policy"
+            self._send_ack(dev, r["counter"], codec.type_code(r["type"]), disp, reason, now)
+            n += 1
+        if n:
+            self.stats["reacked_at_start"] += n
+            log.info("gateway: re-sent %d ACK(s) the broker had not confirmed before a restart", n)
 
     # ------------------------------------------------ status, control ---
 
-    def _status(self, topic: str, payload: bytes, now: float) -> None:
+    def _status(self, turn: Turn, topic: str, payload: bytes) -> None:
         dev_s = V.topic_device(topic, self.prefix)
         try:
             dev_id = codec.device_int(dev_s) if dev_s else None
         except Exception:  # noqa: BLE001
             dev_id = None
         if dev_id is None or payload not in (b"online", b"offline"):
-            self.stats["drop_bad_status"] += 1
+            self.pipeline.reject(turn, "status", topic, payload, "bad_status")
             return
-        self.supervisor.status(dev_id, payload == b"online", now)
+        self.supervisor.status(dev_id, payload == b"online", turn.now)
         self.stats["status_" + payload.decode()] += 1
 
-    def _control(self, payload: bytes) -> None:
-        """An operator console asks for the 'attending' ACK of an alert it marked in the registry."""
+    def _control(self, turn: Turn, payload: bytes) -> None:
+        """An operator console asks for the `attending` ACK of an alert (attend.py)."""
         try:
-            req = json.loads(payload)
-            alert_id = int(req["alert"])
-        except (ValueError, KeyError, TypeError):
-            self.stats["drop_bad_control"] += 1
+            req = A.parse_request(payload)
+        except A.BadRequest as exc:
+            self.pipeline.reject(
+                turn, "attend", self.control_topic, payload, "attend_" + exc.reason
+            )
             return
-        row = self.store.alert(alert_id)
-        if row is None or row["attending_at"] is None:
-            # The registry is the authority: only alerts an operator marked get the ACK.
-            self.stats["drop_control_unmarked"] += 1
+        try:
+            signed, result = self.desk.handle(req, turn.now)
+        except Exception as exc:  # noqa: BLE001 - e.g. the registry is down: say so, go on
+            self.stats["attend_error"] += 1
+            log.warning("gateway: attend request failed (%s)", type(exc).__name__)
+            self._publish_result(A.result(req, A.FAILED, "gateway_error"))
             return
-        dev = self.verifier.device(row["device_id"])
-        if dev is None:
-            self.stats["drop_control_unknown_device"] += 1
-            return
-        self._send_ack(
-            dev,
-            row["counter"],
-            codec.type_code(row["type"]),
-            "attending",
-            "none",
-            int(self.clock()),
-        )
-        self.stats["attending_sent"] += 1
-        log.info("gateway: %s #%d: ack attending", codec.device_str(dev.id), row["counter"])
+        if result is not None:
+            self.stats["attend_" + result["state"]] += 1
+            self._publish_result(result)
+        if signed is not None:
+            self._send_ack(
+                signed.device,
+                signed.counter,
+                codec.ALERT,
+                "attending",
+                "none",
+                int(turn.now),
+                track=("attend", signed),
+            )
+            log.info(
+                "gateway: %s #%d: attending ACK signed for %s",
+                codec.device_str(signed.device.id),
+                signed.counter,
+                signed.request.operator,
+            )
+
+    def _attend_confirmed(self, signed: A.Signed) -> None:
+        """The broker took the `attending` ACK: now, and only now, the alert is attended."""
+        req = signed.request
+        try:
+            self.store.attend_sent(req.request, req.alert, req.operator, self.clock())
+        except Exception as exc:  # noqa: BLE001 - the ACK is out; the record follows on retry
+            log.warning("gateway: could not record attend %s (%s)", req.request, type(exc).__name__)
+        self.stats["attend_sent"] += 1
+        self._publish_result(A.result(req, A.SENT))
+
+    def _publish_result(self, result: dict[str, Any]) -> None:
+        import json
+
+        topic = f"{self.prefix}/{A.RESULT_LEAF}/{result['request']}"
+        self._client.publish(topic, json.dumps(result), qos=1)
 
     # ------------------------------------------------------ supervision ---
 
@@ -799,14 +689,36 @@ class Gateway:
         lost = self.supervisor.due(now)
         if not lost:
             return
-        rows = [
-            _event(d, SUPERVISION_LOST, now, {"interval_s": self.supervisor.tracks[d].interval})
-            for d in lost
-        ]
-        records = [self._event_record(d, SUPERVISION_LOST, now, None, {}) for d in lost]
-        self.forwarder.enqueue(records)
-        self._commit_retrying(Batch(events=rows))
-        self.forwarder.release()
+        batch = Batch(
+            events=[
+                R.event_row(
+                    d, R.SUPERVISION_LOST, now, {"interval_s": self.supervisor.tracks[d].interval}
+                )
+                for d in lost
+            ]
+        )
+        if self.forwarder is not None:
+            from auxilio.gateway.pipeline import forward_row
+
+            batch.forward = [
+                forward_row(R.event_record(d, R.SUPERVISION_LOST, now, {}), now) for d in lost
+            ]
+        self._commit_retrying(batch)
+        if self.forwarder is not None:
+            self.forwarder.wake()
         for d in lost:
             self.stats["supervision_lost"] += 1
             log.warning("gateway: %s: supervision lost", codec.device_str(d))
+
+    def _retention(self, now: float) -> None:
+        try:
+            n = purge_locations(self.registry, self.retention_days, now)
+        except Exception as exc:  # noqa: BLE001 - retried at the next period
+            log.warning("gateway: retention purge failed (%s)", type(exc).__name__)
+            return
+        if n:
+            log.info(
+                "gateway: erased the locations of %d record(s) older than %d days",
+                n,
+                self.retention_days,
+            )

@@ -1,4 +1,9 @@
-"""Gateway SQL over the registry tables: idempotent alert batches with replay state, acks, attending, queries."""
+"""Gateway SQL over the registry tables: one transaction per batch (frames, replay state, forward
+outbox, events, dead letters), ACK and attend bookkeeping, and the queries the gateway reads.
+
+The gateway is the only writer of alerts, their dispositions and attend state
+(DESIGN §1); consoles open the registry read-only.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,14 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from auxilio.gateway.records import SUPERVISION_LOST, SUPERVISION_RESTORED
+
 log = logging.getLogger(__name__)
 
-# Supervision event types (SPEC §12.7) and the frame types raised as C4 events.
-SUPERVISION_LOST = "SUPERVISION_LOST"
-SUPERVISION_RESTORED = "SUPERVISION_RESTORED"
+# A frame's name at the C4 (SPEC §12.1): (device, key epoch, counter).
+FrameKey = tuple[int, int, int]
+# Stored lookups and conflict checks go in chunks of this many keys per query.
+LOOKUP_CHUNK = 200
 
 
 @dataclass
@@ -26,15 +34,40 @@ class Batch:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> replay/last_seen
     events: list[dict[str, Any]] = field(default_factory=list)
-    acked: list[tuple[int, int, float]] = field(default_factory=list)  # (device, counter, at)
-    cancels: list[tuple[int, int, float]] = field(default_factory=list)  # (device, ref counter, at)
+    forward: list[dict[str, Any]] = field(default_factory=list)  # forward_outbox rows
+    acked: list[tuple[int, int, int, float]] = field(default_factory=list)  # key + at
+    cancels: list[tuple[int, int, int, float]] = field(default_factory=list)  # key of ref + at
+    dead: list[dict[str, Any]] = field(default_factory=list)  # dead_letters rows
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.devices or self.events or self.acked or self.cancels)
+        return bool(
+            self.alerts
+            or self.devices
+            or self.events
+            or self.forward
+            or self.acked
+            or self.cancels
+            or self.dead
+        )
 
 
-def _sqlite_time(t: float) -> str:
+class Conflicts(Exception):
+    """Some frames to store already have a row under their name; nothing was written.
+
+    ``rows`` maps each taken (device, epoch, counter) to the stored row
+    (id, type, raw, disposition, attending_at). The caller decides again for
+    those frames (duplicate or collision, SPEC §12.2) and commits a new batch.
+    """
+
+    def __init__(self, rows: dict[FrameKey, dict[str, Any]]) -> None:
+        super().__init__(f"{len(rows)} frame name(s) already stored")
+        self.rows = rows
+
+
+def _sqlite_time(t: float | dt.datetime) -> str:
     # SQLAlchemy's SQLite DATETIME storage format, naive UTC (registry UTCDateTime).
+    if isinstance(t, dt.datetime):
+        t = t.timestamp()
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -43,8 +76,7 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
-def _insert_ignore(conn: Connection, table: Any) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING on the (device_id, counter) key, per dialect."""
+def _dialect_insert(conn: Connection, table: Any) -> Any:
     name = conn.dialect.name
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
@@ -52,7 +84,16 @@ def _insert_ignore(conn: Connection, table: Any) -> Any:
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"unsupported database {name}")
-    return dialect_insert(table).on_conflict_do_nothing(index_elements=["device_id", "counter"])
+    return dialect_insert(table)
+
+
+def _key_filter(table: Any, keys: Sequence[FrameKey]) -> Any:
+    return or_(
+        *[
+            and_(table.c.device_id == d, table.c.key_epoch == e, table.c.counter == c)
+            for d, e, c in keys
+        ]
+    )
 
 
 class Store:
@@ -65,117 +106,69 @@ class Store:
 
     # ------------------------------------------------------------ writes ---
 
-    def commit(self, batch: Batch) -> list[tuple[int, int]]:
-        """Write one batch durably in a single transaction (raises on failure: nothing is acked then).
-
-        Returns the (device, counter) keys that collided with an older stored
-        row (see _record_collisions); those frames are kept as events instead.
-        """
+    def commit(self, batch: Batch) -> None:
+        """Write one batch durably in one transaction; raises Conflicts (nothing written) or a
+        database error (nothing written, nothing may be acked)."""
         if not batch:
-            return []
-        alerts, devices, events = self.t.alerts, self.t.devices, self.t.events
+            return
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
-                return self._commit_sqlite(conn, batch)
-            collided: list[tuple[int, int]] = []
-            if batch.alerts:
-                conn.execute(_insert_ignore(conn, alerts), batch.alerts)
-                collided = self._record_collisions(conn, batch)
-            if batch.devices:
-                conn.execute(
-                    update(devices)
-                    .where(devices.c.id == bindparam("b_id"))
-                    .values(
-                        high_water=bindparam("b_hw"),
-                        window=bindparam("b_win"),
-                        last_seen=bindparam("b_seen"),
-                    ),
-                    [
-                        {
-                            "b_id": k,
-                            "b_hw": v["high_water"],
-                            "b_win": v["window"],
-                            "b_seen": v["last_seen"],
-                        }
-                        for k, v in batch.devices.items()
-                    ],
-                )
-            if batch.acked:
-                conn.execute(
-                    update(alerts)
-                    .where(
-                        and_(
-                            alerts.c.device_id == bindparam("b_dev"),
-                            alerts.c.counter == bindparam("b_ctr"),
-                            alerts.c.acked_at.is_(None),
-                        )
-                    )
-                    .values(acked_at=bindparam("b_at")),
-                    [{"b_dev": d, "b_ctr": c, "b_at": at} for d, c, at in batch.acked],
-                )
+                self._commit_sqlite(conn, batch)
+            else:
+                self._commit_core(conn, batch)
             if batch.cancels:
                 self._cancel(conn, batch.cancels)
             if batch.events:
-                conn.execute(insert(events), batch.events)
-            return collided
+                conn.execute(insert(self.t.events), batch.events)
+            if batch.dead:
+                conn.execute(insert(self.t.dead_letters), batch.dead)
 
-    def _record_collisions(self, conn: Connection, batch: Batch) -> list[tuple[int, int]]:
-        """Frames the window accepted but whose (device, counter) row already exists.
+    def _conflicts(self, conn: Connection, batch: Batch) -> Conflicts:
+        keys = [(a["device_id"], a["key_epoch"], a["counter"]) for a in batch.alerts]
+        rows = self._stored(conn, keys)
+        return Conflicts(rows)
 
-        The window says "never seen", so the stored row is an older frame: this
-        happens after a re-key, which restarts the replay state while old rows
-        keep their counters (UNIQUE(device_id, counter)). The new frame is
-        genuine and will be acked, so it must be durable: it is recorded, in
-        the same transaction, as a COUNTER_COLLISION event carrying the frame.
-        """
-        a = self.t.alerts
-        ours = {(r["device_id"], r["counter"]): r for r in batch.alerts}
-        cond = or_(*[and_(a.c.device_id == d, a.c.counter == c) for d, c in ours])
-        collided = []
-        for row in conn.execute(select(a.c.id, a.c.device_id, a.c.counter, a.c.raw).where(cond)):
-            mine = ours[(row.device_id, row.counter)]
-            if bytes(row.raw or b"") != mine["raw"]:
-                collided.append((row.device_id, row.counter))
-                conn.execute(
-                    insert(self.t.events).values(
-                        device_id=row.device_id,
-                        type="COUNTER_COLLISION",
-                        at=mine["received_at"],
-                        detail={
-                            "counter": row.counter,
-                            "type": mine["type"],
-                            "fields": mine["payload"],
-                            "raw_hex": mine["raw"].hex(),
-                            "older_alert_id": row.id,
-                        },
-                        alert_id=row.id,
-                    )
-                )
-        if collided:
-            log.warning(
-                "gateway: %d frame(s) collided with older stored counters (re-keyed device?)",
-                len(collided),
+    def _commit_core(self, conn: Connection, batch: Batch) -> None:
+        alerts, devices = self.t.alerts, self.t.devices
+        if batch.alerts:
+            stmt = (
+                _dialect_insert(conn, alerts)
+                .on_conflict_do_nothing(index_elements=["device_id", "key_epoch", "counter"])
+                .returning(alerts.c.device_id)
             )
-        return collided
-
-    def _cancel(self, conn: Connection, cancels: list[tuple[int, int, float]]) -> None:
-        """A CANCEL marks the ALERT it refers to (same device, its counter), after it is stored."""
-        alerts = self.t.alerts
-        conn.execute(
-            update(alerts)
-            .where(
-                and_(
-                    alerts.c.device_id == bindparam("b_dev"),
-                    alerts.c.counter == bindparam("b_ctr"),
-                    alerts.c.type == "ALERT",
-                    alerts.c.cancelled_at.is_(None),
-                )
+            inserted = conn.execute(stmt, batch.alerts).all()
+            if len(inserted) != len(batch.alerts):
+                raise self._conflicts(conn, batch)  # leaving begin() rolls everything back
+        if batch.devices:
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == bindparam("b_id"))
+                .values(
+                    high_water=bindparam("b_hw"),
+                    window=bindparam("b_win"),
+                    last_seen=bindparam("b_seen"),
+                ),
+                [
+                    {
+                        "b_id": k,
+                        "b_hw": None if v["high_water"] < 0 else v["high_water"],
+                        "b_win": v["window"],
+                        "b_seen": v["last_seen"],
+                    }
+                    for k, v in batch.devices.items()
+                ],
             )
-            .values(cancelled_at=bindparam("b_at")),
-            [{"b_dev": d, "b_ctr": c, "b_at": at} for d, c, at in cancels],
-        )
+        if batch.forward:
+            conn.execute(
+                _dialect_insert(conn, self.t.forward_outbox).on_conflict_do_nothing(
+                    index_elements=["key"]
+                ),
+                batch.forward,
+            )
+        if batch.acked:
+            self._mark_acked(conn, batch.acked)
 
-    def _commit_sqlite(self, conn: Connection, batch: Batch) -> list[tuple[int, int]]:
+    def _commit_sqlite(self, conn: Connection, batch: Batch) -> None:
         """The SQLite hot path on the DBAPI cursor, inside the same SQLAlchemy transaction.
 
         Core's per-statement overhead doubled the commit time (0.54 vs 0.24 ms
@@ -185,32 +178,36 @@ class Store:
         and the tests read every row back through Core.
         """
         cur = conn.connection.dbapi_connection.cursor()
-        collided: list[tuple[int, int]] = []
         try:
             if batch.alerts:
                 cur.executemany(
-                    "INSERT INTO alerts (device_id, counter, type, flags, device_ts, payload, raw,"
-                    " received_at, disposition, test, lost) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (device_id, counter) DO NOTHING",
+                    "INSERT INTO alerts (device_id, key_epoch, counter, type, flags, device_ts,"
+                    " pressed_at, payload, raw, gw_seal, received_at, disposition, via, test, lost)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (device_id, key_epoch, counter) DO NOTHING",
                     [
                         (
                             a["device_id"],
+                            a["key_epoch"],
                             a["counter"],
                             a["type"],
                             a["flags"],
                             a["device_ts"],
+                            None if a["pressed_at"] is None else _sqlite_time(a["pressed_at"]),
                             json.dumps(a["payload"]),
                             a["raw"],
+                            a["gw_seal"],
                             _sqlite_time(a["received_at"]),
                             a["disposition"],
+                            a["via"],
                             1 if a["test"] else 0,
                             1 if a["lost"] else 0,
                         )
                         for a in batch.alerts
                     ],
                 )
-                if cur.rowcount != len(batch.alerts):  # some row already existed
-                    collided = self._record_collisions(conn, batch)
+                if cur.rowcount != len(batch.alerts):  # some name was already taken
+                    raise self._conflicts(conn, batch)
             if batch.devices:
                 cur.executemany(
                     "UPDATE devices SET high_water = ?, window = ?, last_seen = ? WHERE id = ?",
@@ -224,79 +221,284 @@ class Store:
                         for k, v in batch.devices.items()
                     ],
                 )
+            if batch.forward:
+                cur.executemany(
+                    "INSERT INTO forward_outbox (key, device_id, key_epoch, counter, body,"
+                    " created_at, next_attempt_at, attempts) VALUES (?,?,?,?,?,?,?,0)"
+                    " ON CONFLICT (key) DO NOTHING",
+                    [
+                        (
+                            f["key"],
+                            f["device_id"],
+                            f["key_epoch"],
+                            f["counter"],
+                            f["body"],
+                            _sqlite_time(f["created_at"]),
+                            _sqlite_time(f["next_attempt_at"]),
+                        )
+                        for f in batch.forward
+                    ],
+                )
             if batch.acked:
                 cur.executemany(
-                    "UPDATE alerts SET acked_at = ? WHERE device_id = ? AND counter = ? AND acked_at IS NULL",
-                    [(_sqlite_time(at), d, c) for d, c, at in batch.acked],
+                    "UPDATE alerts SET acked_at = ? WHERE device_id = ? AND key_epoch = ?"
+                    " AND counter = ? AND acked_at IS NULL",
+                    [(_sqlite_time(at), d, e, c) for d, e, c, at in batch.acked],
                 )
         finally:
             cur.close()
-        if batch.cancels:
-            self._cancel(conn, batch.cancels)
-        if batch.events:
-            conn.execute(insert(self.t.events), batch.events)
-        return collided
+
+    def _mark_acked(self, conn: Connection, acked: list[tuple[int, int, int, float]]) -> None:
+        a = self.t.alerts
+        conn.execute(
+            update(a)
+            .where(
+                and_(
+                    a.c.device_id == bindparam("b_dev"),
+                    a.c.key_epoch == bindparam("b_ep"),
+                    a.c.counter == bindparam("b_ctr"),
+                    a.c.acked_at.is_(None),
+                )
+            )
+            .values(acked_at=bindparam("b_at")),
+            [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c, at in acked],
+        )
+
+    def _cancel(self, conn: Connection, cancels: list[tuple[int, int, int, float]]) -> None:
+        """A CANCEL marks the ALERT it refers to (same device and key epoch, its counter)."""
+        a = self.t.alerts
+        conn.execute(
+            update(a)
+            .where(
+                and_(
+                    a.c.device_id == bindparam("b_dev"),
+                    a.c.key_epoch == bindparam("b_ep"),
+                    a.c.counter == bindparam("b_ctr"),
+                    a.c.type == "ALERT",
+                    a.c.cancelled_at.is_(None),
+                )
+            )
+            .values(cancelled_at=bindparam("b_at")),
+            [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c, at in cancels],
+        )
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(insert(self.t.events), rows)
 
-    def mark_attending(self, alert_id: int, operator: str, at: float) -> dict[str, Any] | None:
-        """Record that an operator attends the alert; return the alert row (None if unknown)."""
-        alerts = self.t.alerts
+    # --------------------------------------------------- attend requests ---
+
+    def attend_request(self, request_id: str) -> dict[str, Any] | None:
+        r = self.t.attend_requests
+        with self.engine.connect() as conn:
+            row = conn.execute(select(r).where(r.c.request_id == request_id)).mappings().first()
+            return dict(row) if row else None
+
+    def attend_requested(self, request_id: str, alert_id: int, operator: str, at: float) -> bool:
+        """Record a new request (state 'requested') with its audit row; False if already known."""
+        r = self.t.attend_requests
         with self.engine.begin() as conn:
-            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
-            if row is None:
-                return None
-            if row["attending_at"] is None:
-                conn.execute(
-                    update(alerts)
-                    .where(alerts.c.id == alert_id)
-                    .values(attending_at=at, attending_by=operator[:64], disposition="attending")
+            res = conn.execute(
+                _dialect_insert(conn, r)
+                .values(
+                    request_id=request_id,
+                    alert_id=alert_id,
+                    operator=operator,
+                    requested_at=at,
+                    state="requested",
+                    reason="",
+                    updated_at=at,
                 )
-            self.registry_audit(conn, operator, "attend", f"alert:{alert_id}")
-            return dict(
-                conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+                .on_conflict_do_nothing(index_elements=["request_id"])
+            )
+            if not res.rowcount:
+                return False
+            self._audit(conn, operator, "attend-request", f"alert:{alert_id}", request_id)
+            return True
+
+    def attend_failed(self, request_id: str, reason: str, at: float) -> None:
+        r = self.t.attend_requests
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(r)
+                .where(r.c.request_id == request_id, r.c.state == "requested")
+                .values(state="failed", reason=reason[:200], updated_at=at)
             )
 
-    def registry_audit(self, conn: Connection, actor: str, action: str, target: str) -> None:
-        audit = self.t.audit
+    def attend_sent_again(self, request_id: str, at: float) -> None:
+        """A request for an alert already attended: answered, never signed twice."""
+        r = self.t.attend_requests
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(r)
+                .where(r.c.request_id == request_id)
+                .values(state="sent", reason="already_attended", sent_at=at, updated_at=at)
+            )
+
+    def attend_sent(self, request_id: str, alert_id: int, operator: str, at: float) -> None:
+        """The broker took the signed `attending` ACK: the alert is attended (one transaction)."""
+        r, a = self.t.attend_requests, self.t.alerts
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(r)
+                .where(r.c.request_id == request_id)
+                .values(state="sent", reason="", sent_at=at, updated_at=at)
+            )
+            conn.execute(
+                update(a)
+                .where(a.c.id == alert_id, a.c.attending_at.is_(None))
+                .values(attending_at=at, attending_by=operator[:64], disposition="attending")
+            )
+            self._audit(conn, operator, "attend", f"alert:{alert_id}", request_id)
+
+    def _audit(self, conn: Connection, actor: str, action: str, target: str, detail: str) -> None:
         conn.execute(
-            insert(audit).values(
+            insert(self.t.audit).values(
                 at=dt.datetime.now(dt.timezone.utc),
                 actor=actor[:64],
-                action=action,
-                target=target,
-                detail="",
+                action=action[:32],
+                target=target[:64],
+                detail=detail,
             )
         )
 
+    # ------------------------------------------------------- forwarding ---
+
+    def forward_pending(self, now: float, limit: int) -> list[dict[str, Any]]:
+        """Undelivered forward records due for an attempt, oldest first."""
+        f = self.t.forward_outbox
+        with self.engine.connect() as conn:
+            q = (
+                select(f.c.id, f.c.key, f.c.body, f.c.attempts, f.c.created_at)
+                .where(f.c.forwarded_at.is_(None), f.c.next_attempt_at <= _utc(now))
+                .order_by(f.c.id)
+                .limit(limit)
+            )
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def forward_backlog(self) -> tuple[int, dt.datetime | None]:
+        """(records not yet confirmed by the sink, creation time of the oldest)."""
+        f = self.t.forward_outbox
+        with self.engine.connect() as conn:
+            n, oldest = conn.execute(
+                select(func.count(), func.min(f.c.created_at)).where(f.c.forwarded_at.is_(None))
+            ).one()
+            return int(n), oldest
+
+    def forward_done(self, ids: list[int], at: float, erase: bool = True) -> None:
+        """The sink confirmed these records: mark them, erase their bodies (locations) unless
+        the sink may still lose them (erase=False), and set alerts.forwarded_at for the alerts
+        they describe - one transaction."""
+        if not ids:
+            return
+        f, a = self.t.forward_outbox, self.t.alerts
+        values: dict[str, Any] = {"forwarded_at": at, "last_error": None}
+        if erase:
+            values["body"] = None
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(f).where(f.c.id.in_(ids), f.c.forwarded_at.is_(None)).values(**values)
+            )
+            linked = conn.execute(
+                select(f.c.device_id, f.c.key_epoch, f.c.counter).where(
+                    f.c.id.in_(ids), f.c.counter.is_not(None), f.c.key.like("alert:%")
+                )
+            ).all()
+            if linked:
+                conn.execute(
+                    update(a)
+                    .where(
+                        and_(
+                            a.c.device_id == bindparam("b_dev"),
+                            a.c.key_epoch == bindparam("b_ep"),
+                            a.c.counter == bindparam("b_ctr"),
+                            a.c.forwarded_at.is_(None),
+                        )
+                    )
+                    .values(forwarded_at=bindparam("b_at")),
+                    [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c in linked],
+                )
+
+    def forward_unmark_since(self, since: float) -> int:
+        """Make records delivered since `since` pending again (their sink may have lost them)."""
+        f = self.t.forward_outbox
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(f)
+                .where(f.c.forwarded_at >= _utc(since), f.c.body.is_not(None))
+                .values(forwarded_at=None, next_attempt_at=_utc(since))
+            )
+            return int(res.rowcount or 0)
+
+    def forward_erase_before(self, before: float) -> None:
+        """Erase the bodies (locations) of records delivered before `before`."""
+        f = self.t.forward_outbox
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(f)
+                .where(f.c.forwarded_at < _utc(before), f.c.body.is_not(None))
+                .values(body=None)
+            )
+
+    def forward_failed(self, fid: int, error: str, retry_at: float) -> None:
+        f = self.t.forward_outbox
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(f)
+                .where(f.c.id == fid)
+                .values(attempts=f.c.attempts + 1, last_error=error[:200], next_attempt_at=retry_at)
+            )
+
     # ------------------------------------------------------------- reads ---
 
-    def stored(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
-        """(device, counter) -> {type, disposition, attending_at, id} for those already stored."""
+    def _stored(self, conn: Connection, keys: Iterable[FrameKey]) -> dict[FrameKey, dict[str, Any]]:
         keys = list(set(keys))
+        a = self.t.alerts
+        out: dict[FrameKey, dict[str, Any]] = {}
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[i : i + LOOKUP_CHUNK]
+            for r in conn.execute(
+                select(
+                    a.c.id,
+                    a.c.device_id,
+                    a.c.key_epoch,
+                    a.c.counter,
+                    a.c.type,
+                    a.c.raw,
+                    a.c.disposition,
+                    a.c.attending_at,
+                ).where(_key_filter(a, chunk))
+            ).mappings():
+                out[(r["device_id"], r["key_epoch"], r["counter"])] = dict(r)
+        return out
+
+    def stored(self, keys: Iterable[FrameKey]) -> dict[FrameKey, dict[str, Any]]:
+        """(device, epoch, counter) -> {id, type, raw, disposition, attending_at} for stored ones."""
+        keys = list(keys)
         if not keys:
             return {}
-        a = self.t.alerts
-        out: dict[tuple[int, int], dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(keys), 200):
-                chunk = keys[i : i + 200]
-                cond = or_(*[and_(a.c.device_id == d, a.c.counter == c) for d, c in chunk])
-                for r in conn.execute(
-                    select(
-                        a.c.id,
-                        a.c.device_id,
-                        a.c.counter,
-                        a.c.type,
-                        a.c.disposition,
-                        a.c.attending_at,
-                    ).where(cond)
-                ).mappings():
-                    out[(r["device_id"], r["counter"])] = dict(r)
-        return out
+            return self._stored(conn, keys)
+
+    def unacked(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """Stored frames whose ACK the broker never confirmed (a crash between commit and ACK)."""
+        a = self.t.alerts
+        with self.engine.connect() as conn:
+            q = (
+                select(
+                    a.c.device_id,
+                    a.c.key_epoch,
+                    a.c.counter,
+                    a.c.type,
+                    a.c.disposition,
+                    a.c.attending_at,
+                )
+                .where(a.c.acked_at.is_(None), a.c.received_at >= _utc(since))
+                .order_by(a.c.id)
+                .limit(limit)
+            )
+            return [dict(r) for r in conn.execute(q).mappings()]
 
     def device_rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Current lifecycle fields of some devices (read once per batch, so revocation bites at once)."""
@@ -347,9 +549,7 @@ class Store:
             r = conn.execute(select(a).where(a.c.id == alert_id)).mappings().first()
             return dict(r) if r else None
 
-    def recent_alerts(
-        self, limit: int = 20, include_heartbeats: bool = False
-    ) -> list[dict[str, Any]]:
+    def recent_alerts(self, limit: int = 20) -> list[dict[str, Any]]:
         a, d = self.t.alerts, self.t.devices
         with self.engine.connect() as conn:
             q = (
@@ -368,6 +568,19 @@ class Store:
                 for r in conn.execute(select(e).order_by(e.c.id.desc()).limit(limit)).mappings()
             ]
 
+    def attend_states(self, alert_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The latest attend request per alert (state, operator, reason, times)."""
+        if not alert_ids:
+            return {}
+        r = self.t.attend_requests
+        out: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(
+                select(r).where(r.c.alert_id.in_(list(alert_ids))).order_by(r.c.id)
+            ).mappings():
+                out[row["alert_id"]] = dict(row)
+        return out
+
     def devices_health(self) -> list[dict[str, Any]]:
         """Every device with state, last_seen and its latest supervision status."""
         d = self.t.devices
@@ -384,3 +597,15 @@ class Store:
         for r in rows:
             r["supervision"] = None if r["id"] not in sup else ("lost" if sup[r["id"]] else "ok")
         return rows
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        dl = self.t.dead_letters
+        with self.engine.connect() as conn:
+            return {
+                r[0]: int(r[1])
+                for r in conn.execute(select(dl.c.reason, func.count()).group_by(dl.c.reason))
+            }
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc)

@@ -3,8 +3,9 @@
 Pure logic, no I/O: the service loads device state through a callback and turns
 each Verdict into database rows and ACKs. Check order and why:
 structure -> topic/header device match -> known device (no key otherwise) ->
-tag + decrypt (nothing unauthenticated is ever recorded or acked) -> lifecycle
-state -> counter window -> timestamp window (only with clock_synced).
+tag + decrypt (nothing unauthenticated is ever recorded or acked) -> counter
+window -> timestamp window (only with clock_synced, and only when the
+gateway's own clock is synced). What to answer is disposition.decide's job.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from auxilio.gateway import replay
+from auxilio.gateway import disposition, replay
 from auxilio.protocol import FrameError, codec
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,10 @@ log = logging.getLogger(__name__)
 CLOCK_BEHIND_S = 40
 CLOCK_AHEAD_S = 20
 
-# Verdict actions
-DROP = "drop"  # counted, nothing stored, no ACK
-STORE = "store"  # new frame: record it, then ACK with .disposition/.reason
-DUPLICATE = "duplicate"  # already seen in the window: re-ACK the stored disposition
-BELOW = "below"  # older than the window: re-ACK if stored, else REJECTED/replay
-TIME_NAK = "time_nak"  # clock outside the window: ACK time_nak, nothing stored
-HEARTBEAT = "heartbeat"  # update health, no ACK (protocol notes)
-
-# Lifecycle states whose frames are rejected (and reported), with the wire reason.
-REJECTED_STATES = {"revoked": "revoked", "retired": "retired"}
+# Drop reasons that are not the codec's (SPEC §11 codes come from FrameError.reason).
+DOWNLINK_ON_UPLINK = "downlink_on_uplink"
+TOPIC_MISMATCH = "topic_mismatch"
+UNKNOWN_DEVICE = "unknown_device"
 
 
 @dataclass
@@ -48,7 +43,7 @@ class DeviceState:
     window: int = 0
     heartbeat_s: int | None = None  # from the registry (CONFIG)
     interval_s: int | None = None  # from the last heartbeat
-    key_epoch: int = 0
+    key_epoch: int = 1
     checked_at: float = 0.0  # monotonic time the lifecycle state was read
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line
@@ -57,15 +52,19 @@ class DeviceState:
 
 @dataclass
 class Verdict:
-    action: str
-    reason: str = "none"  # drop reason (stats) or wire reject reason
+    """One uplink frame after verification: dropped (reason), or verified with its facts."""
+
+    ok: bool
+    reason: str = "none"  # drop reason when not ok
     device: DeviceState | None = None
     code: int = 0
     flags: int = 0
     counter: int = 0
     timestamp: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
-    disposition: str = "received"
+    window: str = disposition.NEW  # the counter's place in the replay window
+    clock_skewed: bool = False
+    prev_high_water: int = -1  # the device's high-water mark before this frame
 
     @property
     def type_name(self) -> str:
@@ -74,6 +73,17 @@ class Verdict:
     @property
     def test(self) -> bool:
         return self.code == codec.TEST or bool(self.flags & codec.FLAG_TEST)
+
+    @property
+    def heartbeat(self) -> bool:
+        return self.code == codec.HEARTBEAT
+
+
+def frame_identity(raw: bytes) -> bytes:
+    """What must match for two frames with one name to be the same frame (SPEC §12.2):
+    type, test flag and payload bytes; a retransmission changes only timestamp,
+    clock_synced and retransmission flags (§12.3)."""
+    return bytes((raw[1], raw[2] & codec.FLAG_TEST)) + bytes(raw[codec.HEADER_LEN : -codec.TAG_LEN])
 
 
 def topic_device(topic: str | bytes, prefix: str) -> str | None:
@@ -112,59 +122,51 @@ class Verifier:
         else:
             self.devices.pop(device_id, None)
 
-    def verify(self, topic_dev: str | None, frame: bytes, now: float) -> Verdict:
+    def verify(
+        self, topic_dev: str | None, frame: bytes, now: float, clock_synced: bool = True
+    ) -> Verdict:
+        """Verify one uplink; an accepted counter (SPEC §12.2 rules 3-4) is consumed here.
+
+        clock_synced: the gateway's own clock is synchronised, so the frame's
+        timestamp can be judged (SPEC §8.9).
+        """
         try:
             code, flags, dev_id, counter, ts, _n = codec.check_frame(frame)
         except FrameError as exc:
-            return Verdict(DROP, exc.reason)
+            return Verdict(False, exc.reason)
         if code & codec.DOWNLINK:
-            return Verdict(DROP, "downlink_on_uplink")
+            return Verdict(False, DOWNLINK_ON_UPLINK)
         try:
             if topic_dev is None or codec.device_int(topic_dev) != dev_id:
-                return Verdict(DROP, "topic_mismatch")
+                return Verdict(False, TOPIC_MISMATCH)
         except FrameError:
-            return Verdict(DROP, "topic_mismatch")
+            return Verdict(False, TOPIC_MISMATCH)
         dev = self.device(dev_id)
         if dev is None:
-            return Verdict(DROP, "unknown_device")
+            return Verdict(False, UNKNOWN_DEVICE)
         out = self._out
         try:
             code, flags, dev_id, counter, ts, n = codec.verify_into(frame, dev.keys, out)
             fields = codec.unpack_payload(code, out, n)
         except FrameError as exc:
-            return Verdict(DROP, exc.reason, device=dev)
+            return Verdict(False, exc.reason, device=dev)
         v = Verdict(
-            STORE,
+            True,
             device=dev,
             code=code,
             flags=flags,
             counter=counter,
             timestamp=ts,
             fields=fields,
+            window=replay.check(dev.high_water, dev.window, counter),
+            prev_high_water=dev.high_water,
         )
-        cls = replay.check(dev.high_water, dev.window, counter)
-        if cls == replay.SEEN:
-            v.action = DUPLICATE
-            return v
-        if cls == replay.BELOW:
-            v.action = BELOW
-            return v
-        if flags & codec.FLAG_CLOCK_SYNCED:
+        if clock_synced and flags & codec.FLAG_CLOCK_SYNCED:
             skew = ts - now
-            if skew < -CLOCK_BEHIND_S or skew > CLOCK_AHEAD_S:
-                v.action = TIME_NAK
-                v.disposition = "time_nak"
-                return v
-        # Accepted from here on: the counter is consumed.
-        dev.high_water, dev.window = replay.mark(dev.high_water, dev.window, counter)
-        if code == codec.HEARTBEAT:
-            v.action = HEARTBEAT
-            interval = fields.get("interval_s")
-            if interval:
-                dev.interval_s = int(interval)
-            return v
-        reject = REJECTED_STATES.get(dev.state)
-        if reject is not None:
-            v.disposition = "rejected"
-            v.reason = reject
+            v.clock_skewed = skew < -CLOCK_BEHIND_S or skew > CLOCK_AHEAD_S
+        if v.window == disposition.NEW and (v.heartbeat or not v.clock_skewed):
+            # Accepted (disposition.decide agrees): the counter is consumed.
+            dev.high_water, dev.window = replay.mark(dev.high_water, dev.window, counter)
+            if v.heartbeat and fields.get("interval_s"):
+                dev.interval_s = int(fields["interval_s"])
         return v

@@ -75,12 +75,61 @@ def _m3_audit_append_only(conn: Connection) -> None:
         )
 
 
+_V4_ALERT_COLUMNS = (
+    "id, device_id, counter, type, flags, device_ts, payload, raw, received_at, acked_at,"
+    " attending_at, attending_by, disposition, forwarded_at, cancelled_at, test, lost"
+)
+
+
+def _m4_c4_integrity(conn: Connection) -> None:
+    # Alerts are keyed by (device, key epoch, counter) from now on. Rows stored
+    # before v4 take their device's current epoch: they were unique by
+    # (device, counter), so any epoch keeps them unique, and the current one is
+    # right for every row stored since the last re-key.
+    v4 = define(MetaData(), version=4)
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot drop a constraint: rebuild the table (inside this transaction).
+        new = v4.tables["alerts"].to_metadata(v4, name="alerts_v4")
+        new.indexes.clear()
+        new.create(conn)
+        conn.execute(
+            text(
+                f"INSERT INTO alerts_v4 ({_V4_ALERT_COLUMNS}, key_epoch, via) "
+                f"SELECT {', '.join('a.' + c.strip() for c in _V4_ALERT_COLUMNS.split(','))},"
+                " d.key_epoch, 'mqtt' FROM alerts a JOIN devices d ON d.id = a.device_id"
+            )
+        )
+        conn.execute(text("DROP TABLE alerts"))
+        conn.execute(text("ALTER TABLE alerts_v4 RENAME TO alerts"))
+        conn.execute(text("CREATE INDEX ix_alerts_received_at ON alerts (received_at)"))
+    else:
+        conn.execute(text("ALTER TABLE alerts ADD COLUMN key_epoch INTEGER NOT NULL DEFAULT 1"))
+        conn.execute(
+            text(
+                "UPDATE alerts SET key_epoch = d.key_epoch FROM devices d WHERE d.id = alerts.device_id"
+            )
+        )
+        conn.execute(text("ALTER TABLE alerts ADD COLUMN pressed_at TIMESTAMP WITHOUT TIME ZONE"))
+        conn.execute(text("ALTER TABLE alerts ADD COLUMN via VARCHAR(8) NOT NULL DEFAULT 'mqtt'"))
+        conn.execute(text("ALTER TABLE alerts ADD COLUMN gw_seal BYTEA"))
+        conn.execute(text("ALTER TABLE alerts DROP CONSTRAINT uq_alerts_device_counter"))
+        conn.execute(
+            text(
+                "ALTER TABLE alerts ADD CONSTRAINT uq_alerts_device_epoch_counter"
+                " UNIQUE (device_id, key_epoch, counter)"
+            )
+        )
+    for name in ("forward_outbox", "dead_letters", "attend_requests"):
+        v4.tables[name].create(conn)
+
+
 # Ordered: index i holds the migration that produces version i + 1. Never edit a
 # released migration; append a new one and bump schema.LATEST_VERSION.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _m1_initial,
     _m2_mqtt_password,
     _m3_audit_append_only,
+    _m4_c4_integrity,
 ]
 assert len(MIGRATIONS) == LATEST_VERSION
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.types import DateTime, TypeDecorator
 
 # The schema version this code writes; migrations.py brings older files up to it.
-LATEST_VERSION = 3
+LATEST_VERSION = 4
 
 KINDS = ("bracelet", "button")
 STATES = ("spare", "assigned", "lost", "revoked", "retired")
@@ -131,9 +131,7 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
         Index("ix_assignments_device", "device_id", "ended_at"),
     )
 
-    Table(
-        "alerts",
-        metadata,
+    alert_cols: list[Any] = [
         Column("id", BigId, primary_key=True, autoincrement=True),
         Column("device_id", BigInteger, ForeignKey("devices.id"), nullable=False),
         Column("counter", BigInteger, nullable=False),
@@ -151,8 +149,24 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
         Column("cancelled_at", UTCDateTime),
         Column("test", Boolean, nullable=False, default=False),
         Column("lost", Boolean, nullable=False, default=False),
-        UniqueConstraint("device_id", "counter", name="uq_alerts_device_counter"),
-    )
+    ]
+    if version >= 4:
+        # v4 (C4 integrity): a frame is named by (device, key epoch, counter)
+        # forever (SPEC §12.1); the press time apart from the delivery time
+        # (§8.1); the path that delivered it first; and the gateway's own seal
+        # over the row, so only rows the gateway stored can ever be attended.
+        alert_cols += [
+            Column("key_epoch", Integer, nullable=False, default=1),
+            Column("pressed_at", UTCDateTime),
+            Column("via", String(8), nullable=False, default="mqtt"),
+            Column("gw_seal", LargeBinary),
+            UniqueConstraint(
+                "device_id", "key_epoch", "counter", name="uq_alerts_device_epoch_counter"
+            ),
+        ]
+    else:
+        alert_cols.append(UniqueConstraint("device_id", "counter", name="uq_alerts_device_counter"))
+    Table("alerts", metadata, *alert_cols)
 
     Table(
         "events",
@@ -178,7 +192,62 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
     )
     if version >= 2:
         Index("ix_alerts_received_at", metadata.tables["alerts"].c.received_at)
+    if version >= 4:
+        _define_v4_tables(metadata)
     return metadata
+
+
+def _define_v4_tables(metadata: MetaData) -> None:
+    """Tables the C4-integrity issue added: forward outbox, dead letters, attend requests."""
+    # Transactional outbox (DESIGN §1): a forward record is written in the same
+    # transaction as the alert it describes, and marked only when the sink
+    # confirmed it. The body is erased after delivery (it carries locations).
+    Table(
+        "forward_outbox",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("key", String(160), nullable=False, unique=True),  # the record's idempotency key
+        # The alert the record describes (alerts.forwarded_at is set on delivery).
+        Column("device_id", BigInteger),
+        Column("key_epoch", Integer),
+        Column("counter", BigInteger),
+        Column("body", Text),  # the JSON record; NULL once delivered
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("next_attempt_at", UTCDateTime, nullable=False),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("last_error", String(200)),
+        Column("forwarded_at", UTCDateTime),
+        Index("ix_forward_outbox_pending", "forwarded_at", "id"),
+    )
+    # Inbound messages the gateway could not use: acknowledged to the broker (so
+    # they are never redelivered forever) and kept here with the reason.
+    Table(
+        "dead_letters",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("at", UTCDateTime, nullable=False),
+        Column("source", String(16), nullable=False),  # uplink | status | attend | other
+        Column("topic", String(256), nullable=False),
+        Column("reason", String(64), nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("payload", LargeBinary),  # the first DEAD_LETTER_KEEP bytes
+        Index("ix_dead_letters_at", "at"),
+    )
+    # Operator attend requests and what became of them (requested -> sent | failed).
+    Table(
+        "attend_requests",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("request_id", String(64), nullable=False, unique=True),
+        Column("alert_id", BigInteger, nullable=False),
+        Column("operator", String(64), nullable=False),
+        Column("requested_at", UTCDateTime, nullable=False),
+        Column("state", String(16), nullable=False),  # requested | sent | failed
+        Column("reason", String(200), nullable=False, default=""),
+        Column("sent_at", UTCDateTime),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Index("ix_attend_requests_alert", "alert_id"),
+    )
 
 
 metadata = define(MetaData())
@@ -187,3 +256,6 @@ assignments = metadata.tables["assignments"]
 alerts = metadata.tables["alerts"]
 events = metadata.tables["events"]
 audit = metadata.tables["audit"]
+forward_outbox = metadata.tables["forward_outbox"]
+dead_letters = metadata.tables["dead_letters"]
+attend_requests = metadata.tables["attend_requests"]

@@ -163,46 +163,92 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_registry_engine(u: URL) -> Engine:
+def _sqlite_begin_readonly(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")  # a read-only connection cannot take the write lock
+
+
+def _private_sqlite_file(path: str) -> None:
+    """Create the registry file 0600, or tighten an existing one (it holds locations)."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
+        elif p.stat().st_mode & 0o077:
+            os.chmod(p, 0o600)
+        # SQLite gives the -wal and -shm files the main file's mode; tighten old ones.
+        for side in (p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
+            if side.exists() and side.stat().st_mode & 0o077:
+                os.chmod(side, 0o600)
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot create registry {path}: {exc.strerror}") from None
+
+
+def create_registry_engine(u: URL, readonly: bool = False) -> Engine:
+    """An engine for the registry; readonly: consoles, which must never write (DESIGN §1)."""
     if u.get_backend_name() == "sqlite":
         memory = u.database in (None, "", ":memory:")
-        if not memory:
+        kwargs: dict[str, Any] = {
+            "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        }
+        if memory:
+            kwargs["poolclass"] = StaticPool
+        elif readonly:
+            if not Path(u.database).is_file():
+                raise NotFoundError(f"registry {u.database} does not exist")
+            # SQLite's own read-only mode: any write fails in the library itself.
+            u = u.set(database=f"file:{Path(u.database).resolve()}?mode=ro", query={"uri": "true"})
+        else:
             try:
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConnectionFailed(
                     f"cannot create registry directory for {u.database}: {exc.strerror}"
                 ) from None
-        kwargs: dict[str, Any] = {
-            "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
-        }
-        if memory:
-            kwargs["poolclass"] = StaticPool
+            _private_sqlite_file(u.database)
         engine = create_engine(u, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin_readonly if readonly else _sqlite_begin)
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    if readonly:
+        # Belt and braces beside the console role's grants (registry.roles):
+        # every transaction of this session is read-only.
+        connect_args["options"] = "-c default_transaction_read_only=on"
     try:
-        return create_engine(
-            u, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
-        )
+        return create_engine(u, pool_pre_ping=True, connect_args=connect_args)
     except ImportError:
         raise UsageError(
             "a PostgreSQL registry needs psycopg 3: pip install 'auxilio[postgres]'"
         ) from None
 
 
-def open_registry(url: str | os.PathLike[str] | None = None) -> Registry:
+def open_registry(url: str | os.PathLike[str] | None = None, readonly: bool = False) -> Registry:
     """Open (creating or migrating as needed) the registry at ``url``.
 
     None -> $AUXILIO_REGISTRY, else the file var/auxilio.db. A plain path is a SQLite
-    file; ``sqlite:///…`` and ``postgresql://…`` URLs are accepted.
+    file; ``sqlite:///…`` and ``postgresql://…`` URLs are accepted. ``readonly``
+    (operator consoles): the registry must exist at the current schema version,
+    and nothing can be written through it.
     """
     u = resolve_url(url)
     shown = u.render_as_string(hide_password=True)
-    engine = create_registry_engine(u)
+    engine = create_registry_engine(u, readonly)
     try:
-        before, after = migrations.migrate(engine)
+        if readonly:
+            with engine.connect() as conn:
+                before = after = migrations.current_version(conn)
+            if before > schema.LATEST_VERSION:
+                raise migrations.SchemaTooNew(
+                    f"registry schema version {before} is newer than this Auxilio supports "
+                    f"({schema.LATEST_VERSION}); upgrade Auxilio"
+                )
+            if before < schema.LATEST_VERSION:
+                raise UsageError(
+                    f"registry {shown} is at schema version {before}, older than this "
+                    f"Auxilio ({schema.LATEST_VERSION}): start the gateway once to migrate it"
+                )
+        else:
+            before, after = migrations.migrate(engine)
     except AuxilioError:
         engine.dispose()
         raise
@@ -232,6 +278,9 @@ class Registry:
             alerts=schema.alerts,
             events=schema.events,
             audit=schema.audit,
+            forward_outbox=schema.forward_outbox,
+            dead_letters=schema.dead_letters,
+            attend_requests=schema.attend_requests,
             schema_version=migrations.schema_version,
         )
 

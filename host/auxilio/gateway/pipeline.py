@@ -1,0 +1,547 @@
+"""One loop turn of the gateway, by phase: route, verify, refresh state, decide, build, commit, acks.
+
+The service (service.py) owns MQTT and hands every message read in a turn to
+Pipeline.process(); what comes back is the ACKs to publish, the status and
+attend messages to handle, and which MQTT messages to PUBACK. Nothing here
+talks to the broker, and one bad message can only ever cost its own
+processing: every message is validated and counted by reason, and what
+cannot be used is PUBACKed and kept as a dead letter (issue 8 §1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from auxilio.gateway import disposition as D
+from auxilio.gateway import records as R
+from auxilio.gateway import verifier as V
+from auxilio.gateway.obs import RateLimitedLog
+from auxilio.gateway.seal import RowSealer
+from auxilio.gateway.store import Batch, Conflicts, FrameKey, Store
+from auxilio.gateway.supervision import Supervisor
+from auxilio.protocol import codec
+
+log = logging.getLogger("auxilio.gateway")
+
+# A message whose handling raised this many times (not a database outage) is
+# dead-lettered instead of being redelivered forever.
+POISON_LIMIT = 3
+# Dead letters keep this many bytes of the payload (the broker caps messages anyway).
+DEAD_LETTER_KEEP = 512
+# At most this many dead letters per reason per minute are written; the rest
+# are only counted (a flood of garbage must not become a flood of inserts).
+DEAD_LETTERS_PER_MIN = 60
+# A counter this far above the high-water mark is accepted but raised as COUNTER_JUMP
+# (SPEC §12.2): a device that lost its counter file jumps 2^20; so does a leaked key.
+COUNTER_JUMP = 1 << 16
+# Lifecycle state of a cached device is re-read from the registry when older than
+# this: a revocation bites within this delay, and the hot path does not pay a
+# query per batch.
+STATE_REFRESH_S = 1.0
+# How each disposition.decide action is counted in `stats` (and so in the metrics).
+_STAT = {
+    D.STORE: "stored",
+    D.HEARTBEAT: "heartbeat",
+    D.REACK: "duplicate",
+    D.COLLISION: "counter_collision",
+    D.REPLAY: "rejected_replay",
+    D.TIME_NAK: "time_nak",
+    D.IGNORE: "duplicate_heartbeat",
+}
+
+
+@dataclass
+class Uplink:
+    topic: str
+    raw: bytes
+    mid: int
+    verdict: V.Verdict | None = None
+    decision: D.Decision | None = None
+
+
+@dataclass
+class AckOut:
+    """One signed ACK to publish."""
+
+    device: V.DeviceState
+    counter: int
+    code: int  # the acknowledged frame's type
+    disposition: str
+    reason: str
+
+
+@dataclass
+class Turn:
+    """The messages of one loop turn and what became of them."""
+
+    now: float
+    uplinks: list[Uplink] = field(default_factory=list)
+    statuses: list[tuple[str, bytes]] = field(default_factory=list)
+    controls: list[bytes] = field(default_factory=list)
+    dead: list[dict[str, Any]] = field(default_factory=list)
+    dead_committed: int = 0  # dead letters already in a committed batch
+    hold: set[int] = field(default_factory=set)  # mids not to PUBACK: redelivered after resync
+    restored: list[int] = field(default_factory=list)  # devices this turn brought back
+
+
+def dead_letter(source: str, topic: str, payload: bytes, reason: str, at: float) -> dict[str, Any]:
+    return {
+        "at": at,
+        "source": source,
+        "topic": topic[:256],
+        "reason": reason[:64],
+        "size": len(payload),
+        "payload": bytes(payload[:DEAD_LETTER_KEEP]),
+    }
+
+
+class DeadLetterLimiter:
+    """Admits at most DEAD_LETTERS_PER_MIN rows per reason per minute; counts the rest."""
+
+    def __init__(self, stats: Counter[str], per_min: int = DEAD_LETTERS_PER_MIN) -> None:
+        self.stats = stats
+        self.per_min = per_min
+        self._window = 0
+        self._counts: Counter[str] = Counter()
+
+    def admit(self, reason: str) -> bool:
+        minute = int(time.monotonic() // 60)
+        if minute != self._window:
+            self._window = minute
+            self._counts.clear()
+        self._counts[reason] += 1
+        if self._counts[reason] > self.per_min:
+            self.stats["dead_letter_suppressed"] += 1
+            return False
+        return True
+
+
+class Pipeline:
+    """The phases of one turn over the registry, the verifier and supervision."""
+
+    def __init__(
+        self,
+        store: Store,
+        verifier: V.Verifier,
+        supervisor: Supervisor,
+        sealer: RowSealer,
+        stats: Counter[str],
+        *,
+        prefix: str,
+        control_topic: str,
+        forwarding: bool,
+        clock_synced: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.supervisor = supervisor
+        self.sealer = sealer
+        self.stats = stats
+        self.prefix = prefix
+        self.control_topic = control_topic
+        self.forwarding = forwarding
+        self.clock_synced = clock_synced
+        self.warn = RateLimitedLog(log)
+        self.dead_limiter = DeadLetterLimiter(stats)
+        self._failures: dict[int, int] = {}  # hash(payload) -> handling crashes (poison guard)
+
+    # ------------------------------------------------------------ route ---
+
+    def route(self, msgs: list[tuple[str, bytes, int, int]], now: float) -> Turn:
+        turn = Turn(now)
+        for topic, payload, mid, _qos in msgs:
+            if topic.startswith(self.prefix + "/v1/") and topic.endswith("/up"):
+                turn.uplinks.append(Uplink(topic, bytes(payload), mid))
+            elif topic == self.control_topic:
+                turn.controls.append(bytes(payload))
+            elif topic.startswith(self.prefix + "/v1/") and topic.endswith("/status"):
+                turn.statuses.append((topic, bytes(payload)))
+            else:
+                self.reject(turn, "other", topic, payload, "bad_topic")
+        return turn
+
+    def reject(self, turn: Turn, source: str, topic: str, payload: bytes, reason: str) -> None:
+        """Count a message the gateway cannot use and keep it as a dead letter (rate-limited)."""
+        self.stats[f"drop_{reason}"] += 1
+        if self.dead_limiter.admit(reason):
+            self.stats[f"dead_{reason}"] += 1
+            turn.dead.append(dead_letter(source, topic, payload, reason, turn.now))
+
+    # ----------------------------------------------------------- verify ---
+
+    def verify(self, turn: Turn) -> None:
+        synced = self.clock_synced()
+        for up in turn.uplinks:
+            try:
+                up.verdict = self.verifier.verify(
+                    V.topic_device(up.topic, self.prefix), up.raw, turn.now, synced
+                )
+            except DBAPIError as exc:
+                # The registry failed a device lookup: transient. Hold the message
+                # (no PUBACK) so the broker redelivers it after a resync.
+                self.stats["registry_error"] += 1
+                log.warning("gateway: registry lookup failed (%s); will retry", type(exc).__name__)
+                turn.hold.add(up.mid)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one frame must never stop the others
+                self.stats["internal_error"] += 1
+                log.error("gateway: verifier error (%s)", type(exc).__name__)
+                key = hash(up.raw)
+                self._failures[key] = self._failures.get(key, 0) + 1
+                if len(self._failures) > 10_000:
+                    self._failures.clear()
+                if self._failures[key] < POISON_LIMIT:
+                    turn.hold.add(up.mid)  # maybe transient: have it redelivered
+                else:
+                    self.reject(turn, "uplink", up.topic, up.raw, "poison")
+                continue
+            if not up.verdict.ok and up.verdict.device is None:
+                self._drop(turn, up)
+        # Frames of known devices that failed (a bad tag) stay until refresh(): the
+        # device may have been re-keyed since it was cached.
+        turn.uplinks = [
+            u for u in turn.uplinks if u.verdict is not None and (u.verdict.ok or u.verdict.device)
+        ]
+
+    def _drop(self, turn: Turn, up: Uplink) -> None:
+        v = up.verdict
+        self.reject(turn, "uplink", up.topic, up.raw, v.reason)
+        who = codec.device_str(v.device.id) if v.device else up.topic[:80]
+        self.warn.warning((who, v.reason), "gateway: %s: frame dropped (%s)", who, v.reason)
+
+    # ---------------------------------------------------------- refresh ---
+
+    def refresh(self, turn: Turn) -> None:
+        """Re-read lifecycle state for cached devices older than STATE_REFRESH_S.
+
+        Bad tags count too: the device may have been re-keyed since it was cached.
+        """
+        mono = time.monotonic()
+        touched = {
+            u.verdict.device.id
+            for u in turn.uplinks
+            if u.verdict.device is not None and mono - u.verdict.device.checked_at > STATE_REFRESH_S
+        }
+        if touched:
+            self._refresh_devices(turn, touched, mono)
+        for u in turn.uplinks:
+            if not u.verdict.ok:
+                self._drop(turn, u)
+        turn.uplinks = [u for u in turn.uplinks if u.verdict.ok]
+
+    def _refresh_devices(self, turn: Turn, touched: set[int], mono: float) -> None:
+        fresh = self.store.device_rows(sorted(touched))
+        synced = self.clock_synced()
+        for dev_id in touched:
+            row = fresh.get(dev_id)
+            dev = self.verifier.devices.get(dev_id)
+            if row is None or dev is None:
+                continue
+            if row["key_epoch"] != dev.key_epoch:
+                # Re-keyed: verify this device's frames again with the new key
+                # (frames under the old key now fail, as they must).
+                self.verifier.forget(dev_id)
+                for u in turn.uplinks:
+                    if u.verdict.device is dev:
+                        u.verdict = self.verifier.verify(
+                            V.topic_device(u.topic, self.prefix), u.raw, turn.now, synced
+                        )
+                continue
+            dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
+            dev.checked_at = mono
+            if dev.state in D.REJECTED_STATES:
+                self.supervisor.forget(dev_id)  # out of service: no supervision
+
+    # ----------------------------------------------------------- decide ---
+
+    def decide(self, turn: Turn) -> None:
+        """disposition.decide for every verified frame, after looking up taken names."""
+        accepted: dict[FrameKey, Uplink] = {}
+        later: list[Uplink] = []
+        for u in turn.uplinks:
+            v = u.verdict
+            if v.window != D.NEW:
+                later.append(u)
+                continue
+            u.decision = D.decide(
+                window=D.NEW,
+                heartbeat=v.heartbeat,
+                device_state=v.device.state,
+                clock_skewed=v.clock_skewed,
+            )
+            if u.decision.accepted:
+                accepted[_key(v)] = u
+        if not later:
+            return
+        stored = self.store.stored([_key(u.verdict) for u in later if not u.verdict.heartbeat])
+        for u in later:
+            v = u.verdict
+            twin = accepted.get(_key(v))
+            if twin is not None:  # an MQTT duplicate inside this very turn
+                same = V.frame_identity(twin.raw) == V.frame_identity(u.raw)
+                u.decision = D.decide(
+                    window=v.window,
+                    heartbeat=v.heartbeat,
+                    device_state=v.device.state,
+                    stored=D.SAME if same else D.DIFFERENT,
+                    stored_disposition=twin.decision.disposition,
+                )
+                continue
+            u.decision = self._decide_against(v, u.raw, stored.get(_key(v)))
+
+    def _decide_against(self, v: V.Verdict, raw: bytes, row: dict[str, Any] | None) -> D.Decision:
+        if row is None:
+            match = D.NO_ROW
+        elif row["raw"] is not None and V.frame_identity(bytes(row["raw"])) == V.frame_identity(
+            raw
+        ):
+            match = D.SAME
+        elif row["raw"] is None and row["type"] == v.type_name:
+            match = D.SAME  # location erased by retention: the type is all that is left
+        else:
+            match = D.DIFFERENT
+        return D.decide(
+            window=v.window,
+            heartbeat=v.heartbeat,
+            device_state=v.device.state,
+            stored=match,
+            stored_disposition=row["disposition"] if row else None,
+            stored_attended=bool(row and row["attending_at"] is not None),
+        )
+
+    def redecide(self, turn: Turn, conflicts: Conflicts) -> None:
+        """Some names to store were taken (the window had not seen them): decide again."""
+        for u in turn.uplinks:
+            row = conflicts.rows.get(_key(u.verdict))
+            if row is not None and u.decision is not None and u.decision.action == D.STORE:
+                u.decision = self._decide_against(u.verdict, u.raw, row)
+
+    # ------------------------------------------------------------ build ---
+
+    def observe(self, turn: Turn) -> None:
+        """Supervision sees the accepted frames, once per turn (SPEC §12.7: only they count)."""
+        for u in turn.uplinks:
+            dev = u.verdict.device
+            if not u.decision.accepted or dev.state in D.REJECTED_STATES:
+                continue
+            interval = Supervisor.interval(dev.kind, dev.interval_s, dev.heartbeat_s)
+            if self.supervisor.seen(dev.id, dev.kind, turn.now, interval):
+                turn.restored.append(dev.id)
+
+    def build(self, turn: Turn, acked: list[tuple[int, int, int, float]]) -> Batch:
+        """Everything the turn writes, as one Batch (no side effects: it may be built again)."""
+        batch = Batch(acked=acked, dead=list(turn.dead))
+        now = turn.now
+        for u in turn.uplinks:
+            v, dec = u.verdict, u.decision
+            dev = v.device
+            if dec.action == D.COLLISION:
+                self._collision(batch, u, now)
+                continue
+            if not dec.accepted:
+                continue
+            batch.devices[dev.id] = {
+                "high_water": dev.high_water,
+                "window": dev.window,
+                "last_seen": now,
+            }
+            if v.prev_high_water >= 0 and v.counter - v.prev_high_water > COUNTER_JUMP:
+                batch.events.append(
+                    R.event_row(
+                        dev.id,
+                        R.COUNTER_JUMP,
+                        now,
+                        {"from": v.prev_high_water, "to": v.counter, "type": v.type_name},
+                    )
+                )
+            if dec.action == D.STORE:
+                self._store(batch, u, now)
+        for dev_id in turn.restored:
+            batch.events.append(R.event_row(dev_id, R.SUPERVISION_RESTORED, now))
+            self._forward(batch, R.event_record(dev_id, R.SUPERVISION_RESTORED, now, {}), now)
+        return batch
+
+    def committed(self, turn: Turn) -> None:
+        """Counts and log lines for a turn whose batch is durable."""
+        for u in turn.uplinks:
+            v, dec = u.verdict, u.decision
+            dev = v.device
+            self.stats[_STAT[dec.action]] += 1
+            if dec.action == D.STORE and v.test:
+                self.stats["test"] += 1
+            who = codec.device_str(dev.id)
+            if dec.action == D.REPLAY:
+                self.warn.warning(
+                    (dev.id, "replay"), "gateway: %s #%d: replay rejected", who, v.counter
+                )
+            elif dec.action == D.COLLISION:
+                self.warn.warning(
+                    (dev.id, "collision"),
+                    "gateway: %s #%d: counter reused by a different frame (COUNTER_COLLISION); "
+                    "told to resynchronise above %d",
+                    who,
+                    v.counter,
+                    dev.high_water,
+                )
+            elif dec.action == D.STORE and dec.disposition == "rejected":
+                self.warn.warning(
+                    (dev.id, "rejected"),
+                    "gateway: %s #%d: rejected (%s)",
+                    who,
+                    v.counter,
+                    dec.reason,
+                )
+            if (
+                dec.accepted
+                and v.prev_high_water >= 0
+                and v.counter - v.prev_high_water > COUNTER_JUMP
+            ):
+                self.stats["counter_jump"] += 1
+                log.warning(
+                    "gateway: %s: counter jumped from %d to %d (%s): a lost counter file, or a "
+                    "leaked key",
+                    who,
+                    v.prev_high_water,
+                    v.counter,
+                    v.type_name,
+                )
+
+    def _store(self, batch: Batch, u: Uplink, now: float) -> None:
+        v, dec = u.verdict, u.decision
+        dev = v.device
+        pressed = v.fields.get("pressed_at")
+        batch.alerts.append(
+            {
+                "device_id": dev.id,
+                "key_epoch": dev.key_epoch,
+                "counter": v.counter,
+                "type": v.type_name,
+                "flags": v.flags,
+                "device_ts": v.timestamp,
+                "pressed_at": pressed,
+                "payload": v.fields,
+                "raw": u.raw,  # as received: ALERT/TEST payloads stay ciphertext
+                "gw_seal": self.sealer.seal(dev.id, dev.key_epoch, v.counter, u.raw),
+                "received_at": now,
+                "disposition": dec.disposition,
+                "via": "mqtt",
+                "test": v.test,
+                "lost": dev.state == "lost",
+            }
+        )
+        if v.code == codec.CANCEL and dec.disposition == "received":
+            batch.cancels.append((dev.id, dev.key_epoch, v.fields["ref_counter"], now))
+        ref = {"counter": v.counter, "type": v.type_name}
+        if dec.disposition == "rejected":
+            batch.events.append(R.event_row(dev.id, "REJECTED", now, {**ref, "reason": dec.reason}))
+            self._forward(
+                batch,
+                R.event_record(
+                    dev.id,
+                    "REJECTED",
+                    now,
+                    {"reason": dec.reason, "type": v.type_name},
+                    dev.key_epoch,
+                    v.counter,
+                ),
+                now,
+            )
+            return
+        if dev.state == "lost":
+            batch.events.append(R.event_row(dev.id, "LOST_DEVICE", now, ref))
+            if not v.test:
+                self._forward(
+                    batch,
+                    R.event_record(
+                        dev.id, "LOST_DEVICE", now, {"type": v.type_name}, dev.key_epoch, v.counter
+                    ),
+                    now,
+                )
+        if v.test:
+            return
+        if v.code in R.EVENT_TYPES:
+            etype = R.EVENT_TYPES[v.code]
+            batch.events.append(R.event_row(dev.id, etype, now, {**ref, **v.fields}))
+            self._forward(
+                batch,
+                R.event_record(dev.id, etype, now, v.fields, dev.key_epoch, v.counter),
+                now,
+            )
+        elif v.code in R.ALERT_TYPES:
+            self._forward(
+                batch,
+                R.alert_record(
+                    dev.id,
+                    dev.key_epoch,
+                    v.counter,
+                    v.type_name,
+                    v.fields,
+                    now,
+                    dev.state == "lost",
+                    dec.disposition,
+                ),
+                now,
+            )
+
+    def _collision(self, batch: Batch, u: Uplink, now: float) -> None:
+        """A genuine frame under a name another frame holds: evidence, never a duplicate."""
+        v = u.verdict
+        dev = v.device
+        batch.events.append(
+            R.event_row(
+                dev.id,
+                R.COUNTER_COLLISION,
+                now,
+                {
+                    "counter": v.counter,
+                    "epoch": dev.key_epoch,
+                    "type": v.type_name,
+                    "fields": v.fields,
+                    "raw_hex": u.raw.hex(),
+                    "high_water": dev.high_water,
+                },
+            )
+        )
+
+    def _forward(self, batch: Batch, record: dict[str, Any], now: float) -> None:
+        if not self.forwarding:
+            return
+        batch.forward.append(forward_row(record, now))
+
+    # ------------------------------------------------------------- acks ---
+
+    def acks(self, turn: Turn) -> list[AckOut]:
+        out = []
+        for u in turn.uplinks:
+            dec = u.decision
+            if dec is None or dec.disposition is None:
+                continue
+            v = u.verdict
+            out.append(AckOut(v.device, v.counter, v.code, dec.disposition, dec.reason))
+            self.stats["ack_" + dec.disposition] += 1
+        return out
+
+
+def forward_row(record: dict[str, Any], now: float) -> dict[str, Any]:
+    """A forward_outbox row for one record (written in the same transaction as its frame)."""
+    return {
+        "key": record["key"],
+        "device_id": codec.device_int(record["device"]),
+        "key_epoch": record.get("epoch"),
+        "counter": record.get("counter"),
+        "body": json.dumps(record, sort_keys=True, separators=(",", ":")),
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
+def _key(v: V.Verdict) -> FrameKey:
+    return (v.device.id, v.device.key_epoch, v.counter)
