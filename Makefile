@@ -4,7 +4,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test bench lint format firmware vectors clean
+.PHONY: setup system-deps demo test bench chaos lint format firmware vectors clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
+
+# The seeded fault runs of the C4 path, many more than CI's 200 (CHAOS_RUNS=N to change).
+CHAOS_RUNS ?= 3000
+chaos: $(STAMP) system-deps
+	AUXILIO_CHAOS_RUNS=$(CHAOS_RUNS) $(BIN)/pytest -q tests/gateway/test_chaos.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -66,6 +66,7 @@ register(
         "Alerta {id}: solicitando atención…": "Alert {id}: requesting attend…",
         "la pasarela no respondió en {s:.0f} s (solicitud {r} en espera)": "the gateway did not answer within {s:.0f} s (request {r} waiting)",
         "Atención": "Attend",
+        "pulsada {p} · recibida {r}": "pressed {p} · received {r}",
         "solicitada": "requested",
         "enviada": "sent",
         "fallida": "failed",
@@ -185,6 +186,7 @@ def snapshot(registry: Any, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
                 "type": r["type"],
                 "counter": r["counter"],
                 "received_at": r["received_at"].isoformat() if r["received_at"] else None,
+                "pressed_at": r["pressed_at"].isoformat() if r.get("pressed_at") else None,
                 "acked_at": r["acked_at"].isoformat() if r["acked_at"] else None,
                 "attending_at": r["attending_at"].isoformat() if r["attending_at"] else None,
                 "attending_by": r["attending_by"],
@@ -269,7 +271,7 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
             a["device"],
             kind,
             str(a["counter"]),
-            _t(r["received_at"]),
+            _received(r),
             _t(r["acked_at"]),
             _word(a["disposition"]),
             a["attending_by"] or "",
@@ -311,6 +313,18 @@ def render(snap: dict[str, Any], selected: int | None = None, footer: str = "") 
     if footer:
         parts.append(Text(footer))
     return Group(*parts)
+
+
+# A press delivered this much later than it happened is shown with both times.
+LATE_DELIVERY_S = 10
+
+
+def _received(r: dict[str, Any]) -> str:
+    """Delivery time; after an outage also the press: "pulsada 19:00:05 · recibida 19:05:40"."""
+    got, pressed = r["received_at"], r.get("pressed_at")
+    if got is None or pressed is None or (got - pressed).total_seconds() < LATE_DELIVERY_S:
+        return _t(got)
+    return _("pulsada {p} · recibida {r}").format(p=_t(pressed), r=_t(got))
 
 
 def _attend_cell(req: dict[str, Any] | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,21 +14,9 @@ from auxilio.gateway.simulator import SimDevice
 from auxilio.keys import new_device_secret, seal
 from auxilio.registry import open_registry
 from auxilio.testing.postgres import postgres_cluster, postgres_url  # noqa: F401 - fixtures
+from auxilio.testing.wait import WAIT_S
+from auxilio.testing.wait import wait_until as wait_for  # noqa: F401 - the one wait helper
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-# Bounded polling for conditions (the machine is small and shared).
-WAIT_S = 20.0
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -130,3 +117,18 @@ def gateway_factory(
 @pytest.fixture
 def gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory()
+
+
+@pytest.fixture
+def secure_chain(tmp_path: Path) -> Iterator[Any]:
+    """The generated broker config on a real mosquitto, two enrolled devices (bracelet, button)."""
+    from auxilio.testing.chain import SecureChain
+    from auxilio.testing.mosquitto import mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    chain = SecureChain(tmp_path, devices=[("bracelet", "bracelet-c3"), ("button", "button-s3")])
+    try:
+        yield chain
+    finally:
+        chain.close()

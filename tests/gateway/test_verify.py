@@ -176,9 +176,15 @@ def test_lost_device_recorded_flagged_acked(
     rows = _alerts(registry, sim.device)
     assert rows[0]["lost"] is True
     assert len(_events(registry, sim.device, "LOST_DEVICE")) == 1
-    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    # Forwarding is asynchronous (the outbox is committed with the alert, then delivered).
+    recs = wait_for(lambda: _kinds(out, "alert"), what="the forwarded alert")
     alert = [r for r in recs if r["kind"] == "alert"]
     assert len(alert) == 1 and alert[0]["lost"] is True
+
+
+def _kinds(out: io.StringIO, kind: str) -> list[dict[str, Any]]:
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    return [r for r in recs if r["kind"] == kind] and recs
 
 
 def test_unknown_device_and_topic_mismatch_counted_no_ack(
@@ -226,6 +232,8 @@ def test_test_frames_recorded_acked_never_forwarded(
         assert sim.wait_ack(c)["disposition"] == "received"
     rows = {r["counter"]: r for r in _alerts(registry, sim.device)}
     assert rows[c1]["test"] and rows[c2]["test"] and not rows[c3]["test"]
+    wait_for(lambda: _kinds(out, "alert"), what="the forwarded alert")
+    wait_for(lambda: gw.forwarder.backlog == 0 and not gw.store.forward_backlog()[0])
     recs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(r["kind"], r["counter"]) for r in recs] == [("alert", c3)]
     assert recs[0]["schema"] == "auxilio.forward/1" and recs[0]["key"].endswith(f":{c3}")

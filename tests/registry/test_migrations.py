@@ -58,3 +58,53 @@ def test_newer_database_is_refused(registry_url: str) -> None:
     with pytest.raises(SchemaTooNew) as exc:
         open_registry(registry_url)
     assert "newer" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_v3_alerts_move_to_frame_names_with_the_devices_key_epoch(registry_url: str) -> None:
+    """v4 names frames (device, key epoch, counter): old rows keep their data and take the
+    device's current epoch; the same counter under a new epoch is then a new name."""
+    engine = create_registry_engine(resolve_url(registry_url))
+    t = dt.datetime(2026, 1, 1)
+    try:
+        migrations.migrate(engine, target=3)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    'INSERT INTO devices (id, kind, board, state, key_epoch, sealed_secret, config_seq, "window", created_at, updated_at) '
+                    "VALUES (78, 'bracelet', 'b', 'assigned', 2, :s, 0, 0, :t, :t)"
+                ),
+                {"s": b"sealed", "t": t},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO alerts (device_id, counter, type, flags, device_ts, raw, received_at, disposition, test, lost) "
+                    "VALUES (78, 9, 'ALERT', 6, 0, :r, :t, 'attending', false, false)"
+                ),
+                {"r": b"frame", "t": t},
+            )
+    finally:
+        engine.dispose()
+    with open_registry(registry_url) as reg:
+        a = reg.tables.alerts
+        with reg.engine.connect() as conn:
+            row = conn.execute(select(a).where(a.c.device_id == 78)).mappings().one()
+        assert (row["key_epoch"], row["counter"], row["raw"], row["disposition"], row["via"]) == (
+            2,
+            9,
+            b"frame",
+            "attending",
+            "mqtt",
+        )
+        with reg.engine.begin() as conn:  # counter 9 under epoch 3: a new name, no conflict
+            conn.execute(
+                a.insert().values(
+                    device_id=78,
+                    key_epoch=3,
+                    counter=9,
+                    type="ALERT",
+                    received_at=dt.datetime.now(dt.timezone.utc),
+                )
+            )
+        assert {"forward_outbox", "dead_letters", "attend_requests"} <= set(
+            inspect(reg.engine).get_table_names()
+        )

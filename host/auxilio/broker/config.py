@@ -127,10 +127,6 @@ def render_conf(
         f"# {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         "per_listener_settings false",
         "allow_anonymous false",
-        # A login can never take another's session (issue 8 §2): the client id
-        # is the username, so a device or operator login that claims the
-        # gateway's client id only gets its own session.
-        "use_username_as_clientid true",
         f"max_packet_size {MAX_PACKET_SIZE}",
         f"password_file {directory / PASSWD_FILE}",
         f"acl_file {directory / ACL_FILE}",
@@ -148,11 +144,16 @@ def render_conf(
     ]
     if run_as:
         lines.append(f"user {run_as}")
-    lines += ["", f"listener {port} {bind}"]
+    # A login can never take another's session (issue 8 §2): the client id is
+    # the username, so a device or operator login that claims the gateway's
+    # client id only gets its own session. A listener option in mosquitto 2.
+    same_id = "use_username_as_clientid true"
+    lines += ["", f"listener {port} {bind}", same_id]
     if tls_cert is not None and tls_key is not None:
         lines += [
             "",
             f"listener {tls_port} {tls_bind or bind}",
+            same_id,
             f"certfile {tls_cert}",
             f"keyfile {tls_key}",
             "tls_version tlsv1.2",

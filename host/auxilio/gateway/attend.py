@@ -127,10 +127,6 @@ class AttendDesk:
             return "not_an_alert", None  # BOOT, POWER, TEST... never make "help is coming"
         if row["test"]:
             return "test_alert", None
-        if row["disposition"] not in ("received", "attending"):
-            return "alert_rejected", None
-        if row["attending_at"] is not None:
-            return "already_attended", None
         dev = self.verifier.device(row["device_id"])
         if dev is None:
             return "unknown_device", None
@@ -144,13 +140,20 @@ class AttendDesk:
         ):
             return "not_stored_by_gateway", None
         try:
-            code, _f, device, counter, _ts, _n = codec.verify_into(
+            code, flags, device, counter, _ts, _n = codec.verify_into(
                 raw, dev.keys, bytearray(codec.MAX_PAYLOAD)
             )
         except FrameError:
             return "frame_does_not_verify", None
         if code != codec.ALERT or device != row["device_id"] or counter != row["counter"]:
             return "frame_does_not_match", None
+        if flags & codec.FLAG_TEST:
+            return "test_alert", None  # the frame's own test flag, not a column anyone can edit
+        # Only now, with the row proven the gateway's own, do its fields count.
+        if row["disposition"] not in ("received", "attending"):
+            return "alert_rejected", None
+        if row["attending_at"] is not None:
+            return "already_attended", None
         return "", Signed(req, dev, counter)
 
 

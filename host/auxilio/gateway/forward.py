@@ -13,9 +13,9 @@ A JSONL consumer that goes away (broken pipe) ends the gateway with an error
 (exit code 6), so its supervisor restarts both and the backlog is resent. A
 pipe has no end-to-end confirmation: lines the consumer had not read yet
 when it died were lost with the pipe buffer. So JSONL records stay resendable
-for JSONL_RESEND_S after they were written, and a broken pipe makes every
-record written in that window pending again (duplicates are fine: consumers
-dedup on ``key``; losing one is not).
+for JSONL_RESEND_S after they were written, and a broken pipe, or a start on
+a new stdout, makes every record written in that window pending again
+(duplicates are fine: consumers dedup on ``key``; losing one is not).
 """
 
 from __future__ import annotations
@@ -109,6 +109,29 @@ class JsonlSink(Sink):
     def send(self, body: str, key: str) -> None:
         self.send_many([(body, key)])
 
+    def check(self) -> None:
+        """Raise SinkGone if the reader went away, even with nothing left to write.
+
+        A pipe whose reader closed reports POLLERR to the writer at once; without
+        this, lines written just before the reader died would be lost unnoticed
+        when no later write comes to fail.
+        """
+        probe = getattr(self.stream, "broken", None)
+        if probe is not None:  # a test stream standing for a pipe (auxilio.testing.sinks)
+            if probe():
+                raise SinkGone("forward consumer on stdout went away (pipe closed)")
+            return
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, ValueError, OSError):
+            return
+        import select
+
+        p = select.poll()
+        p.register(fd, select.POLLERR | select.POLLHUP)
+        if p.poll(0):
+            raise SinkGone("forward consumer on stdout went away (pipe closed)")
+
     def describe(self) -> str:
         return "jsonl (stdout)"
 
@@ -159,6 +182,7 @@ class ForwardWorker:
         clock: Callable[[], float] = time.time,
         on_fatal: Callable[[BaseException], None] | None = None,
         failing_after_s: float = FAILING_AFTER_S,
+        retry_min_s: float = RETRY_MIN_S,
         crash: CrashHook | None = None,
     ) -> None:
         self.store = store
@@ -171,7 +195,9 @@ class ForwardWorker:
         self.failing = False
         self._fail_since: float | None = None
         self._failing_event_at = 0.0
-        self._delay = RETRY_MIN_S
+        self.retry_min_s = retry_min_s
+        self.killed = False
+        self._delay = retry_min_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         # Crash points for the tests (crash.py): after_forward, before_mark.
@@ -179,6 +205,12 @@ class ForwardWorker:
         self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
 
     def start(self) -> ForwardWorker:
+        if isinstance(self.sink, JsonlSink):
+            # A new stdout is a new pipe: what the last one carried in its final
+            # JSONL_RESEND_S may have died unread with its reader (or with us).
+            n = self.store.forward_unmark_since(self.clock() - JSONL_RESEND_S)
+            if n:
+                log.info("gateway: re-sending %d recent JSONL record(s) on the new stdout", n)
         self._thread.start()
         return self
 
@@ -186,9 +218,17 @@ class ForwardWorker:
         self._wake.set()
 
     def close(self) -> None:
+        self.kill()
+        self.join()
+
+    def kill(self) -> None:
+        self.killed = True
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=POST_TIMEOUT_S + 2)
+
+    def join(self) -> None:
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=POST_TIMEOUT_S + 2)
 
     # ---------------------------------------------------------------- loop ---
 
@@ -212,9 +252,16 @@ class ForwardWorker:
                 self._wake.clear()
 
     def round(self) -> bool:
-        """One delivery round; True if it delivered something (more may be waiting)."""
+        """One delivery round; False when nothing was due (the worker then idles)."""
         now = self.clock()
         pipe = isinstance(self.sink, JsonlSink)
+        if pipe:
+            try:
+                self.sink.check()
+            except SinkGone:
+                n = self.store.forward_unmark_since(now - JSONL_RESEND_S)
+                log.error("gateway: %d recently written record(s) will be sent again", n)
+                raise
         pending = self.store.forward_pending(now, FETCH)
         if not pending:
             self.backlog = 0
@@ -250,6 +297,8 @@ class ForwardWorker:
                     self._crash("after_forward")
         if delivered:
             self._crash("before_mark")
+            if self._stop.is_set() and self.killed:
+                return False  # a killed process marks nothing
             self.store.forward_done(delivered, self.clock(), erase=not pipe)
             self.stats["forwarded"] += len(delivered)
         self.backlog, _oldest = self.store.forward_backlog()
@@ -261,10 +310,10 @@ class ForwardWorker:
                 self.backlog,
             )
             self._health(now, ok=False)
-            self._stop.wait(self._delay)
+            self._stop.wait(self._delay)  # the backoff; then at once to the next attempt
             self._delay = min(self._delay * 2, RETRY_MAX_S)
-            return bool(delivered)
-        self._delay = RETRY_MIN_S
+            return True
+        self._delay = self.retry_min_s
         self._health(now, ok=True)
         return True
 

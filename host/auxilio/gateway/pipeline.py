@@ -353,7 +353,7 @@ class Pipeline:
                 "window": dev.window,
                 "last_seen": now,
             }
-            if v.prev_high_water >= 0 and v.counter - v.prev_high_water > COUNTER_JUMP:
+            if _jumped(v):
                 batch.events.append(
                     R.event_row(
                         dev.id,
@@ -399,11 +399,7 @@ class Pipeline:
                     v.counter,
                     dec.reason,
                 )
-            if (
-                dec.accepted
-                and v.prev_high_water >= 0
-                and v.counter - v.prev_high_water > COUNTER_JUMP
-            ):
+            if dec.accepted and _jumped(v):
                 self.stats["counter_jump"] += 1
                 log.warning(
                     "gateway: %s: counter jumped from %d to %d (%s): a lost counter file, or a "
@@ -541,6 +537,11 @@ def forward_row(record: dict[str, Any], now: float) -> dict[str, Any]:
         "created_at": now,
         "next_attempt_at": now,
     }
+
+
+def _jumped(v: V.Verdict) -> bool:
+    """An accepted counter far above the high-water mark (SPEC §12.2 COUNTER_JUMP)."""
+    return v.counter - max(v.prev_high_water, 0) > COUNTER_JUMP
 
 
 def _key(v: V.Verdict) -> FrameKey:

@@ -95,7 +95,7 @@ class Gateway:
         retention_days: int = DEFAULT_RETENTION_DAYS,
         metrics: str | None = None,
         crash: CrashHook | None = None,
-        failing_after_s: float | None = None,
+        forward_options: dict[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.store = Store(registry)
@@ -130,7 +130,8 @@ class Gateway:
         self.forwarder: ForwardWorker | None = None
         self._crash = crash or env_crash_hook()
         if sink is not None:
-            kw = {} if failing_after_s is None else {"failing_after_s": failing_after_s}
+            # forward_options: ForwardWorker tunables (failing_after_s, retry_min_s).
+            kw = dict(forward_options or {})
             self.forwarder = ForwardWorker(
                 self.store,
                 sink,
@@ -322,20 +323,26 @@ class Gateway:
         if self._stop_metrics is not None:
             self._stop_metrics()
 
-    def abort(self) -> None:
-        """Stop as a crash would: no DISCONNECT, no bookkeeping flush (in-process crash tests)."""
+    def kill(self) -> None:
+        """Die on the spot, as kill -9 would: every thread stops at its next step, the socket
+        closes without DISCONNECT, nothing is flushed (in-process crash tests)."""
         self._stop.set()
+        if self.forwarder is not None:
+            self.forwarder.kill()
         sock = self._client.socket()
         if sock is not None:
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def abort(self) -> None:
+        """kill(), then wait for the threads to be gone."""
+        self.kill()
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=10)
         if self.forwarder is not None:
-            self.forwarder._stop.set()
-            self.forwarder.wake()
+            self.forwarder.join()
         if self._stop_metrics is not None:
             self._stop_metrics()
 

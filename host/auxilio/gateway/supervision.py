@@ -54,9 +54,11 @@ class Supervisor:
         return restored
 
     def status(self, device: int, online: bool, now: float) -> None:
+        """An LWT/online hint. Only `offline` moves the deadline closer; `online` is
+        unauthenticated, so it never clears the hint: an accepted frame does (SPEC §12.7)."""
         t = self.tracks.get(device)
-        if t is not None:
-            t.offline_at = None if online else now
+        if t is not None and not online:
+            t.offline_at = now
 
     def forget(self, device: int) -> None:
         self.tracks.pop(device, None)

@@ -73,7 +73,10 @@ class WebhookReceiver:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/c4"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it (0.5 s by default, per test).
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def accepted_keys(self) -> set[str]:
@@ -132,6 +135,10 @@ class PipeConsumer:
         """The consumer dies: what it had not read is gone with the pipe."""
         self.dead = True
         self.buffer = ""
+
+    def broken(self) -> bool:
+        """What poll() reports to the writer of a pipe whose reader is gone (POLLERR)."""
+        return self.dead
 
     def keys(self) -> set[str]:
         with self._lock:

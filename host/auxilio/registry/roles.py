@@ -1,0 +1,46 @@
+"""PostgreSQL roles: the gateway writes; operator consoles may only read (DESIGN §1, issue 8 §3).
+
+SQLite has no roles: consoles open the file read-only instead
+(``open_registry(url, readonly=True)``). On PostgreSQL the console
+connects as its own role, which may SELECT every table and write none;
+its sessions are read-only too (``default_transaction_read_only``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import text
+
+from auxilio.errors import UsageError
+
+_ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+CONSOLE_ROLE = "auxilio_console"
+
+
+def create_console_role(
+    registry: Any, name: str = CONSOLE_ROLE, password: str | None = None
+) -> None:
+    """Create (or refresh the grants of) a login role that can read every registry table."""
+    if registry.engine.dialect.name != "postgresql":
+        raise UsageError(
+            "roles exist only on a PostgreSQL registry (SQLite consoles open it read-only)"
+        )
+    if not _ROLE_RE.match(name):
+        raise UsageError("role name must be lower-case letters, digits and '_' (max 63)")
+    with registry.engine.begin() as conn:
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": name}
+        ).first()
+        if not exists:
+            conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        if password is not None:
+            # ALTER ROLE takes no bind parameters: a string literal, quotes doubled
+            # (standard_conforming_strings is on by default since PostgreSQL 9.1).
+            literal = "'" + password.replace("'", "''") + "'"
+            conn.execute(text(f'ALTER ROLE "{name}" PASSWORD {literal}'))
+        conn.execute(text(f'ALTER ROLE "{name}" SET default_transaction_read_only = on'))
+        conn.execute(text(f'REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{name}"'))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{name}"'))
+        conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{name}"'))
