@@ -8,28 +8,17 @@ session takeovers, forged ACKs, replays of captured frames and a leaked-key coun
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
 import pytest
 from auxilio.protocol import codec
-from auxilio.testing.chain import Login
+from auxilio.testing.chain import Login, ack_latency
 from sqlalchemy import func, select
 
 from .conftest import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _latency(dev: Any, n: int = 7) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        c = dev.send("ALERT")
-        assert dev.wait_ack(c, timeout=10) is not None
-        times.append(dev.ack_times[c] - t0)
-    return statistics.median(times)
 
 
 def _rows(chain: Any, device: int) -> int:
@@ -51,7 +40,7 @@ def test_attacker_set_against_a_running_chain(secure_chain: Any) -> None:
     # A stolen street button: its login and its secret are the attacker's.
     stolen_id, stolen_keys = chain.device_id(1), codec.Keys(chain.secret(1))
     stolen_up = codec.topic("auxilio", stolen_id, "up")
-    normal = _latency(victim)
+    normal = ack_latency(victim)
     captured = [victim.frame("ALERT") for _ in range(3)]
     for c, f in captured:
         victim.publish(f)

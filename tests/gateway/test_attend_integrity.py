@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
 from auxilio.gateway.control import request_attend
 from auxilio.registry import open_registry
+from auxilio.testing.console import drive
 from auxilio.testing.mosquitto import free_port
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
@@ -231,39 +230,6 @@ def test_attend_without_a_gateway_is_requested_not_attended(secure_chain: Any) -
     wait_for(lambda: _request(chain.registry, res.request)["state"] == "sent", what="sent")
 
 
-def _drive_monitor(args: list[str], until: Any, timeout: float = 30.0) -> bytes:
-    """Run the live console on a pty; press 'a' once the screen is up, 'q' when until(out)."""
-    import pty
-    import select as sel
-
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the real CLI on a terminal
-        os.execv(sys.executable, [sys.executable, "-m", "auxilio.cli", "monitor", *args])
-    out = b""
-    deadline = time.monotonic() + timeout
-    sent_a = sent_q = False
-    try:
-        while time.monotonic() < deadline:
-            r, _w, _x = sel.select([fd], [], [], 0.1)
-            if r:
-                try:
-                    out += os.read(fd, 65536)
-                except OSError:
-                    break
-            if not sent_a and b"Alertas recientes" in out:
-                os.write(fd, b"a")
-                sent_a = True
-            if sent_a and not sent_q and until(out):
-                os.write(fd, b"q")
-                sent_q = True
-        _pid, status = os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-    assert sent_q, out.decode(errors="replace")[-2000:]
-    assert os.waitstatus_to_exitcode(status) == 0
-    return out
-
-
 def test_monitor_with_a_wrong_password_never_shows_attending(secure_chain: Any) -> None:
     chain = secure_chain
     chain.start_gateway()
@@ -273,8 +239,9 @@ def test_monitor_with_a_wrong_password_never_shows_attending(secure_chain: Any) 
     bad = chain.dir / "wrong.json"
     creds = json.loads(chain.files.operator.read_text())
     bad.write_text(json.dumps({**creds, "password": "not-it"}))
-    out = _drive_monitor(
+    out, code = drive(
         [
+            "monitor",
             "--registry",
             str(chain.registry_path),
             "--broker",
@@ -284,8 +251,10 @@ def test_monitor_with_a_wrong_password_never_shows_attending(secure_chain: Any) 
             "--operator",
             "consola-1",
         ],
-        until=lambda o: "atención fallida".encode() in o,
+        steps=[(b"Alertas recientes", b"a")],
+        quit_when=lambda o: "atención fallida".encode() in o,
     )
+    assert code == 0
     assert "atención fallida".encode() in out
     assert _row(chain.registry, dev.device, c)["attending_at"] is None
     assert dev.wait_ack(c, n=2, timeout=0.3) is None

@@ -27,25 +27,6 @@ from .conftest import WAIT_S, wait_for
 pytestmark = pytest.mark.integration
 
 
-def _gateway_cmd(chain: Any, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "auxilio.cli",
-        "gateway",
-        "--broker",
-        chain.url,
-        "--broker-credentials",
-        str(chain.files.gateway),
-        "--registry",
-        str(chain.registry_path),
-        "--keys",
-        str(chain.gateway_key_file()),
-        "--assume-clock-synced",
-        *extra,
-    ]
-
-
 def _outbox(registry: Any) -> list[dict[str, Any]]:
     f = registry.tables.forward_outbox
     with registry.engine.connect() as conn:
@@ -72,7 +53,7 @@ def test_killed_after_commit_the_record_is_printed_after_restart(secure_chain: A
     dev = chain.device(0)
     env = {**os.environ, "AUXILIO_GATEWAY_CRASH_AT": "after_commit"}
     p = subprocess.Popen(
-        _gateway_cmd(chain, "--forward", "jsonl"),
+        chain.gateway_cmd("--forward", "jsonl"),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -91,7 +72,7 @@ def test_killed_after_commit_the_record_is_printed_after_restart(secure_chain: A
     assert [r["key"] for r in rows] == [f"alert:{dev.label}:1:{c}"]  # committed with the alert
     assert rows[0]["forwarded_at"] is None
     p = subprocess.Popen(
-        _gateway_cmd(chain, "--forward", "jsonl"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        chain.gateway_cmd("--forward", "jsonl"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     try:
         line = p.stdout.readline()  # resent from the outbox, no device action needed
@@ -111,7 +92,7 @@ def test_dead_jsonl_consumer_stops_the_gateway_and_nothing_is_lost(secure_chain:
     dev = chain.device(0)
     r_fd, w_fd = os.pipe()
     p = subprocess.Popen(
-        _gateway_cmd(chain, "--forward", "jsonl"), stdout=w_fd, stderr=subprocess.PIPE, text=True
+        chain.gateway_cmd("--forward", "jsonl"), stdout=w_fd, stderr=subprocess.PIPE, text=True
     )
     os.close(w_fd)
     consumer = os.fdopen(r_fd, "rb")
@@ -127,7 +108,7 @@ def test_dead_jsonl_consumer_stops_the_gateway_and_nothing_is_lost(secure_chain:
     # restarts it with a new consumer, and everything unconfirmed reaches it.
     later = [dev.send("ALERT") for _ in range(3)]
     p = subprocess.Popen(
-        _gateway_cmd(chain, "--forward", "jsonl"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        chain.gateway_cmd("--forward", "jsonl"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     keys: set[str] = set()
     want = {f"alert:{dev.label}:1:{c}" for c in [first, *later]}

@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import urllib.request
 from typing import Any
 
@@ -79,30 +78,19 @@ def test_rate_limited_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixt
 
 def test_gateway_start_up_line_and_auth_refusal_is_fatal(secure_chain: Any) -> None:
     chain = secure_chain
-    cmd = [
-        sys.executable,
-        "-m",
-        "auxilio.cli",
-        "gateway",
-        "--broker",
-        chain.url,
-        "--registry",
-        str(chain.registry_path),
-        "--keys",
-        str(chain.gateway_key_file()),
-        "--broker-credentials",
-    ]
     bad = chain.dir / "wrong.json"
     creds = json.loads(chain.files.gateway.read_text())
     bad.write_text(json.dumps({**creds, "password": "not-it"}))
-    r = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        chain.gateway_cmd(credentials=bad), capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 5, r.stderr
     errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "credentials" in errors[0]
     assert len(r.stderr.splitlines()) <= 3 and "Traceback" not in r.stderr
     # The right credentials: one start-up line naming broker, registry and sink.
     p = subprocess.Popen(
-        [*cmd, str(chain.files.gateway), "--forward", "jsonl"],
+        chain.gateway_cmd("--forward", "jsonl"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

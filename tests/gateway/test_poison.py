@@ -7,12 +7,11 @@ uplink was processed again - not even after a restart (persistent session).
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
 import pytest
-from auxilio.testing.chain import Login
+from auxilio.testing.chain import Login, ack_latency
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -51,21 +50,11 @@ def _dead_letters(chain: Any) -> dict[str, int]:
         }
 
 
-def _ack_latency(dev: Any, n: int = 5) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        c = dev.send("ALERT")
-        assert dev.wait_ack(c, timeout=10) is not None
-        times.append(dev.ack_times[c] - t0)
-    return statistics.median(times)
-
-
 def test_poison_attend_requests_are_dead_lettered_and_never_block(secure_chain: Any) -> None:
     chain = secure_chain
     gw = chain.start_gateway()
     dev = chain.device(0)
-    baseline = _ack_latency(dev)
+    baseline = ack_latency(dev)
     op = Login(chain.operator_url)
     try:
         for payload, _reason in POISON:
@@ -126,7 +115,7 @@ def module_chain(tmp_path_factory: pytest.TempPathFactory) -> Any:
     op = Login(chain.operator_url)
     dev = chain.device(0)
     try:
-        yield chain, op, dev, _ack_latency(dev)
+        yield chain, op, dev, ack_latency(dev)
     finally:
         op.close()
         chain.close()

@@ -164,53 +164,25 @@ def test_live_monitor_attend_key(
     gateway: Any, fleet: Any, registry: Any, registry_url: str, mqtt_broker: Any
 ) -> None:
     """Drive the live console through a pty: 'a' attends the selected (newest) alert, 'q' quits."""
-    import os
-    import pty
-    import select as sel
-    import sys
+    from auxilio.testing.console import drive
 
     sim = fleet.sim()
     c = sim.send("ALERT")
     assert sim.wait_ack(c)
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the real CLI on a terminal
-        os.execv(
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "auxilio.cli",
-                "monitor",
-                "--registry",
-                registry_url,
-                "--broker",
-                mqtt_broker.url,
-                "--operator",
-                "consola-1",
-            ],
-        )
-    out = b""
-    deadline = time.monotonic() + 30
-    sent_a = sent_q = False
-    try:
-        while time.monotonic() < deadline:
-            r, _w, _x = sel.select([fd], [], [], 0.1)
-            if r:
-                try:
-                    out += os.read(fd, 65536)
-                except OSError:
-                    break
-            if not sent_a and b"Alertas recientes" in out:
-                os.write(fd, b"a")
-                sent_a = True
-            if sent_a and not sent_q and sim.wait_ack(c, n=2, timeout=0.01):
-                os.write(fd, b"q")
-                sent_q = True
-        _pid, status = os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-    assert sent_q, out.decode(errors="replace")[-2000:]
-    assert os.waitstatus_to_exitcode(status) == 0
+    _out, code = drive(
+        [
+            "monitor",
+            "--registry",
+            registry_url,
+            "--broker",
+            mqtt_broker.url,
+            "--operator",
+            "consola-1",
+        ],
+        steps=[(b"Alertas recientes", b"a")],
+        quit_when=lambda _o: sim.wait_ack(c, n=2, timeout=0.01) is not None,
+    )
+    assert code == 0
     assert sim.wait_ack(c, n=2)["disposition"] == "attending"
     a = registry.tables.alerts
     with registry.engine.connect() as conn:

@@ -248,7 +248,14 @@ class Store:
         finally:
             cur.close()
 
-    def _mark_acked(self, conn: Connection, acked: list[tuple[int, int, int, float]]) -> None:
+    def _stamp(
+        self,
+        conn: Connection,
+        column: str,
+        rows: Sequence[tuple[int, int, int, float]],
+        *extra: Any,
+    ) -> None:
+        """Set alerts.<column> (a time) once, by frame name: (device, epoch, counter, at) rows."""
         a = self.t.alerts
         conn.execute(
             update(a)
@@ -257,30 +264,20 @@ class Store:
                     a.c.device_id == bindparam("b_dev"),
                     a.c.key_epoch == bindparam("b_ep"),
                     a.c.counter == bindparam("b_ctr"),
-                    a.c.acked_at.is_(None),
+                    a.c[column].is_(None),
+                    *extra,
                 )
             )
-            .values(acked_at=bindparam("b_at")),
-            [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c, at in acked],
+            .values({column: bindparam("b_at")}),
+            [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c, at in rows],
         )
+
+    def _mark_acked(self, conn: Connection, acked: list[tuple[int, int, int, float]]) -> None:
+        self._stamp(conn, "acked_at", acked)
 
     def _cancel(self, conn: Connection, cancels: list[tuple[int, int, int, float]]) -> None:
         """A CANCEL marks the ALERT it refers to (same device and key epoch, its counter)."""
-        a = self.t.alerts
-        conn.execute(
-            update(a)
-            .where(
-                and_(
-                    a.c.device_id == bindparam("b_dev"),
-                    a.c.key_epoch == bindparam("b_ep"),
-                    a.c.counter == bindparam("b_ctr"),
-                    a.c.type == "ALERT",
-                    a.c.cancelled_at.is_(None),
-                )
-            )
-            .values(cancelled_at=bindparam("b_at")),
-            [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c, at in cancels],
-        )
+        self._stamp(conn, "cancelled_at", cancels, self.t.alerts.c.type == "ALERT")
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -392,7 +389,7 @@ class Store:
         they describe - one transaction."""
         if not ids:
             return
-        f, a = self.t.forward_outbox, self.t.alerts
+        f = self.t.forward_outbox
         values: dict[str, Any] = {"forwarded_at": at, "last_error": None}
         if erase:
             values["body"] = None
@@ -406,19 +403,7 @@ class Store:
                 )
             ).all()
             if linked:
-                conn.execute(
-                    update(a)
-                    .where(
-                        and_(
-                            a.c.device_id == bindparam("b_dev"),
-                            a.c.key_epoch == bindparam("b_ep"),
-                            a.c.counter == bindparam("b_ctr"),
-                            a.c.forwarded_at.is_(None),
-                        )
-                    )
-                    .values(forwarded_at=bindparam("b_at")),
-                    [{"b_dev": d, "b_ep": e, "b_ctr": c, "b_at": at} for d, e, c in linked],
-                )
+                self._stamp(conn, "forwarded_at", [(d, e, c, at) for d, e, c in linked])
 
     def forward_unmark_since(self, since: float) -> int:
         """Make records delivered since `since` pending again (their sink may have lost them)."""

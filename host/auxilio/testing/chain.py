@@ -37,6 +37,21 @@ from auxilio.testing.mosquitto import Mosquitto, free_port
 CONNECT_TIMEOUT_S = 20.0
 
 
+def ack_latency(dev: SimDevice, n: int = 5) -> float:
+    """Median press-to-ACK seconds of n alerts from a simulated device (a same-run baseline)."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c = dev.send("ALERT")
+        if dev.wait_ack(c, timeout=10) is None:
+            raise AssertionError("no ACK for the baseline alert")
+        times.append(dev.ack_times[c] - t0)
+    return statistics.median(times)
+
+
 class Login:
     """A paho client logged in as somebody (any client id it likes: an attacker's choice)."""
 
@@ -154,6 +169,27 @@ class SecureChain:
             raise AssertionError("gateway did not subscribe")
         self._gateways.append(gw)
         return gw
+
+    def gateway_cmd(self, *extra: str, credentials: Path | None = None) -> list[str]:
+        """The `auxilio gateway` command line for this chain (a real process, e.g. for kill -9)."""
+        import sys
+
+        return [
+            sys.executable,
+            "-m",
+            "auxilio.cli",
+            "gateway",
+            "--broker",
+            self.url,
+            "--broker-credentials",
+            str(credentials or self.files.gateway),
+            "--registry",
+            str(self.registry_path),
+            "--keys",
+            str(self.gateway_key_file()),
+            "--assume-clock-synced",
+            *extra,
+        ]
 
     def gateway_key_file(self) -> Path:
         from cryptography.hazmat.primitives import serialization
