@@ -113,6 +113,8 @@ def test_add_round_trip_and_no_secret_anywhere(cli: Cli, tmp_path: Path, registr
         "bracelet",
         "0938-NKRT",
     )
+    # SPEC §12.1: a config built from the file starts right (a new key: from counter 1).
+    assert (prov["key_epoch"], prov["counter_floor"]) == (1, 1)
     # Without --secret-out (table output): the secret only exists sealed in the registry.
     cli("devices", "add", "--kind", "button", "--board", "esp32-button")
     cli("devices", "add", "--id", "0938-NKRT", "--kind", "bracelet", "--board", "b", ok=False)
@@ -319,6 +321,11 @@ def test_rekey_a_found_device(cli: Cli, tmp_path: Path, registry_url: str) -> No
     )
     cli("devices", "assign", "0938-NKRT", "--case", "PR-2026-00123")
     cli("devices", "mark-lost", "0938-NKRT")
+    with open_registry(registry_url) as reg:  # the C4 had accepted frames under epoch 1
+        d, did = reg.tables.devices, reg.require_device("0938-NKRT").id
+        with reg.engine.begin() as conn:
+            conn.execute(d.update().where(d.c.id == did).values(high_water=900))
+        assert reg.counter_floor(did) > 900
     cli("devices", "rekey", "0938-NKRT", ok=False)  # --secret-out is required
     cli("devices", "rekey", "0938-NKRT", "--secret-out", str(first), ok=False)  # never overwrite
     cli("devices", "rekey", "0938-NKRT", "--secret-out", str(second))
@@ -326,6 +333,7 @@ def test_rekey_a_found_device(cli: Cli, tmp_path: Path, registry_url: str) -> No
     assert stat.S_IMODE(second.stat().st_mode) == 0o600
     assert (
         new["key_epoch"] == 2
+        and new["counter_floor"] == 1  # a new key is a new keystream: it may start at 1
         and new["secret"] != old["secret"]
         and new["password"] != old["password"]
     )

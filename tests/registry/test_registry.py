@@ -335,3 +335,48 @@ def test_resolve_url(given: str, driver: str, database: str) -> None:
 
     u = resolve_url(given)
     assert (u.drivername, u.database) == (driver, database)
+
+
+def test_counter_floor_from_high_water_and_stored_frames(registry_url: str) -> None:
+    """SPEC §12.1: a known secret restarts above every counter the C4 holds under its key."""
+    from auxilio.registry.store import COUNTER_FLOOR_MARGIN
+
+    with open_registry(registry_url) as registry:
+        did = _add(registry)
+        assert registry.counter_floor(did) == 1  # nothing accepted yet under epoch 1
+        a, d = registry.tables.alerts, registry.tables.devices
+
+        def store(counter: int, epoch: int) -> None:
+            with registry.engine.begin() as conn:
+                conn.execute(
+                    a.insert().values(
+                        device_id=did,
+                        key_epoch=epoch,
+                        counter=counter,
+                        type="ALERT",
+                        received_at=utcnow(),
+                    )
+                )
+
+        def high_water(h: int | None) -> None:
+            with registry.engine.begin() as conn:
+                conn.execute(d.update().where(d.c.id == did).values(high_water=h))
+
+        store(70, 1)
+        assert registry.counter_floor(did) == 70 + COUNTER_FLOOR_MARGIN
+        high_water(90)  # a heartbeat (not stored as a row) moved the mark further
+        assert registry.counter_floor(did) == 90 + COUNTER_FLOOR_MARGIN
+        high_water(None)  # a mark lost (or never written): the stored frames still count
+        assert registry.counter_floor(did) == 70 + COUNTER_FLOOR_MARGIN
+        registry.rekey(did, keys.seal(keys.new_device_secret(), PRIV.public_key(), did), "t")
+        assert registry.counter_floor(did) == 1  # a new key is a new keystream: from 1
+        store(5000, 1)  # rows of the old epoch never raise the new key's floor
+        store(12, 2)
+        assert registry.counter_floor(did) == 12 + COUNTER_FLOOR_MARGIN
+        high_water(0xFFFFFFFF - 10)
+        assert registry.counter_floor(did) == 0xFFFFFFFF  # still a valid u32 counter_floor
+        with pytest.raises(NotFoundError):
+            registry.counter_floor(0x7777)
+    # Read-only consoles and host tools can ask too (open_registry(readonly=True)).
+    with open_registry(registry_url, readonly=True) as ro:
+        assert ro.counter_floor(did) == 0xFFFFFFFF

@@ -66,6 +66,26 @@ def write_secret_file(path: Path, data: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def provisioning_fields(
+    registry: Registry, device_id: int, secret: bytes, password: str
+) -> dict[str, Any]:
+    """The enrolment fields of a device's config.json, with key epoch and counter floor.
+
+    Both come from the registry as it is now (SPEC §12.1: a config written for a
+    known secret starts above every counter the C4 has seen under that key).
+    """
+    rec = registry.require_device(device_id)
+    return {
+        "device": rec.label,
+        "role": rec.kind,
+        "secret": secret.hex(),
+        "username": rec.label,
+        "password": password,
+        "key_epoch": rec.key_epoch,
+        "counter_floor": registry.counter_floor(rec.id),
+    }
+
+
 def enrol_device(
     registry: Registry,
     public_key: Any,
@@ -80,7 +100,8 @@ def enrol_device(
     """Register a device with a new sealed secret; plaintext goes only to ``secret_out``.
 
     The provisioning file holds the fields of the device's config.json that come
-    from enrolment: device, role, secret, username, password.
+    from enrolment: device, role, secret, username, password, key_epoch and
+    counter_floor (provisioning_fields).
     """
     out = check_secret_out(secret_out)
     did = v.device_id(device_id) if device_id is not None else _random_id(registry)
@@ -97,17 +118,7 @@ def enrol_device(
         mqtt_password_hash=hash_password(password),
     )
     if out is not None:
-        write_secret_file(
-            out,
-            {
-                "device": label,
-                "role": kind,
-                "secret": secret.hex(),
-                "username": label,
-                "password": password,
-                "key_epoch": 1,
-            },
-        )
+        write_secret_file(out, provisioning_fields(registry, did, secret, password))
     else:
         log.warning(
             "device %s enrolled without --secret-out: its secret stays sealed; run "
@@ -136,21 +147,11 @@ def rekey_device(
     rec = registry.require_device(device_id)
     secret = new_device_secret()
     password = new_password()
-    epoch = registry.rekey(
+    registry.rekey(
         rec.id,
         seal(secret, public_key, rec.id),
         actor,
         mqtt_password_hash=hash_password(password),
     )
-    write_secret_file(
-        out,
-        {
-            "device": rec.label,
-            "role": rec.kind,
-            "secret": secret.hex(),
-            "username": rec.label,
-            "password": password,
-            "key_epoch": epoch,
-        },
-    )
+    write_secret_file(out, provisioning_fields(registry, rec.id, secret, password))
     return Enrolled(rec.id, rec.label, rec.kind, rec.board, out)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -41,6 +41,18 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "revoked": frozenset({"retired"}),
     "retired": frozenset(),
 }
+# SPEC §12.1 counter floor: how far above the C4's high-water mark a known secret
+# restarts. Counters between H and the device's real next counter may still be in
+# flight (queued in the outbox or a persistent MQTT session, heartbeats sent while
+# the C4 was unreachable, a reservation block skipped by a power cut); starting
+# above all of them means a re-flashed device never reuses one. 4096 covers about
+# 2.8 days of 60 s button heartbeats, and stays far below the gateway's
+# COUNTER_JUMP threshold (2^16), so a re-flash never looks like a leaked key.
+COUNTER_FLOOR_MARGIN = 4096
+# The first counter of a key that the C4 has accepted nothing under (SPEC §12.1).
+FIRST_COUNTER = 1
+# Counters are u32 (SPEC §3); a device near the top must be re-keyed (§12.1).
+MAX_COUNTER = 0xFFFFFFFF
 # States whose current assignment ends with the transition (lost keeps it: the
 # operator still needs to know whose bracelet raised a flagged alert).
 _ENDS_ASSIGNMENT = frozenset({"revoked", "retired"})
@@ -433,6 +445,26 @@ class Registry:
                 self._end_assignment(conn, device_id, now)
             self._audit(conn, actor, "rekey", device_id, f"epoch={epoch} state={state}")
         return epoch
+
+    def counter_floor(self, device_id: int | str) -> int:
+        """The lowest counter a known secret may restart at (SPEC §12.1 counter_floor).
+
+        1 when nothing was accepted under the device's current key epoch; else the
+        highest counter the C4 holds for it (replay high-water mark or a stored
+        frame) plus COUNTER_FLOOR_MARGIN.
+        """
+        rec = self.require_device(device_id)
+        a = schema.alerts
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                select(func.max(a.c.counter)).where(
+                    a.c.device_id == rec.id, a.c.key_epoch == rec.key_epoch
+                )
+            ).scalar()
+        highest = max(rec.high_water or 0, stored or 0)
+        if highest == 0:
+            return FIRST_COUNTER
+        return min(highest + COUNTER_FLOOR_MARGIN, MAX_COUNTER)
 
     def set_mqtt_password_hash(self, device_id: int | str, password_hash: str, actor: str) -> None:
         device_id = v.device_id(device_id)
