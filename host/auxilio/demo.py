@@ -104,7 +104,13 @@ def _firmware_available() -> str | None:
 
 
 def _make_root(
-    root: Path, role: str, board: str, device: int, secret: bytes, broker_url: str
+    root: Path,
+    role: str,
+    board: str,
+    device: int,
+    secret: bytes,
+    broker_url: str,
+    counter_floor: int,
 ) -> None:
     from auxilio.emulator.vdevice import firmware_files
     from auxilio.paths import boards_dir
@@ -132,6 +138,7 @@ def _make_root(
         "tls_ca": None,
         "wifi": {"ssid": "demo", "password": "demo"},
         "prefix": codec.DEFAULT_PREFIX,
+        "counter_floor": counter_floor,  # SPEC §12.1: from the registry, for a known secret
     }
     fd = os.open(root / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -266,7 +273,8 @@ def _run_firmware(
     roots = []
     for d in devices:
         root = tmp / f"dev{d['index']}"
-        _make_root(root, d["role"], d["board"], d["device"], d["secret"], broker_url)
+        floor = registry.counter_floor(d["device"])
+        _make_root(root, d["role"], d["board"], d["device"], d["secret"], broker_url, floor)
         roots.append(str(root))
     script = f"import sys\nsys.path.insert(0, {roots[0]!r})\nimport app\napp.run_fleet({roots!r})\n"
     env = {**os.environ, "AUXILIO_HAL_CONTROL": f"127.0.0.1:{ctl.port}"}

@@ -42,6 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883 (fresh identity if no --config)"
     )
     p.add_argument("--heapsize", help="MicroPython heap, e.g. 256K (default: the unix port's)")
+    p.add_argument(
+        "--registry",
+        help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db): a --config's "
+        "counter_floor is read from it; in fleet mode the devices are added to it",
+    )
+    p.add_argument(
+        "--counter-floor",
+        type=_counter,
+        metavar="N",
+        help="write counter_floor N into the --config instead of the registry's (SPEC §12.1)",
+    )
     fleet = p.add_argument_group("fleet mode")
     fleet.add_argument("--count", type=int, help="run N devices (several per interpreter)")
     fleet.add_argument(
@@ -53,10 +64,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fleet.add_argument(
         "--workdir", help="fleet directory (device roots; kept, so identities persist)"
     )
-    fleet.add_argument("--registry", help="add the fleet's devices to this registry (path or URL)")
     fleet.add_argument("--keys", help="directory of the gateway keypair used to seal secrets")
     fleet.add_argument("--manifest", help="write the fleet's identities here (JSON, mode 0600)")
     p.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
+
+
+def _counter(text: str) -> int:
+    """argparse type: a u32 counter (SPEC §3)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..4294967295, not {text!r}")
+    return n
+
+
+def _counter_floor(args: argparse.Namespace, config: dict[str, object]) -> int | None:
+    """SPEC §12.1: a known secret never restarts low; the floor comes from the registry."""
+    from auxilio.errors import NotFoundError
+    from auxilio.registry.enrol import counter_floor_for
+
+    if args.counter_floor is not None:
+        return args.counter_floor
+    try:
+        return counter_floor_for(config, args.registry)
+    except NotFoundError as exc:
+        own = config.get("counter_floor", 0)
+        print(f"warning: {exc}: counter_floor stays at the config's ({own})", file=sys.stderr)
+        return None
 
 
 def _wait_for_signal(stop: threading.Event) -> None:
@@ -81,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.count is not None:
         return _run_fleet(args)
-    for opt in ("heartbeat", "registry", "keys", "manifest", "workdir"):
+    for opt in ("heartbeat", "keys", "manifest", "workdir"):
         if getattr(args, opt) is not None:
             raise UsageError(f"--{opt} is for fleet mode (--count N)")
     return _run_board(args)
@@ -105,6 +141,9 @@ def _run_board(args: argparse.Namespace) -> int:
             raise UsageError(f"config {args.config}: {exc}") from None
         if not isinstance(config, dict):
             raise UsageError(f"config {args.config} must be a JSON object")
+    elif args.counter_floor is not None:
+        raise UsageError("--counter-floor is for a --config (a known secret)")
+    floor = _counter_floor(args, config) if config is not None else None
     identity_file = None
     if config is None and args.broker and args.firmware is not None:
         config = new_identity(board.role, args.broker)
@@ -124,6 +163,7 @@ def _run_board(args: argparse.Namespace) -> int:
         rfc2217_port=args.rfc2217_port,
         heapsize=args.heapsize,
         name=name,
+        counter_floor=floor,
     )
     stop = threading.Event()
     crashed: list[str] = []
@@ -148,6 +188,7 @@ def _run_board(args: argparse.Namespace) -> int:
             "device": vd.device,
             "broker": f"{vd.broker_url} via 127.0.0.1:{vd.proxy.port}" if vd.proxy else None,
             "identity": str(identity_file) if identity_file else None,
+            "counter_floor": floor,
         }
         admin = AdminServer(name, vd, info)
         _print(args, info)
@@ -170,9 +211,9 @@ def _run_fleet(args: argparse.Namespace) -> int:
 
     if not args.broker:
         raise UsageError("fleet mode needs --broker URL")
-    for opt in ("image", "pty", "config", "heapsize"):
+    for opt in ("image", "pty", "config", "heapsize", "counter_floor"):
         if getattr(args, opt) is not None:
-            raise UsageError(f"--{opt} is for a single board, not --count")
+            raise UsageError(f"--{opt.replace('_', '-')} is for a single board, not --count")
     fleet = VirtualFleet(
         args.count,
         args.broker,
@@ -181,6 +222,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
         per_interpreter=args.per_interpreter,
         heartbeat_s=args.heartbeat,
         firmware=args.firmware or None,
+        registry=args.registry,
     )
     name = args.name or "fleet"
     stop = threading.Event()

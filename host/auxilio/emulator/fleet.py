@@ -73,6 +73,7 @@ class VirtualFleet:
         firmware: str | os.PathLike[str] | None = None,
         config_overrides: dict[str, Any] | None = None,
         pollfix: bool = True,
+        registry: str | os.PathLike[str] | None = None,
     ) -> None:
         if count < 1:
             raise UsageError("--count must be at least 1")
@@ -86,6 +87,8 @@ class VirtualFleet:
         self.firmware = Path(firmware) if firmware else None
         self.overrides = dict(config_overrides or {})
         self.pollfix = pollfix
+        self.registry = registry  # counter floors for kept identities come from here
+        self._floors: Any = None  # that registry, open read-only while preparing
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="auxilio-fleet-")
@@ -120,6 +123,7 @@ class VirtualFleet:
             cfg_path = root / "config.json"
             if cfg_path.exists():  # keep identities (and data/) across fleet restarts
                 cfg = json.loads(cfg_path.read_text())
+                self._counter_floor(cfg)
             else:
                 cfg = new_identity(self.board_def.role, self.broker_url)
             cfg.update(self.overrides)
@@ -132,6 +136,32 @@ class VirtualFleet:
             cfg_out = dict(cfg)
             interp, dev = divmod(i, self.per_interpreter)
             self.devices.append(FleetDevice(i, cfg["device"], root, interp, dev, cfg_out))
+        self._close_floors()
+
+    def _counter_floor(self, cfg: dict[str, Any]) -> None:
+        """A kept identity is a known secret: it never restarts below the registry's floor.
+
+        SPEC §12.1; data/ normally survives with it, but a fleet whose data/ was
+        wiped would otherwise reuse every counter. Not registered yet: nothing
+        to stay above.
+        """
+        from auxilio.errors import NotFoundError
+        from auxilio.registry import open_registry
+        from auxilio.registry.enrol import counter_floor_for
+
+        if self.registry is None:
+            return
+        try:
+            if self._floors is None:  # opened once for the whole fleet
+                self._floors = open_registry(self.registry, readonly=True)
+            cfg["counter_floor"] = counter_floor_for(cfg, self._floors)
+        except NotFoundError as exc:
+            log.info("fleet: %s: no counter floor for %s", exc, cfg.get("device"))
+
+    def _close_floors(self) -> None:
+        if self._floors is not None:
+            self._floors.close()
+            self._floors = None
 
     def start(self, timeout: float = 120.0, wait: bool = True) -> VirtualFleet:
         try:
@@ -330,6 +360,7 @@ class VirtualFleet:
         return added
 
     def close(self) -> None:
+        self._close_floors()
         for proc in self.procs:
             if proc.poll() is None:
                 try:

@@ -94,6 +94,7 @@ class VirtualDevice:
         heapsize: str | None = None,
         name: str | None = None,
         download_mode: Callable[[VirtualBoard], DownloadMode] | None = None,
+        counter_floor: int | None = None,
     ) -> None:
         self.board_def = load_board(board) if isinstance(board, str) else board
         self.image = FlashImage(image, self.board_def)
@@ -101,6 +102,9 @@ class VirtualDevice:
         self.deploy = deploy
         self.firmware = Path(firmware) if firmware else None
         self.config = dict(config) if config else None
+        if self.config is not None and counter_floor is not None:
+            # SPEC §12.1: a known secret never restarts low (registry.enrol.counter_floor_for).
+            self.config["counter_floor"] = counter_floor
         self.broker_url = broker_url or (self.config or {}).get("broker")
         self.control = ControlServer()
         self.control.on_connect = self._replay_inputs

@@ -86,6 +86,34 @@ def provisioning_fields(
     }
 
 
+def counter_floor_for(
+    config: dict[str, Any], registry: Registry | str | os.PathLike[str] | None = None
+) -> int:
+    """The counter_floor a config with this known secret must carry (SPEC §12.1).
+
+    The higher of the config's own floor and the registry's. ``registry``: an
+    open Registry, or a path/URL opened read-only (None: $AUXILIO_REGISTRY or
+    the default file). Raises NotFoundError when the registry or the device is
+    not there, and UsageError when the config's key_epoch is not the
+    registry's (a replaced secret: the C4 would refuse its frames).
+    """
+    if not isinstance(registry, Registry):
+        from auxilio.registry.store import open_registry
+
+        with open_registry(registry, readonly=True) as reg:
+            return counter_floor_for(config, reg)
+    rec = registry.require_device(config.get("device", ""))
+    epoch = config.get("key_epoch")
+    if epoch is not None and epoch != rec.key_epoch:
+        raise UsageError(
+            f"the config is for key epoch {epoch} but {rec.label} is at epoch "
+            f"{rec.key_epoch} in the registry (re-keyed): use its newest provisioning file"
+        )
+    own = config.get("counter_floor", 0)
+    own = own if isinstance(own, int) and not isinstance(own, bool) else 0
+    return max(own, registry.counter_floor(rec.id))
+
+
 def enrol_device(
     registry: Registry,
     public_key: Any,
