@@ -31,6 +31,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def vboard(name: str, env: dict[str, str], *args: str) -> str:
+    """`auxilio vboard --name NAME ARGS...`: its stdout; a non-zero exit fails the test."""
+    p = run_cli("vboard", "--name", name, *args, env=env)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode not in (0, None)
     lines = proc.stderr.strip().splitlines()

@@ -156,11 +156,12 @@ def test_fleet_of_200_connected_and_heartbeating(
 def test_cli_hold_and_events_through_vboard(tmp_path, mqtt_broker) -> None:
     import json
     import os
-    import subprocess
 
-    from tests.emulator.test_cli import AUXILIO, Emulator
+    from tests.emulator.test_cli import Emulator
+    from tests.emulator.test_cli import vboard as cli_vboard
 
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    # No registry knows this identity (emulate says so in one warning line).
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path), AUXILIO_REGISTRY=str(tmp_path / "r.db"))
     # A provisioning file as `auxilio devices add --secret-out` writes it.
     from auxilio.emulator.vdevice import new_identity
 
@@ -187,15 +188,7 @@ def test_cli_hold_and_events_through_vboard(tmp_path, mqtt_broker) -> None:
     )
 
     def vboard(*args: str) -> str:
-        p = subprocess.run(
-            [AUXILIO, "vboard", "--name", "cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert p.returncode == 0, p.stderr
-        return p.stdout
+        return cli_vboard("cli", env, *args)
 
     try:
         assert emu.info["device"] == prov["device"]

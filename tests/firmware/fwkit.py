@@ -25,6 +25,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from auxilio.protocol import FrameError, codec
 from auxilio.testing.mosquitto import Mosquitto
+from auxilio.testing.wait import wait_for
 
 from tests.conftest import BOARDS, FIRMWARE, PROTOCOL, micropython_binary
 
@@ -45,14 +46,8 @@ def broker() -> Mosquitto:
 
 
 def wait_until(pred: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
+    """Poll pred until truthy; fail with `what` after timeout seconds."""
+    return wait_for(pred, timeout, what)
 
 
 def device_id(n: int) -> str:
@@ -67,9 +62,14 @@ def make_root(
     board: str = "bracelet-c3",
     role: str | None = None,
     tunables: dict | None = None,
+    counter_floor: int | None = None,
     **overrides: object,
 ) -> dict:
-    """Create a device filesystem root; return its config dict (with the secret)."""
+    """Create a device filesystem root; return its config dict (with the secret).
+
+    counter_floor: SPEC §12.1, for a known secret (``secret=`` in overrides):
+    the registry's floor (Registry.counter_floor), or a test's own value.
+    """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(BOARDS / f"{board}.json", root / "board.json")
     dev = device_id(n)
@@ -86,6 +86,8 @@ def make_root(
     }
     if role:
         cfg["role"] = role
+    if counter_floor is not None:
+        cfg["counter_floor"] = counter_floor
     cfg.update(overrides)
     (root / "config.json").write_text(json.dumps(cfg))
     return cfg

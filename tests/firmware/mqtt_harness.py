@@ -8,12 +8,12 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
 from auxilio.testing.mosquitto import Mosquitto
+from auxilio.testing.wait import wait_for
 
 from tests.conftest import FIRMWARE, micropython_binary
 
@@ -44,14 +44,7 @@ def build_mpy(dst: Path) -> Path:
 
 def wait_until(pred: Callable[[], object], timeout: float, what: str) -> object:
     """Poll pred until truthy; fail with `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
+    return wait_for(pred, timeout, what)
 
 
 class MpDevice:

@@ -382,6 +382,109 @@ def test_bad_config_logs_one_line_and_blinks(rig: Rig) -> None:
     assert rig.peer.of() == []
 
 
+def _next_alert(rig: Rig, since: int, what: str, **fields: object) -> dict:
+    """The first ALERT reception after the first `since` uplinks with these fields.
+
+    A callable field value is a predicate on the field.
+    """
+
+    def match(f: dict) -> bool:
+        return f["type"] == "ALERT" and all(
+            v(f[k]) if callable(v) else f[k] == v for k, v in fields.items()
+        )
+
+    return wait_until(
+        lambda: [f for f in rig.peer.of()[since:] if match(f)],
+        30,
+        what,
+    )[0]
+
+
+def test_clock_synced_only_from_a_synced_ack_and_pressed_at(rig: Rig) -> None:
+    """SPEC §8.1, §8.9, §12.5: pressed_at is the device clock at the press (0 before any
+    ACK); the clock comes from every genuine ACK, clock_synced only from a synced one."""
+    rig.setup()
+    rig.peer.mode = "none"  # the test answers each frame itself
+    rig.boot()
+    boot = rig.peer.wait("BOOT")[0]
+    assert boot["timestamp"] == 0 and not boot["clock_synced"]
+    rig.ctl.hold(2300)
+    a1 = rig.peer.wait("ALERT")[0]
+    assert a1["pressed_at"] is None and a1["timestamp"] == 0 and not a1["clock_synced"]
+    # An ACK from a gateway whose own clock is not synchronised sets the device
+    # clock (an hour off the host clock, so it can only have come from the ACK)...
+    t_ack = int(time.time()) - 3600
+    n = len(rig.peer.of())
+    rig.peer.ack(rig.dev, boot["counter"], "BOOT", timestamp=t_ack, clock_synced=False)
+    t0 = time.monotonic()
+    rig.ctl.wait(ev="state", name="acked", counter=boot["counter"])
+    re1 = _next_alert(
+        rig, n, "a1 re-sent on the ACK's clock", counter=a1["counter"], timestamp=bool
+    )
+    assert re1["retransmission"] and not re1["clock_synced"]
+    assert t_ack <= re1["timestamp"] <= t_ack + time.monotonic() - t0 + 2
+    assert re1["pressed_at"] is None  # the time of the event is never rewritten (§8.1)
+    # ...so a new press carries that clock in pressed_at, but not the synced flag.
+    n = len(rig.peer.of())
+    rig.ctl.hold(2300)
+    a2 = _next_alert(rig, n, "a second alert", retransmission=False)
+    assert a2["counter"] > a1["counter"] and not a2["clock_synced"]
+    assert t_ack <= a2["pressed_at"] <= t_ack + time.monotonic() - t0 + 2
+    # A synced ACK: from now on the frames say clock_synced, stamped with its time.
+    t_sync = int(time.time())
+    n = len(rig.peer.of())
+    rig.peer.ack(rig.dev, a1["counter"], "ALERT", timestamp=t_sync, clock_synced=True)
+    t1 = time.monotonic()
+    rig.ctl.wait(ev="state", name="acked", counter=a1["counter"])
+    re2 = _next_alert(rig, n, "a2 re-sent, synced", counter=a2["counter"], clock_synced=True)
+    assert t_sync <= re2["timestamp"] <= t_sync + time.monotonic() - t1 + 2
+    assert re2["pressed_at"] == a2["pressed_at"]
+    # Only while the clock came from a synced ACK: an unsynced one clears the flag again.
+    rig.peer.ack(rig.dev, a2["counter"], "ALERT", timestamp=t_ack, clock_synced=False)
+    rig.ctl.wait(ev="state", name="acked", counter=a2["counter"])
+    n = len(rig.peer.of())
+    rig.ctl.hold(2300)
+    a3 = _next_alert(rig, n, "a third alert", retransmission=False)
+    assert a3["counter"] > a2["counter"] and not a3["clock_synced"]
+    assert abs(a3["pressed_at"] - t_ack) < 30
+    rig.peer.counters_consistent()
+
+
+def test_counter_floor_on_a_fresh_filesystem(rig: Rig) -> None:
+    """SPEC §12.1: a known secret on a fresh filesystem starts at its counter_floor."""
+    floor = 5_000_000
+    rig.start(counter_floor=floor)
+    boot = rig.peer.of("BOOT")[0]
+    assert boot["counter"] >= floor
+    rig.ctl.hold(2300)
+    a = rig.peer.wait("ALERT")[0]
+    assert a["counter"] > boot["counter"]
+    rig.ctl.wait(ev="state", name="acked", counter=a["counter"])
+    limit = int((rig.root / "data" / "counter").read_text().split()[0])
+    assert limit > a["counter"]  # the reservation on flash is above every counter used
+    # A lower floor later (an older provisioning file) never moves the counters back.
+    rig.procs[-1].kill()
+    cfg = json.loads((rig.root / "config.json").read_text())
+    cfg["counter_floor"] = 1
+    (rig.root / "config.json").write_text(json.dumps(cfg))
+    rig.boot()
+    rig.wait_boot(2)
+    assert rig.peer.of("BOOT")[-1]["counter"] > a["counter"]
+    rig.peer.counters_consistent()
+
+
+@pytest.mark.parametrize("floor", [-1, "7", True, 1 << 32, 1.5])
+def test_bad_counter_floor_is_one_config_error_line(rig: Rig, floor: object) -> None:
+    rig.setup(counter_floor=floor)
+    p = rig.boot()
+    rig.ctl.wait(ev="haptic", pattern="error")
+    assert p.alive()  # the REPL stays usable
+    lines = [ln for ln in p.lines if "config" in ln]
+    assert lines == ["config error: config.json: counter_floor must be an integer in 0..4294967295"]
+    assert "Traceback" not in p.output()
+    assert rig.peer.of() == []  # nothing sent under an unknown floor
+
+
 def test_oversized_and_garbage_downlinks_keep_device_running(rig: Rig) -> None:
     rig.start()
     rig.peer.client.publish(f"auxilio/v1/{rig.dev}/down", b"\x01" * 300, qos=1).wait_for_publish()

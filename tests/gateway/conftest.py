@@ -14,8 +14,7 @@ from auxilio.gateway.simulator import SimDevice
 from auxilio.keys import new_device_secret, seal
 from auxilio.registry import open_registry
 from auxilio.testing.postgres import postgres_cluster, postgres_url  # noqa: F401 - fixtures
-from auxilio.testing.wait import WAIT_S
-from auxilio.testing.wait import wait_until as wait_for  # noqa: F401 - the one wait helper
+from auxilio.testing.wait import WAIT_S, wait_for  # noqa: F401 - bounded polling, for the tests here
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 

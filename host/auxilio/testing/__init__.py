@@ -2,17 +2,23 @@
 
 Usable by this repository's tests and by downstream projects that pip-install
 Auxilio. Fixtures: ``mqtt_broker`` (a real mosquitto on a free loopback port);
+``c4`` (a registry and the real gateway on that broker, auxilio.testing.c4);
 ``virtual_board`` and ``virtual_fleet`` come from auxilio.testing.fixtures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
 from auxilio.testing.postgres import postgres_cluster, postgres_url  # noqa: F401
+
+if TYPE_CHECKING:
+    from auxilio.testing.c4 import C4
 
 
 @pytest.fixture
@@ -26,6 +32,19 @@ def mqtt_broker() -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture
+def c4(mqtt_broker: Mosquitto, tmp_path: Path) -> Iterator[Callable[..., C4]]:
+    """Factory: c4(registry=None, key=None, **gateway_kw) -> a started C4 on mqtt_broker."""
+    from auxilio.testing.c4 import c4_factory
+
+    make, started = c4_factory(mqtt_broker.url, tmp_path)
+    try:
+        yield make
+    finally:
+        for c in started:
+            c.close()
 
 
 try:  # virtual boards arrive with the emulator; keep the plugin importable without them

@@ -8,12 +8,12 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# Default bound: generous, because several processes share two cores.
+# Default bound and polling period; a busy 2-core machine needs the generous bound.
 WAIT_S = 20.0
 POLL_S = 0.02
 
 
-def wait_until(
+def wait_for(
     cond: Callable[[], T], timeout: float = WAIT_S, what: str = "condition", poll: float = POLL_S
 ) -> T:
     """Return cond()'s first truthy value; AssertionError naming `what` after `timeout`."""
