@@ -137,6 +137,7 @@ def test_collision_after_a_counter_restart_resyncs_once_and_is_stored(bracelet: 
     assert {k: resent[k] for k in same} == {k: reused[k] for k in same}
     assert rows[1]["pressed_at"] is not None and rows[1]["pressed_at"] != rows[0]["pressed_at"]
     assert len(ctl.matching(ev="state", name="resync")) == 1
+    assert resent["at"] - reused["at"] >= RETRY_BASE_MS / 2 / 1000  # after the normal backoff
 
 
 def test_leaked_key_counter_jump_then_one_resync_with_backoff(bracelet: Bracelet) -> None:
