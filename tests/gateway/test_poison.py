@@ -121,13 +121,23 @@ def module_chain(tmp_path_factory: pytest.TempPathFactory) -> Any:
         chain.close()
 
 
+def _nested(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children)
+
+
+def _as_request(value: object) -> bytes:
+    import json
+
+    return json.dumps({"alert": value}).encode()
+
+
 CONTROL = st.one_of(
     st.binary(max_size=600),
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids),
+        _nested,
         max_leaves=20,
-    ).map(lambda v: __import__("json").dumps({"alert": v}).encode()),
+    ).map(_as_request),
 )
 
 
