@@ -173,11 +173,12 @@ CONFIG_KEYS = {
     0x04: ("hold_ms", "H", _NUM),
 }
 
-# Heartbeat status bits (§8.3)
+# Heartbeat status bits (§8.3); bits 4-7 are reserved: never sent, dropped on decode.
 STATUS_MAINS = const(0x01)
 STATUS_TAMPER_OPEN = const(0x02)
 STATUS_CHARGING = const(0x04)
 STATUS_DISCREET = const(0x08)
+STATUS_DEFINED = const(0x0F)
 
 
 # §6 key derivation labels (HKDF-Expand, one block, PRK = the device secret)
@@ -201,14 +202,15 @@ class FrameError(ValueError):
 
 
 def _hmac_pads(key):
-    k = bytearray(64)
-    k[: len(key)] = key
+    # Two buffers and nothing else: a Keys object derives five pad pairs, and on a
+    # small heap every short-lived copy is a hole the next allocation may not fit.
     ipad = bytearray(64)
-    opad = bytearray(64)
+    ipad[: len(key)] = key
+    opad = bytearray(ipad)
     for i in range(64):
-        ipad[i] = k[i] ^ 0x36
-        opad[i] = k[i] ^ 0x5C
-    return bytes(ipad), bytes(opad)
+        ipad[i] ^= 0x36
+        opad[i] ^= 0x5C
+    return ipad, opad
 
 
 def hmac_sha256(key, data):
@@ -352,7 +354,7 @@ def device_int(text):
     s = text.strip().upper().replace("-", "").replace(" ", "")
     s = s.replace("I", "1").replace("L", "1").replace("O", "0")
     if len(s) != 8:
-        raise FrameError("bad_device_id", "expected 8 characters like 0K3F-9QD2")
+        raise FrameError("bad_device_id", "expected 8 characters like 0938-NKRT")
     for c in s:
         if c not in _B32:
             raise FrameError("bad_device_id", "invalid character " + c)
@@ -409,7 +411,10 @@ def _field_to_wire(field, value):
         except ValueError:
             raise FrameError("bad_field", name)
     if kind == _TYPE:
-        return [type_code(value)]
+        code = type_code(value)
+        if code & DOWNLINK:  # §8.9: only uplink frames are acknowledged
+            raise FrameError("bad_field", name)
+        return [code]
     if kind == _BOOL:
         if value is True or value is False:
             return [1 if value else 0]
@@ -417,21 +422,23 @@ def _field_to_wire(field, value):
     # _NUM
     if value is None:
         if extra is None:
-            raise FrameError("bad_field", name + " may not be null")
+            raise FrameError("bad_field", name)  # null where no sentinel exists
         v = extra
     else:
         if not isinstance(value, int) or isinstance(value, bool):
             raise FrameError("bad_field", name)
         v = value
         if v == extra:  # the sentinel itself must be spelled null
-            raise FrameError("bad_field", name + " out of range")
+            raise FrameError("bad_field", name)
     lo, hi = _RANGES[fmt]
     if v < lo or v > hi:
-        raise FrameError("bad_field", name + " out of range")
+        raise FrameError("bad_field", name)
     if value is not None and name in _LIMITS:
         lo, hi = _LIMITS[name]
         if v < lo or v > hi:
-            raise FrameError("bad_field", name + " out of range")
+            raise FrameError("bad_field", name)
+    if name == "status" and v & ~STATUS_DEFINED:  # §8.3: senders set reserved bits to 0
+        raise FrameError("bad_field", name)
     return [v]
 
 
@@ -458,8 +465,11 @@ def _values_from_fields(code, fields):
     out = []
     for f in spec:
         if f[0] not in fields:
-            raise FrameError("bad_field", "missing " + f[0])
+            raise FrameError("bad_field", f[0])  # missing
         out.extend(_field_to_wire(f, fields[f[0]]))
+    # §8.9: a reason exactly when the disposition is rejected (3), 0 otherwise.
+    if code == ACK and (out[1] == 3) != (out[2] != 0):
+        raise FrameError("bad_field", "reason")
     return out
 
 
@@ -474,7 +484,7 @@ def _config_payload(fields):
             out.append(size)
             out.extend(struct.pack(">" + fmt, v))
     if len(out) > MAX_PAYLOAD:
-        raise FrameError("bad_field", "config too long")
+        raise FrameError("bad_field", "config")  # more than 64 bytes
     return bytes(out)
 
 
@@ -506,7 +516,7 @@ def encode_into(buf, k, code, flags, device, counter, timestamp, payload):
     if n > MAX_PAYLOAD:
         raise FrameError("length_mismatch")
     if counter < 0 or counter > 0xFFFFFFFF or timestamp < 0 or timestamp > 0xFFFFFFFF:
-        raise FrameError("bad_field", "counter/timestamp range")
+        raise FrameError("bad_field", "counter")  # or timestamp: u32
     struct.pack_into(_HDR, buf, 0, VERSION, code, flags, device, counter, timestamp, n)
     buf[HEADER_LEN : HEADER_LEN + n] = payload
     if flags & FLAG_ENCRYPTED:
@@ -535,7 +545,7 @@ def encode(fields, key):
     """Encode a frame from a fields dict (as decode returns it) and a secret or Keys."""
     k = keys(key)
     if not isinstance(fields, dict):
-        raise FrameError("bad_field", "fields must be an object")
+        raise FrameError("bad_field", "fields")  # not a dict
     code = type_code(fields.get("type"))
     flags = flags_from_fields(code, fields)
     try:
@@ -543,10 +553,10 @@ def encode(fields, key):
         counter = fields["counter"]
         timestamp = fields.get("timestamp", 0)
     except KeyError:
-        raise FrameError("bad_field", "device and counter are required")
+        raise FrameError("bad_field", "device")  # device and counter required
     for v in (counter, timestamp):
         if not isinstance(v, int) or isinstance(v, bool):
-            raise FrameError("bad_field", "counter/timestamp must be integers")
+            raise FrameError("bad_field", "counter")  # not integers
     if code == CONFIG:
         payload = _config_payload(fields)
     else:
@@ -617,8 +627,8 @@ def verify_into(frame, k, out):
     return code, flags, device, counter, ts, n
 
 
-def _decode_config(payload, n):
-    fields = {}
+def _decode_config(payload, n, fields):
+    seen = []  # keys met so far, known or not: any repeat is refused (§8.10)
     i = 0
     while i < n:
         if i + 2 > n:
@@ -628,10 +638,13 @@ def _decode_config(payload, n):
         i += 2
         if i + size > n:
             raise FrameError("bad_payload", "truncated TLV")
+        if key in seen:
+            raise FrameError("bad_payload", "repeated TLV")
+        seen.append(key)
         spec = CONFIG_KEYS.get(key)
         if spec is not None:  # unknown keys are skipped (§13 versioning)
             name, fmt, kind = spec
-            if size != struct.calcsize(">" + fmt) or name in fields:
+            if size != struct.calcsize(">" + fmt):
                 raise FrameError("bad_payload", "bad TLV " + name)
             v = struct.unpack_from(">" + fmt, payload, i)[0]
             if kind == _BOOL:
@@ -643,12 +656,16 @@ def _decode_config(payload, n):
     return fields
 
 
-def unpack_payload(code, payload, n):
-    """Plaintext payload -> dict of named fields (sentinels become None)."""
+def unpack_payload(code, payload, n, fields=None):
+    """Plaintext payload -> dict of named fields (sentinels become None).
+
+    fields: a dict to add them to (decode's own, so no second dict is made).
+    """
+    if fields is None:
+        fields = {}
     if code == CONFIG:
-        return _decode_config(payload, n)
+        return _decode_config(payload, n, fields)
     values = struct.unpack_from(_LAYOUTS[code][0], payload, 0)
-    fields = {}
     i = 0
     for name, fmt, kind, extra in TYPES[code][1]:
         if kind == _FW:
@@ -662,7 +679,7 @@ def unpack_payload(code, payload, n):
                 raise FrameError("bad_payload", name)
             v = extra[v]
         elif kind == _TYPE:
-            if v not in TYPES:
+            if v not in TYPES or v & DOWNLINK:  # §8.9: an uplink type
                 raise FrameError("bad_payload", name)
             v = TYPES[v][0]
         elif kind == _BOOL:
@@ -676,6 +693,10 @@ def unpack_payload(code, payload, n):
             if v < lo or v > hi:
                 raise FrameError("bad_payload", name + " out of range")
         fields[name] = v
+    if code == HEARTBEAT:
+        fields["status"] &= STATUS_DEFINED  # §8.3: reserved bits are ignored: dropped
+    elif code == ACK and (values[1] == 3) != (values[2] != 0):  # §8.9, as in encode
+        raise FrameError("bad_payload", "reason")
     return fields
 
 
@@ -695,13 +716,7 @@ def decode(frame, key):
     }
     for name, bit in _FLAG_NAMES:
         fields[name] = bool(flags & bit)
-    fields.update(unpack_payload(code, out, n))
-    return fields
-
-
-def peek_device(frame):
-    """Device id of a structurally valid frame, before its tag is checked (to find the key)."""
-    return check_frame(frame)[2]
+    return unpack_payload(code, out, n, fields)
 
 
 # ------------------------------------------------------------------- SMS ----
@@ -713,10 +728,19 @@ def sms_encode(frame):
 
 
 def sms_decode(text):
+    """§10.4, strictly: canonical standard base64; only surrounding white space is dropped."""
     try:
-        return a2b_base64(text.strip())
+        if not isinstance(text, str):
+            text = bytes(text).decode()
+        s = text.strip()
+        raw = a2b_base64(s)
     except Exception:
         raise FrameError("bad_encoding")
+    # The one canonical body: catches white space or foreign characters inside,
+    # misplaced padding and non-zero bits after the last byte alike.
+    if not raw or sms_encode(raw) != s:
+        raise FrameError("bad_encoding")
+    return raw
 
 
 # ------------------------------------------------------- derived tables ----

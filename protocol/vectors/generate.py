@@ -585,6 +585,43 @@ def _invalid() -> list[tuple[str, str, bytes, bytes, str]]:
             "bad_payload",
         ),
         (
+            "invalid_ack_reason_without_rejection",
+            "ACK received that carries reason replay (§8.9: a reason only when rejected)",
+            SPEC_SECRET,
+            _sign(
+                SPEC_SECRET,
+                _header(0x81, up, DEV_SPEC, 7, TS, 7) + b"\x01\x00\x03" + struct.pack(">I", 7),
+            ),
+            "bad_payload",
+        ),
+        (
+            "invalid_ack_rejected_without_reason",
+            "ACK rejected with reason none (§8.9: a rejection always says why)",
+            SPEC_SECRET,
+            _sign(
+                SPEC_SECRET,
+                _header(0x81, up, DEV_SPEC, 7, TS, 7) + b"\x01\x03\x00" + struct.pack(">I", 7),
+            ),
+            "bad_payload",
+        ),
+        (
+            "invalid_ack_acked_type_downlink",
+            "ACK whose acked_type is CONFIG (§8.9: only uplink frames are acknowledged)",
+            SPEC_SECRET,
+            _sign(
+                SPEC_SECRET,
+                _header(0x81, up, DEV_SPEC, 7, TS, 7) + b"\x82\x00\x00" + struct.pack(">I", 7),
+            ),
+            "bad_payload",
+        ),
+        (
+            "invalid_config_repeated_unknown_key",
+            "CONFIG with the unknown key 0x7f twice (§8.10: no key twice, known or not)",
+            S_BUTTON,
+            _sign(S_BUTTON, _header(0x82, 0, DEV_BUTTON, 2, TS, 6) + b"\x7f\x01a\x7f\x01b"),
+            "bad_payload",
+        ),
+        (
             "invalid_config_repeated_key",
             "CONFIG with hold_ms twice, correctly signed",
             S_BUTTON,
@@ -620,6 +657,23 @@ def _config_unknown_key() -> tuple[str, str, bytes, bytes, dict]:
     )
 
 
+# §8.3: reserved HEARTBEAT status bits are ignored on receipt (dropped from the field).
+def _heartbeat_reserved_bits() -> tuple[str, str, bytes, bytes, dict]:
+    hb = codec.encode(_valid_fields("heartbeat_typical"), S_BRACELET)
+    body = bytearray(hb[:-16])
+    body[23] = 0xF5  # status: reserved bits 4-7 set, mains + charging
+    frame = _sign(S_BRACELET, bytes(body))
+    fields = codec.decode(frame, S_BRACELET)
+    assert fields["status"] == 0x05
+    return (
+        "heartbeat_reserved_status_bits",
+        "HEARTBEAT with status 0xF5 from a future sender: decodes as 0x05 (§8.3)",
+        S_BRACELET,
+        frame,
+        fields,
+    )
+
+
 def build() -> dict[str, dict]:
     """All vectors, name -> vector object, in a stable order."""
     vectors: dict[str, dict] = {}
@@ -642,17 +696,17 @@ def build() -> dict[str, dict]:
         buf, len(buf), codec.Keys(S_BRACELET), retx["timestamp"], codec.FLAG_RETRANSMISSION
     )
     assert buf.hex() == vectors["alert_retransmission"]["frame_hex"], "restamp drift"
-    name, desc, secret, frame, fields = _config_unknown_key()
-    vectors[name] = {
-        "name": name,
-        "description": desc,
-        "secret_hex": secret.hex(),
-        "frame_hex": frame.hex(),
-        "valid": True,
-        "fields": fields,
-        # decode is not injective here: encode() drops the unknown key
-        "encode_roundtrip": False,
-    }
+    for name, desc, secret, frame, fields in (_config_unknown_key(), _heartbeat_reserved_bits()):
+        vectors[name] = {
+            "name": name,
+            "description": desc,
+            "secret_hex": secret.hex(),
+            "frame_hex": frame.hex(),
+            "valid": True,
+            "fields": fields,
+            # decode is not injective here: encode() drops what decode ignored
+            "encode_roundtrip": False,
+        }
     for name, desc, secret, frame, reason in _invalid():
         try:
             codec.decode(frame, secret)

@@ -215,6 +215,7 @@ def encode(fields: dict, secret: bytes) -> bytes:
 
 def _decode_config(p: bytes) -> dict:
     out: dict = {}
+    seen: set[int] = set()
     i = 0
     while i < len(p):
         if i + 2 > len(p):
@@ -223,9 +224,12 @@ def _decode_config(p: bytes) -> dict:
         i += 2
         if i + size > len(p):
             raise Reject("bad_payload")
+        if key in seen:  # §8.10: no key twice, known or not
+            raise Reject("bad_payload")
+        seen.add(key)
         if key in CONFIG_TLV:
             name, fmt = CONFIG_TLV[key]
-            if size != struct.calcsize(fmt) or name in out:
+            if size != struct.calcsize(fmt):
                 raise Reject("bad_payload")
             (v,) = struct.unpack(fmt, p[i : i + size])
             if name == "discreet":
@@ -286,7 +290,7 @@ def decode(frame: bytes, secret: bytes) -> dict:
                 raise Reject("bad_payload")
             v = v == 1
         elif kind == "type":
-            if v not in TYPE_NAMES:
+            if v not in TYPE_NAMES or v & 0x80:  # §8.9: an uplink type
                 raise Reject("bad_payload")
             v = TYPE_NAMES[v]
         elif isinstance(kind, list):
@@ -298,4 +302,8 @@ def decode(frame: bytes, secret: bytes) -> dict:
         elif name in DOMAIN and not DOMAIN[name][0] <= v <= DOMAIN[name][1]:
             raise Reject("bad_payload")
         fields[name] = v
+    if ftype == "HEARTBEAT":
+        fields["status"] &= 0x0F  # §8.3: bits 4-7 reserved, ignored on receipt
+    if ftype == "ACK" and (fields["disposition"] == "rejected") != (fields["reason"] != "none"):
+        raise Reject("bad_payload")  # §8.9: a reason exactly when rejected
     return fields

@@ -35,11 +35,10 @@ PAYLOAD_FIELDS: dict[str, st.SearchStrategy] = {
     "mains": st.booleans(),
     "threshold": st.integers(0, 100),
     "reset_cause": st.sampled_from(ref.RESET_CAUSE),
-    "acked_type": st.sampled_from(ALL_TYPES),
+    "acked_type": st.sampled_from(UPLINK),  # §8.9: only uplink frames are acknowledged
     "disposition": st.sampled_from(ref.DISPOSITION),
 }
 CANCEL_REASON = st.sampled_from(ref.CANCEL_REASON)
-ACK_REASON = st.sampled_from(ref.REASON)
 
 
 @st.composite
@@ -68,8 +67,12 @@ def fields(draw: st.DrawFn, ftype: str | None = None) -> dict:
                 out[name] = draw(value)
         return out
     for name, *_ in ref.LAYOUTS[t]:
-        if name == "reason":
-            out[name] = draw(CANCEL_REASON if t == "CANCEL" else ACK_REASON)
+        if name == "reason" and t == "ACK":
+            # §8.9: a reason exactly when the disposition is rejected.
+            rejected = out["disposition"] == "rejected"
+            out[name] = draw(st.sampled_from(ref.REASON[1:])) if rejected else "none"
+        elif name == "reason":
+            out[name] = draw(CANCEL_REASON)
         elif t == "LOW_BATTERY" and name == "battery":
             out[name] = draw(PAYLOAD_FIELDS["battery"])
         else:
