@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import serial
+from auxilio import partitions as pt
 from auxilio.emulator import FlashImage, State, VirtualBoard, load_board
-from auxilio.emulator import partitions as pt
 from auxilio.emulator.board import ROM_BANNER, SOFT_REBOOT_BANNER
 from auxilio.errors import AuxilioError
 

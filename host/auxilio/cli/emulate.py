@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_board(args: argparse.Namespace) -> int:
+    from auxilio.boards import load_board
     from auxilio.emulator.admin import AdminServer, default_pty_link
     from auxilio.emulator.board import State
-    from auxilio.emulator.boards import load_board
     from auxilio.emulator.vdevice import VirtualDevice, new_identity
     from auxilio.errors import AuxilioError, UsageError
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from auxilio.boards import Board, load_board
 from auxilio.emulator.board import State, VirtualBoard
-from auxilio.emulator.boards import Board, load_board
 from auxilio.emulator.image import FlashImage
 
 __all__ = ["Board", "FlashImage", "State", "VirtualBoard", "load_board"]

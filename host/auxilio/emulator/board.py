@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from auxilio.emulator.boards import Board, load_board
+from auxilio.boards import Board, load_board
 from auxilio.emulator.endpoints import PtyEndpoint, Rfc2217Endpoint
 from auxilio.emulator.image import BOOT_SCRIPT, FlashImage, micropython_binary
 from auxilio.errors import AuxilioError

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.emulator.board import _PR_SET_PDEATHSIG, _libc
-from auxilio.emulator.boards import Board, load_board
+from auxilio.boards import Board, load_board
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import micropython_binary
 from auxilio.emulator.netem import BrokerProxy

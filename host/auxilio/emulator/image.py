@@ -9,8 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from auxilio.emulator import partitions
-from auxilio.emulator.boards import Board
+from auxilio import partitions
+from auxilio.boards import Board
 from auxilio.errors import AuxilioError, NotFoundError, UsageError
 from auxilio.paths import find_micropython
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.emulator.board import DownloadMode, VirtualBoard
-from auxilio.emulator.boards import Board, load_board
+from auxilio.boards import Board, load_board
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
 from auxilio.emulator.netem import BrokerProxy
