@@ -44,3 +44,19 @@ def find_micropython() -> str | None:
     if here.exists():
         return str(here)
     return shutil.which("micropython")
+
+
+def runtime_dir() -> Path:
+    """Per-user directory for running emulators' state files and virtual USB ports.
+
+    AUXILIO_RUNTIME_DIR when set (tests isolate themselves with it), else
+    $XDG_RUNTIME_DIR/auxilio-vboards-UID, else the same under the temp dir.
+    """
+    import os
+    import tempfile
+
+    override = os.environ.get("AUXILIO_RUNTIME_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"auxilio-vboards-{os.getuid()}"

@@ -15,7 +15,7 @@ import pytest
 import serial
 from auxilio import partitions as pt
 from auxilio.emulator import FlashImage, State, VirtualBoard, load_board
-from auxilio.emulator.board import ROM_BANNER, SOFT_REBOOT_BANNER
+from auxilio.emulator.board import SOFT_REBOOT_BANNER
 from auxilio.errors import AuxilioError
 
 pytestmark = [
@@ -96,7 +96,8 @@ def test_boot_runs_boot_then_main_then_repl(tmp_path: Path) -> None:
     )
     with VirtualBoard(img.board, img.path) as board:
         out = board.console()
-        assert out.index(ROM_BANNER) < out.index(b"boot.py ran") < out.index(b"main.py ran")
+        rom = img.board.chip_info.rom_banner.encode()
+        assert out.index(rom) < out.index(b"boot.py ran") < out.index(b"main.py ran")
         assert out.rstrip().endswith(b">>>")
         assert board.state is State.RUNNING
 
@@ -111,12 +112,12 @@ def test_rts_pulse_over_rfc2217_hard_resets(tmp_path: Path) -> None:
             assert board.boots == boots
             ser.dtr = False  # RTS alone asserted: EN low, chip held in reset
             wait_state(board, State.RESET)
-            ser.rts = False  # EN rises: normal boot (IO0 high)
             since = board.console_len()
+            ser.rts = False  # EN rises: normal boot (IO0 high)
             board.wait_output(b"main: running", since=since, timeout=30)
         assert board.boots == boots + 1
         assert board.pid != pid  # RAM gone: a new interpreter
-        assert board.console().count(ROM_BANNER) == 2
+        assert board.console().count(img.board.chip_info.rom_banner.encode()) == 2
         assert SOFT_REBOOT_BANNER not in board.console()
 
 
@@ -155,8 +156,8 @@ def test_esptool_reset_sequence_enters_download_mode_hook(tmp_path: Path) -> Non
             ser.dtr = False
             ser.rts = True
             time.sleep(0.1)
-            ser.rts = False
             since = board.console_len()
+            ser.rts = False
             board.wait_output(b"main: running", since=since)
         assert fed[-1] == b"<closed>"
 

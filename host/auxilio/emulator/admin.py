@@ -15,7 +15,6 @@ import os
 import queue
 import secrets
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from typing import Any
 from auxilio.emulator.fleet import VirtualFleet
 from auxilio.emulator.vdevice import VirtualDevice
 from auxilio.errors import ConnectionFailed, NotFoundError, UsageError
+from auxilio.paths import runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ CLIENT_TIMEOUT_S = 30.0
 
 def state_dir() -> Path:
     """Where running emulators leave their state files (per user)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"auxilio-vboards-{os.getuid()}"
+    return runtime_dir()
 
 
 def state_file(name: str) -> Path:

@@ -14,7 +14,9 @@ import atexit
 import ctypes
 import enum
 import fcntl
+import hashlib
 import logging
+import mmap
 import os
 import pty
 import queue
@@ -30,18 +32,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from auxilio.boards import Board, load_board
-from auxilio.emulator.endpoints import PtyEndpoint, Rfc2217Endpoint
+from auxilio.boards import RESET_USB_JTAG, Board, load_board
+from auxilio.emulator import usb
+from auxilio.emulator.endpoints import Pacer, PtyEndpoint, Rfc2217Endpoint
 from auxilio.emulator.image import BOOT_SCRIPT, FlashImage, micropython_binary
-from auxilio.errors import AuxilioError
+from auxilio.emulator.reset import Action, make_circuit
+from auxilio.errors import AuxilioError, UsageError
+from auxilio.flash.images import BootCheck, boot_check
 
 log = logging.getLogger(__name__)
 
-# What the ESP32 ROM prints on a power-on/EN reset, and for the download-mode strap.
-ROM_BANNER = b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
-ROM_DOWNLOAD_BANNER = (
-    b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD(USB/UART0))\r\nwaiting for download\r\n"
-)
 SOFT_REBOOT_BANNER = b"MPY: soft reboot\r\n"  # ports/esp32/main.c soft_reset_exit
 RAW_REPL_BANNER = b"raw REPL; CTRL-B to exit"
 _MARK = b"\x1b]auxvb;"  # boot-script markers: ESC ] auxvb;<what> BEL
@@ -49,13 +49,19 @@ _MARK = b"\x1b]auxvb;"  # boot-script markers: ESC ] auxvb;<what> BEL
 BOOT_LOOP_LIMIT = 5
 # Input typed while the interpreter restarts is kept (a UART FIFO plus driver buffer).
 RX_PENDING_MAX = 64 * 1024
-# The RC on EN holds the chip in reset a little after RTS lets go; the strapping
-# pins (IO0) are sampled when it rises. esptool's classic reset relies on it
-# (it sets DTR then RTS in two writes that briefly pass through both-high).
-# Over RFC 2217 each line change is one round trip (pyserial waits ~50 ms for
-# it), so the window is wider than a real RC's few ms; esptool's own
-# esp_rfc2217_server replays the reset sequence locally for the same reason.
-EN_RC_S = 0.3
+# A chip that finds no bootable image resets (RTC watchdog) and tries again about
+# this often, printing the same lines each time, forever.
+BOOT_LOOP_PERIOD_S = 1.0
+# Link modes: "fast" delivers bytes as fast as the host moves them (tests);
+# "faithful" spaces them at the link's rate (the baud rate set over RFC 2217 for a
+# USB-UART bridge; USB full speed for the native USB-Serial-JTAG).
+LINK_FAST = "fast"
+LINK_FAITHFUL = "faithful"
+UART_BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+DEFAULT_BAUD = 115200  # the ROM's and MicroPython's UART0 rate when nobody set one
+# The USB-Serial-JTAG CDC endpoint: 64-byte bulk packets on USB 1.1 full speed; ESP-IDF
+# measures about 1 MB/s, whatever baud rate the host asks for.
+USB_SERIAL_JTAG_BYTES_PER_S = 1_000_000
 # Kept console output, for tests and `wait_output`.
 CONSOLE_KEEP = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -79,11 +85,12 @@ class State(enum.Enum):
     BOOTING = "booting"  # interpreter running boot.py / main.py
     RUNNING = "running"  # interpreter at the REPL (or main.py returned)
     DOWNLOAD = "download"  # ROM serial bootloader (IO0 low at reset)
+    BOOT_LOOP = "boot_loop"  # no valid bootloader/partition table/app in flash: resets forever
     CRASHED = "crashed"
 
 
 class DownloadMode(Protocol):
-    """The ROM serial bootloader hook (the flashing issue adds one for esptool)."""
+    """What runs while the chip is in serial download mode (the ROM bootloader by default)."""
 
     def feed(self, data: bytes) -> None: ...
 
@@ -94,8 +101,12 @@ class VirtualBoard:
     """A board definition + a flash image file + serial endpoints + the interpreter.
 
     `env` is added to the interpreter's environment (e.g. AUXILIO_HAL_CONTROL).
-    `download_mode` builds the ROM bootloader when a reset samples IO0 low;
-    without one the board prints the ROM's "waiting for download" and idles.
+    `download_mode` builds what answers in serial download mode (IO0 low at
+    reset); the default is the ROM bootloader of auxilio.emulator.rom, which
+    esptool flashes. `link` is LINK_FAST or LINK_FAITHFUL (bytes paced at the
+    link's rate). `advertise` publishes the port on the virtual USB bus, where
+    `auxilio ports` finds it. `mac` fixes the eFuse MAC (default: derived from
+    the image path, so the same image is the same board).
     """
 
     def __init__(
@@ -109,21 +120,41 @@ class VirtualBoard:
         heapsize: str | None = None,
         download_mode: Callable[[VirtualBoard], DownloadMode] | None = None,
         name: str | None = None,
+        link: str = LINK_FAST,
+        advertise: bool = False,
+        mac: bytes | None = None,
     ) -> None:
         self.board = load_board(board) if isinstance(board, str) else board
         self.image = FlashImage(image, self.board)
         self.name = name or self.board.name
         self.env = dict(env or {})
         self.heapsize = heapsize
+        if download_mode is None:
+            from auxilio.emulator.rom import RomBootloader
+
+            download_mode = RomBootloader
         self.download_mode_factory = download_mode
+        if link not in (LINK_FAST, LINK_FAITHFUL):
+            raise UsageError(f"link must be {LINK_FAST!r} or {LINK_FAITHFUL!r}, not {link!r}")
+        self.link = link
+        self.native_usb = self.board.reset_circuit == RESET_USB_JTAG
+        self.advertise = advertise
+        # A locally administered unicast MAC (0x02 first byte): never a real board's.
+        seed = hashlib.sha256(str(Path(image).resolve()).encode()).digest()
+        self.mac = mac or bytes([0x02]) + seed[:5]
         self._pty_link = pty_link
         self._rfc2217_port = rfc2217_port
         self.pty: PtyEndpoint | None = None
         self.rfc2217: Rfc2217Endpoint | None = None
         self.state = State.OFF
         self.crash_reason: str | None = None
+        self.boot_failure: str | None = None  # the last line of a boot loop, while looping
         self.boots = 0  # interpreter starts, for tests and figures
         self.on_crash: Callable[[str], None] | None = None
+        # Called by the ROM after each flash write (offset, length): tests cut power here.
+        self.on_flash_write: Callable[[int, int], None] | None = None
+        self.rx_bytes = 0  # bytes the host sent / the board sent on its serial link
+        self.tx_bytes = 0
         self._listeners: list[Callable[[bytes], None]] = []
         self._console = bytearray()
         self._console_cond = threading.Condition()
@@ -140,9 +171,16 @@ class VirtualBoard:
         self._reset_cause = "power_on"  # reported to the firmware as machine.reset_cause()
         self._tail = b""
         self._boot_exits = 0
-        self._lines = (False, False)  # (dtr, rts) as set by the RFC 2217 client
-        self._en_rise_at: float | None = None  # when EN, released, reaches high
+        self.circuit = make_circuit(self.board.reset_circuit)
         self._download: DownloadMode | None = None
+        self._loop_at: float | None = None  # next boot-loop retry
+        self._vfs: tuple[int, int] | None = None  # (offset, size) the bootloader found
+        self._loop_lines: list[str] = []
+        self._powered = False  # False from a power cut until power returns (output is dropped)
+        self._tx_pacer = Pacer()
+        self._rx_pacer = Pacer()
+        self._emit_lock = threading.Lock()
+        self._usb_file: Path | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -163,9 +201,32 @@ class VirtualBoard:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
+    @property
+    def usb_serial(self) -> str:
+        """The USB serial number: the MAC for USB-Serial-JTAG, a bridge-style id otherwise."""
+        if self.native_usb:
+            return ":".join(f"{b:02X}" for b in self.mac)
+        return self.mac.hex().upper() + "01"  # CP210x-style: 16 hex digits... of our own
+
+    def host_baud(self) -> int:
+        """The baud rate the host set on the port (RFC 2217 SET-BAUDRATE), else the default."""
+        if self.rfc2217 is not None and self.rfc2217.connected:
+            return self.rfc2217.baudrate
+        return DEFAULT_BAUD
+
+    def link_bytes_per_s(self) -> float:
+        """The link's maximum: what faithful mode paces to."""
+        if self.native_usb:
+            return USB_SERIAL_JTAG_BYTES_PER_S
+        return self.host_baud() / UART_BITS_PER_BYTE
+
     def start(self, wait: bool = True, timeout: float = 30.0) -> VirtualBoard:
-        """Check the image, open the endpoints and power on (wait for the REPL)."""
-        self.image.check()
+        """Check the image file, open the endpoints and power on (wait for the REPL).
+
+        The flash content is not checked here: a chip powers on whatever its
+        flash holds (an erased one sits in the ROM's boot loop until flashed).
+        """
+        self.image.check_file()
         micropython_binary()
         self.pty = PtyEndpoint(self._uart_rx, self._pty_link)
         try:
@@ -178,16 +239,22 @@ class VirtualBoard:
         self._thread = threading.Thread(target=self._supervise, name=f"vb-{self.name}", daemon=True)
         self._thread.start()
         self._post("power_on")
+        if self.advertise:
+            self._publish()
         if wait:
             self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until the interpreter is at the REPL; a crash raises AuxilioError."""
+        """Wait until the interpreter is at the REPL; a crash or a boot loop raises AuxilioError."""
         deadline = time.monotonic() + timeout
         while self.state is not State.RUNNING:
             if self.state is State.CRASHED:
                 raise AuxilioError(f"virtual board {self.name} crashed: {self.crash_reason}")
+            if self.state is State.BOOT_LOOP:
+                raise AuxilioError(
+                    f"virtual board {self.name} does not boot ({self.boot_failure}); flash it first"
+                )
             if time.monotonic() > deadline:
                 raise AuxilioError(f"virtual board {self.name} did not reach the REPL")
             time.sleep(0.01)
@@ -198,10 +265,15 @@ class VirtualBoard:
 
     def power_cut(self) -> None:
         """kill -9 of the interpreter; the flash image keeps what was written."""
+        self._powered = False  # from this instant nothing more leaves the board
         self._post("power_cut")
 
     def power_restore(self) -> None:
         self._post("power_on")
+
+    def run_from_flash(self, cause: str) -> None:
+        """The ROM leaves download mode and boots the app (FLASH_END, a watchdog reset)."""
+        self._post("run_flash", cause)
 
     def write(self, data: bytes) -> None:
         """Type into the board's UART as a serial tool would."""
@@ -237,10 +309,13 @@ class VirtualBoard:
         if self._closed:
             return
         self._closed = True
+        if self._usb_file is not None:
+            usb.withdraw(self._usb_file)
         if self._thread is not None and self._thread.is_alive():
             self._post("stop")
             self._thread.join(10)
         self._kill()
+        self._stop_download()
         if self.rfc2217 is not None:
             self.rfc2217.close()
         if self.pty is not None:
@@ -258,39 +333,60 @@ class VirtualBoard:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the auto-reset circuit (EN on RTS, IO0 on DTR) ------------------------
+    def _publish(self) -> None:
+        ident = self.board.usb
+        self._usb_file = usb.publish(
+            usb.VirtualPort(
+                name=self.name,
+                board=self.board.name,
+                device=self.port,
+                url=self.rfc2217_url,
+                vid=ident.vid if ident else 0,
+                pid=ident.pid if ident else 0,
+                serial=self.usb_serial,
+                manufacturer=ident.manufacturer if ident else "",
+                product=ident.product if ident else "",
+                owner=os.getpid(),
+            )
+        )
+
+    # -- the reset circuit (board data: classic DevKit or USB-Serial-JTAG) ---------
 
     def _set_lines(self, dtr: bool, rts: bool) -> None:
         self._post("lines", dtr, rts)
 
-    def _apply_lines(self, dtr: bool, rts: bool) -> None:
-        # The two-transistor circuit of ESP32 dev boards: EN is pulled low only
-        # when RTS is asserted and DTR is not; IO0 only when DTR is and RTS is not.
-        old_en_low = self._lines[1] and not self._lines[0]
-        self._lines = (dtr, rts)
-        en_low = rts and not dtr
-        # IO0 (low when DTR is asserted and RTS is not) is sampled once EN has risen.
+    def _act(self, action: Action) -> None:
         if self.state is State.OFF:
             return  # no power: the lines change nothing
-        if en_low:
-            self._en_rise_at = None
-            if not old_en_low:
-                self._kill()
-                self._stop_download()
-                self.state = State.RESET
-        elif old_en_low:
-            self._en_rise_at = time.monotonic() + EN_RC_S
+        if action.what == "reset":
+            self._kill()
+            self._stop_download()
+            self._loop_at = None
+            self.state = State.RESET
+        elif action.what in ("boot", "download"):
+            # machine.reset_cause(): an ESP32's EN pin is a power-on reset; the native
+            # USB peripheral's reset is a hard reset.
+            fw = "power_on" if action.cause == "power_on" else "hard_reset"
+            self._release(action.what == "download", action.cause, fw)
 
-    def _en_risen(self) -> None:
-        self._en_rise_at = None
-        dtr, rts = self._lines
-        if dtr and not rts:  # IO0 low at reset: the ROM serial bootloader
+    def _release(self, download: bool, cause: str, fw_cause: str = "power_on") -> None:
+        """The chip comes out of reset: the ROM prints its banner and boots or waits.
+
+        `cause` is the ROM's reset reason (chips.Chip.reset_reasons), `fw_cause`
+        what the firmware's machine.reset_cause() reports.
+        """
+        self._kill()
+        self._stop_download()
+        self._loop_at = None
+        chip = self.board.chip_info
+        self._emit(f"{chip.rom_banner}{chip.rst_line(cause, download)}\r\n".encode())
+        if download:
             self._enter_download()
         else:
-            self._power_on()
+            self._boot(fw_cause)
 
     def _enter_download(self) -> None:
-        self._emit(ROM_DOWNLOAD_BANNER)
+        self._emit(b"waiting for download\r\n")
         self.state = State.DOWNLOAD
         if self.download_mode_factory is not None:
             self._download = self.download_mode_factory(self)
@@ -300,6 +396,39 @@ class VirtualBoard:
             self._download.close()
             self._download = None
 
+    def _boot(self, fw_cause: str) -> None:
+        """SPI flash boot: the ROM loads the bootloader, which checks the table and the app."""
+        check = self._check_flash()
+        if not check.ok:
+            self._boot_loop(check)
+            return
+        self._emit(("".join(line + "\r\n" for line in check.lines)).encode())
+        self._power_on(fw_cause, vfs=(check.vfs.offset, check.vfs.size) if check.vfs else None)
+
+    def _check_flash(self) -> BootCheck:
+        try:
+            with (
+                open(self.image.path, "rb") as f,
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
+            ):
+                return boot_check(m, self.board.chip_info, self.board.flash_size)
+        except (OSError, ValueError) as exc:
+            return BootCheck(False, [f"flash unreadable: {exc}"], rom_ok=False)
+
+    def _boot_loop(self, check: BootCheck) -> None:
+        self.state = State.BOOT_LOOP
+        self.boot_failure = check.lines[-1] if check.lines else "no bootable image"
+        self._loop_lines = check.lines if check.rom_ok else check.lines * 4
+        self._emit(("".join(line + "\r\n" for line in self._loop_lines)).encode())
+        self._loop_at = time.monotonic() + BOOT_LOOP_PERIOD_S
+
+    def _boot_loop_again(self) -> None:
+        """The RTC watchdog resets the stuck chip; it prints the same failure again."""
+        chip = self.board.chip_info
+        lines = [chip.rst_line("rtc_wdt", False)] + self._loop_lines
+        self._emit(("".join(line + "\r\n" for line in lines)).encode())
+        self._loop_at = time.monotonic() + BOOT_LOOP_PERIOD_S
+
     # -- serial data ------------------------------------------------------------
 
     def emit(self, data: bytes) -> None:
@@ -307,23 +436,27 @@ class VirtualBoard:
         self._emit(data)
 
     def _emit(self, data: bytes) -> None:
-        if not data:
+        if not data or not self._powered:
             return
-        scan = self._tail + data
-        if RAW_REPL_BANNER in scan:
-            self._raw = True
-        elif scan.endswith(b">>> "):
-            self._raw = False
-        self._tail = scan[-32:]
-        with self._console_cond:
-            self._console += data
-            if len(self._console) > CONSOLE_KEEP:
-                del self._console[: len(self._console) - CONSOLE_KEEP]
-            self._console_cond.notify_all()
-        if self.pty is not None:
-            self.pty.write(data)
-        if self.rfc2217 is not None:
-            self.rfc2217.write(data)
+        if self.link == LINK_FAITHFUL:
+            self._tx_pacer.pace(len(data), self.link_bytes_per_s())
+        with self._emit_lock:
+            self.tx_bytes += len(data)
+            scan = self._tail + data
+            if RAW_REPL_BANNER in scan:
+                self._raw = True
+            elif scan.endswith(b">>> "):
+                self._raw = False
+            self._tail = scan[-32:]
+            with self._console_cond:
+                self._console += data
+                if len(self._console) > CONSOLE_KEEP:
+                    del self._console[: len(self._console) - CONSOLE_KEEP]
+                self._console_cond.notify_all()
+            if self.pty is not None:
+                self.pty.write(data)
+            if self.rfc2217 is not None:
+                self.rfc2217.write(data)
         for cb in list(self._listeners):
             try:
                 cb(data)
@@ -331,9 +464,13 @@ class VirtualBoard:
                 log.exception("console listener failed")
 
     def _uart_rx(self, data: bytes) -> None:
+        if self.link == LINK_FAITHFUL:
+            self._rx_pacer.pace(len(data), self.link_bytes_per_s())
+        self.rx_bytes += len(data)
         if self.state is State.DOWNLOAD:
-            if self._download is not None:
-                self._download.feed(data)
+            download = self._download
+            if download is not None:
+                download.feed(data)
             return
         with self._rx_lock:
             if self._ifd is not None and self._gate != "raw":
@@ -341,7 +478,7 @@ class VirtualBoard:
             elif self.state in (State.BOOTING, State.RUNNING):
                 room = RX_PENDING_MAX - len(self._rx_pending)
                 self._rx_pending += data[: max(room, 0)]
-            # OFF, RESET, CRASHED: nobody listens on the UART
+            # OFF, RESET, BOOT_LOOP, CRASHED: nobody listens on the UART
 
     def _write_interp(self, data: bytes) -> None:
         view = memoryview(data)
@@ -366,6 +503,10 @@ class VirtualBoard:
         except OSError:
             pass
 
+    def _next_timer(self) -> float | None:
+        times = [t for t in (self.circuit.due(), self._loop_at) if t is not None]
+        return min(times) if times else None
+
     def _supervise(self) -> None:
         try:
             while True:
@@ -380,11 +521,16 @@ class VirtualBoard:
                         self.state = State.OFF
                         return
                     self._handle(cmd)
-                if self._en_rise_at is not None and time.monotonic() >= self._en_rise_at:
-                    self._en_risen()
+                now = time.monotonic()
+                due = self.circuit.due()
+                if due is not None and now >= due:
+                    self._act(self.circuit.tick())
+                if self._loop_at is not None and now >= self._loop_at:
+                    self._boot_loop_again()
                 timeout = 0.5
-                if self._en_rise_at is not None:
-                    timeout = max(0.0, min(timeout, self._en_rise_at - time.monotonic()))
+                nxt = self._next_timer()
+                if nxt is not None:
+                    timeout = max(0.0, min(timeout, nxt - time.monotonic()))
                 fds = [self._wake_r] + ([self._ifd] if self._ifd is not None else [])
                 ready, _, _ = select.select(fds, [], [], timeout)
                 if self._wake_r in ready:
@@ -410,29 +556,35 @@ class VirtualBoard:
     def _handle(self, cmd: tuple) -> None:
         what = cmd[0]
         if what == "power_on":
-            if self._proc is None and self.state not in (State.DOWNLOAD, State.RESET):
-                self._power_on()
+            if self.state in (State.OFF, State.CRASHED):
+                self._powered = True
+                self._release(False, "power_on")
         elif what == "hard_reset":
-            self._kill()
-            self._stop_download()
-            self._power_on(cause="hard_reset")
+            if self.state is not State.OFF:
+                self._release(False, "usb" if self.native_usb else "power_on", "hard_reset")
+        elif what == "run_flash":
+            if self.state is State.DOWNLOAD:
+                self._release(False, str(cmd[1]), "hard_reset")
         elif what == "power_cut":
             self._kill()
             self._stop_download()
+            self._loop_at = None
+            self._powered = False
             self.state = State.OFF
         elif what == "lines":
-            self._apply_lines(bool(cmd[1]), bool(cmd[2]))
+            self._act(self.circuit.set_lines(bool(cmd[1]), bool(cmd[2])))
 
-    def _power_on(self, cause: str = "power_on") -> None:
+    def _power_on(self, cause: str = "power_on", vfs: tuple[int, int] | None = None) -> None:
+        """Start the interpreter: the app the bootloader found (MicroPython, here the unix port)."""
         self._raw = False
         self._boot_exits = 0
         self._reset_cause = cause
-        self._emit(ROM_BANNER)
+        self._vfs = vfs
         self._spawn()
 
     def _spawn(self) -> None:
         env = dict(os.environ)
-        env.update(self.image.boot_env())
+        env.update(self.image.boot_env(self._vfs))
         env.update(self.env)
         env["AUXILIO_VB_MODE"] = "raw" if self._raw else "normal"
         # What machine.reset_cause() would say on the chip; the host HAL reports it in BOOT.

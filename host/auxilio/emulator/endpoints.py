@@ -9,6 +9,7 @@ import pty
 import select
 import socket
 import threading
+import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,22 @@ log = logging.getLogger(__name__)
 CHUNK = 4096
 # How often a pty with nobody attached is re-polled (POLLHUP spins otherwise).
 HUP_POLL_S = 0.05
+
+
+class Pacer:
+    """Spaces bytes at a link's rate: n bytes take n / rate seconds, queued behind earlier ones."""
+
+    def __init__(self) -> None:
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def pace(self, nbytes: int, bytes_per_s: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(now, self._free_at) + nbytes / max(bytes_per_s, 1.0)
+            delay = self._free_at - now
+        if delay > 0:
+            time.sleep(delay)
 
 
 def _link_target_alive(link: Path) -> bool:
@@ -172,6 +189,15 @@ class _Lines:
         self._dtr = self._rts = False
         self._on_lines(False, False)
 
+    def raise_both(self) -> None:
+        """Port opened: the tty driver raises DTR and RTS together (tty_port_raise_dtr_rts).
+
+        An RFC 2217 client then sends them as two separate changes, which no
+        real open produces; the redirector's own open already raised both.
+        """
+        self._dtr = self._rts = True
+        self._on_lines(True, True)
+
     def reset_input_buffer(self) -> None:
         pass
 
@@ -223,6 +249,15 @@ class Rfc2217Endpoint:
     def url(self) -> str:
         return f"rfc2217://127.0.0.1:{self.port}"
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
+    def baudrate(self) -> int:
+        """The rate the client set (RFC 2217 SET-BAUDRATE)."""
+        return int(self._lines.baudrate)
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -240,6 +275,7 @@ class Rfc2217Endpoint:
                 sock.close()
                 continue
             self._client, self._manager = conn, manager
+            self._lines.raise_both()
             threading.Thread(
                 target=self._serve, args=(conn, manager), name="vb-rfc2217-client", daemon=True
             ).start()

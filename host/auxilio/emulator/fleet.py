@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auxilio.emulator.board import _PR_SET_PDEATHSIG, _libc
 from auxilio.boards import Board, load_board
+from auxilio.emulator.board import _PR_SET_PDEATHSIG, _libc
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import micropython_binary
 from auxilio.emulator.netem import BrokerProxy
@@ -117,7 +117,7 @@ class VirtualFleet:
                 shutil.copyfile(src, dest)
             else:
                 dest.write_bytes(src)
-        board_json = json.dumps(self.board_def.data)
+        board_json = json.dumps(self.board_def.device_data())
         for i in range(self.count):
             root = self.workdir / "devices" / f"{i:04d}"
             cfg_path = root / "config.json"

@@ -1,4 +1,11 @@
-"""Flash image files: ESP32 partition table at 0x8000 + a LittleFS2 `vfs` partition."""
+"""Flash image files: a board's whole SPI flash, as MicroPython's ESP32 port lays it out.
+
+A fresh image holds what flashing MicroPython leaves: a bootloader at the
+chip's bootloader offset, the partition table at 0x8000, the app in the
+factory partition (synthetic images from auxilio.flash.images: a virtual board
+runs the unix port, but its ROM checks the flash like a chip's does), and a
+LittleFS2 filesystem in the `vfs` partition.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from pathlib import Path
 from auxilio import partitions
 from auxilio.boards import Board
 from auxilio.errors import AuxilioError, NotFoundError, UsageError
+from auxilio.flash.images import build_firmware
 from auxilio.paths import find_micropython
 
 log = logging.getLogger(__name__)
@@ -43,20 +51,16 @@ class FlashImage:
 
     # -- creation and checks -------------------------------------------------
 
-    def create(self) -> FlashImage:
-        """Erase (0xFF) the whole flash, write the partition table, mkfs the vfs partition."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def create(self, firmware: bytes | None = None) -> FlashImage:
+        """Erase the flash, write MicroPython (bootloader, table, app), mkfs the vfs partition.
+
+        `firmware` is a merged image for the chip's bootloader offset; the
+        default is a synthetic one (auxilio.flash.images.build_firmware).
+        """
+        fw = firmware if firmware is not None else build_firmware(self.board).merged
+        self._write_erased(fw)
         tmp = self.path.with_name(self.path.name + ".new")
-        table = partitions.build_table(self.board.partitions)
-        with open(tmp, "wb") as f:
-            chunk = b"\xff" * (256 * 1024)
-            left = self.board.flash_size
-            while left:
-                n = min(left, len(chunk))
-                f.write(chunk[:n])
-                left -= n
-            f.seek(partitions.TABLE_OFFSET)
-            f.write(table)
+        os.replace(self.path, tmp)
         try:
             self._task("mkfs", tmp)
         except BaseException:
@@ -65,6 +69,26 @@ class FlashImage:
         os.replace(tmp, self.path)
         log.info("formatted %s (%s, %d bytes)", self.path, self.board.name, self.board.flash_size)
         return self
+
+    def erase(self) -> FlashImage:
+        """An erased flash (all 0xFF), like a new module before anyone flashed it."""
+        self._write_erased(b"")
+        return self
+
+    def _write_erased(self, firmware: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".new")
+        with open(tmp, "wb") as f:
+            chunk = b"\xff" * (256 * 1024)
+            left = self.board.flash_size
+            while left:
+                n = min(left, len(chunk))
+                f.write(chunk[:n])
+                left -= n
+            if firmware:
+                f.seek(self.board.bootloader_offset)
+                f.write(firmware)
+        os.replace(tmp, self.path)
 
     def partitions(self) -> list[partitions.Partition]:
         with open(self.path, "rb") as f:
@@ -75,8 +99,8 @@ class FlashImage:
     def vfs(self) -> partitions.Partition:
         return partitions.find(self.partitions(), "vfs")
 
-    def check(self) -> None:
-        """Raise a one-line error unless this is a usable image for the board."""
+    def check_file(self) -> None:
+        """Raise a one-line error unless the file exists with the board's flash size."""
         hint = " (use --format to create a fresh one)"
         if not self.path.exists():
             raise NotFoundError(f"image {self.path} does not exist{hint}")
@@ -86,6 +110,12 @@ class FlashImage:
                 f"image {self.path} is {size} bytes but {self.board.name} has "
                 f"{self.board.flash_size} bytes of flash{hint}"
             )
+
+    def check(self) -> None:
+        """Raise a one-line error unless this is a usable image for the board."""
+        hint = " (use --format to create a fresh one)"
+        self.check_file()
+        size = self.path.stat().st_size
         try:
             vfs = self.vfs
             if vfs.offset + vfs.size > size:
@@ -160,12 +190,13 @@ class FlashImage:
                     dest.write_bytes(content)
             self._task("deploy", self.path, {"AUXILIO_VB_SRC": str(root)})
 
-    def boot_env(self) -> dict[str, str]:
-        vfs = self.vfs
+    def boot_env(self, vfs: tuple[int, int] | None = None) -> dict[str, str]:
+        """What the boot script needs: the image and the vfs partition (as the table says)."""
+        offset, size = vfs if vfs is not None else (self.vfs.offset, self.vfs.size)
         return {
             "AUXILIO_VB_IMAGE": str(self.path.resolve()),
-            "AUXILIO_VB_VFS_OFFSET": str(vfs.offset),
-            "AUXILIO_VB_VFS_SIZE": str(vfs.size),
+            "AUXILIO_VB_VFS_OFFSET": str(offset),
+            "AUXILIO_VB_VFS_SIZE": str(size),
         }
 
     def _task(self, task: str, path: Path, extra: dict[str, str] | None = None) -> None:

@@ -122,15 +122,51 @@ def _at_exit():
         pass
 
 
+# What MicroPython's ESP32 inisetup.py writes into a fresh filesystem.
+_BOOT_PY = """\
+# This file is executed on every boot (including wake-boot from deepsleep)
+#import esp
+#esp.osdebug(None)
+#import webrepl
+#webrepl.start()
+"""
+_CORRUPTED = """\
+The filesystem appears to be corrupted. If you had important data there, you
+may want to make a flash snapshot to try to recover it. Otherwise, perform
+factory reprogramming of MicroPython firmware (completely erase flash, followed
+by firmware programming).
+"""
+
+
+def _inisetup(bdev):
+    """ports/esp32/modules/inisetup.py: format an erased vfs partition, refuse a corrupt one."""
+    buf = bytearray(_BLOCK)
+    bdev.readblocks(0, buf)
+    if buf != _ERASED:
+        print(_CORRUPTED)
+        return None
+    print("Performing initial setup")
+    vfs.VfsLfs2.mkfs(bdev)
+    return vfs.VfsLfs2(bdev)
+
+
 def _boot(g):
+    bdev = _bdev()
+    fresh = False
     try:
-        fs = vfs.VfsLfs2(_bdev())
+        fs = vfs.VfsLfs2(bdev)
     except OSError as e:
-        _marker("fatal;cannot mount the vfs partition: " + repr(e))
-        return
+        fs = _inisetup(bdev)
+        if fs is None:
+            _marker("fatal;cannot mount the vfs partition: " + repr(e))
+            return
+        fresh = True
     vfs.umount("/")
     vfs.mount(fs, "/")
     os.chdir("/")
+    if fresh:
+        with open("boot.py", "w") as f:
+            f.write(_BOOT_PY)
     sys.path[:] = ["", ".frozen", "/lib"]  # the ESP32 port's sys.path
     sys.atexit(_at_exit)
     if not _run_file("boot.py", g):

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.boards import Board, load_board
+from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
 from auxilio.emulator.netem import BrokerProxy
@@ -95,6 +95,8 @@ class VirtualDevice:
         name: str | None = None,
         download_mode: Callable[[VirtualBoard], DownloadMode] | None = None,
         counter_floor: int | None = None,
+        link: str = "fast",
+        advertise: bool = False,
     ) -> None:
         self.board_def = load_board(board) if isinstance(board, str) else board
         self.image = FlashImage(image, self.board_def)
@@ -120,7 +122,9 @@ class VirtualDevice:
             env={"AUXILIO_HAL_CONTROL": self.control.address},
             heapsize=heapsize,
             name=name,
-            download_mode=download_mode,  # the ROM bootloader, when the flashing issue adds it
+            download_mode=download_mode,  # None: the ROM bootloader (auxilio.emulator.rom)
+            link=link,
+            advertise=advertise,
         )
 
     @property
@@ -136,7 +140,7 @@ class VirtualDevice:
         files: dict[str, bytes | Path] = {}
         if self.deploy:
             files.update(firmware_files(self.firmware))
-            files["board.json"] = json.dumps(self.board_def.data, indent=1).encode()
+            files["board.json"] = json.dumps(self.board_def.device_data()).encode()
         if self.broker_url:
             host, port, tls = parse_broker_url(self.broker_url)
             self.proxy = BrokerProxy(host, port)
