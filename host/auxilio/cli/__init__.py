@@ -29,6 +29,10 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("broker", "broker", "mosquitto config and runner"),
     ("emulate", "emulate", "run virtual boards (real firmware on the unix port)"),
     ("vboard", "vboard", "control a running virtual board (press, battery, power...)"),
+    ("ports", "ports", "serial ports that look like boards (virtual ones too)"),
+    ("flash", "flash", "flash MicroPython and the app onto one board or a whole tray"),
+    ("deploy", "deploy", "install the application on a board running MicroPython"),
+    ("factory-test", "factory_test", "hardware self-test of a flashed board over its REPL"),
 ]
 
 

@@ -11,7 +11,6 @@ into SIGINT while main.py runs, as the ESP32 port's UART IRQ does.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import enum
 import fcntl
 import hashlib
@@ -39,6 +38,7 @@ from auxilio.emulator.image import BOOT_SCRIPT, FlashImage, micropython_binary
 from auxilio.emulator.reset import Action, make_circuit
 from auxilio.errors import AuxilioError, UsageError
 from auxilio.flash.images import BootCheck, boot_check
+from auxilio.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +64,12 @@ DEFAULT_BAUD = 115200  # the ROM's and MicroPython's UART0 rate when nobody set 
 USB_SERIAL_JTAG_BYTES_PER_S = 1_000_000
 # Kept console output, for tests and `wait_output`.
 CONSOLE_KEEP = 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # not Linux: no parent-death signal, atexit and signals still clean up
-    _libc = None
 
 
 def _child_setup() -> None:
     """In the child: make the pty its controlling tty (Ctrl-C -> SIGINT) and die with us."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
 
 
 class State(enum.Enum):

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.boards import Board, load_board
-from auxilio.emulator.board import _PR_SET_PDEATHSIG, _libc
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import micropython_binary
 from auxilio.emulator.netem import BrokerProxy
 from auxilio.emulator.vdevice import firmware_files, new_identity, parse_broker_url
 from auxilio.errors import AuxilioError, UsageError
+from auxilio.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ class FleetDevice:
     interpreter: int
     dev: int  # index inside its interpreter (the control channel's "dev")
     config: dict[str, Any]
-
-
-def _fleet_child() -> None:
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class VirtualFleet:
@@ -200,7 +195,7 @@ class VirtualFleet:
                         env=env,
                         cwd=str(self.workdir),
                         start_new_session=True,
-                        preexec_fn=_fleet_child,
+                        preexec_fn=die_with_parent,
                     )
                 finally:
                     logf.close()

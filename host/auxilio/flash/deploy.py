@@ -1,0 +1,172 @@
+"""`auxilio deploy`: install the application (the .mpy build + board.json) on a board running MicroPython.
+
+The build is `make firmware`'s (auxilio.build: mpy-cross over firmware/ and
+the codec); board.json is the board file's device copy. One mpremote exec
+asks the board for the sha256 of every file it should hold; only files whose
+hash differs are copied (a second deploy copies nothing), stale `.py`
+sources that would shadow a deployed `.mpy` are removed (MicroPython imports
+`x.py` before `x.mpy`), and a second exec checks every hash again. Then an EN
+pulse starts the firmware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from auxilio import build as fw_build
+from auxilio.boards import Board
+from auxilio.errors import AuxilioError
+from auxilio.flash import mpremote
+from auxilio.flash.link import pulse_reset
+
+log = logging.getLogger(__name__)
+
+MARK = "AUXDEPLOY "  # prefix of the one JSON line the device-side script prints
+# Runs on the board (MicroPython): hash the listed files, say which dirs exist.
+_DEVICE_SCRIPT = """
+import os, json, hashlib, binascii
+def _h(p):
+    try:
+        s = hashlib.sha256()
+        with open(p, 'rb') as f:
+            while True:
+                b = f.read(1024)
+                if not b:
+                    break
+                s.update(b)
+        return binascii.hexlify(s.digest()).decode()
+    except OSError:
+        return None
+def _d(p):
+    try:
+        return os.stat(p)[0] & 0x4000 != 0
+    except OSError:
+        return False
+print('AUXDEPLOY ' + json.dumps({'files': {p: _h(p) for p in %(files)r}, 'dirs': [d for d in %(dirs)r if _d(d)]}))
+"""
+
+
+class DeployError(AuxilioError):
+    """The application could not be installed or verified on a board."""
+
+
+@dataclass
+class DeployResult:
+    copied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # device path -> sha256 after deploy
+
+
+@dataclass
+class AppBundle:
+    """The files to deploy: device path -> host file, and their sha256."""
+
+    root: Path
+    files: dict[str, Path]
+    sha256: dict[str, str]
+
+    @property
+    def dirs(self) -> list[str]:
+        return sorted({str(Path(p).parent) for p in self.files if "/" in p})
+
+
+def bundle(board: Board, out: Path) -> AppBundle:
+    """Build the firmware into `out` and add board.json (the device copy of the board file)."""
+    built = fw_build.build(out)
+    files = {b.name: out / b.name for b in built}
+    board_json = out / "board.json"
+    board_json.write_text(json.dumps(board.device_data(), separators=(",", ":")))
+    files["board.json"] = board_json
+    sha = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
+    return AppBundle(out, files, sha)
+
+
+def _shadows(app: AppBundle) -> list[str]:
+    """Sources that MicroPython would import instead of a deployed .mpy."""
+    return sorted(p[: -len(".mpy")] + ".py" for p in app.files if p.endswith(".mpy"))
+
+
+def device_hashes(
+    url: str, paths: list[str], dirs: list[str], cancel: threading.Event | None = None
+) -> dict:
+    script = _DEVICE_SCRIPT % {"files": paths, "dirs": dirs}
+    out = mpremote.run(url, ["exec", script], cancel=cancel)
+    for line in out.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK) :])
+    raise DeployError(f"the board on {url} did not answer the file check (is MicroPython running?)")
+
+
+def device_board_name(url: str, cancel: threading.Event | None = None) -> str:
+    """The board name in the device's board.json (for `auxilio deploy` without --board)."""
+    out = mpremote.run(
+        url,
+        [
+            "exec",
+            "import json\ntry:\n print('AUXDEPLOY '+json.dumps(json.load(open('board.json')).get('name')))\nexcept Exception:\n print('AUXDEPLOY null')",
+        ],
+        cancel=cancel,
+    )
+    for line in out.splitlines():
+        if line.startswith(MARK):
+            name = json.loads(line[len(MARK) :])
+            if name:
+                return str(name)
+    raise DeployError(f"the board on {url} has no board.json yet: give --board NAME")
+
+
+def deploy(
+    url: str,
+    board: Board,
+    app: AppBundle | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    reset: bool = True,
+) -> DeployResult:
+    """Install `app` (default: a fresh build for `board`) on the board at `url`."""
+    if app is None:
+        with tempfile.TemporaryDirectory(prefix="auxilio-deploy-") as tmp:
+            return deploy(url, board, bundle(board, Path(tmp)), cancel=cancel, reset=reset)
+    shadows = [s for s in _shadows(app) if s not in app.files]
+    state = device_hashes(url, sorted(app.files) + shadows, app.dirs, cancel)
+    have = state.get("files", {})
+    result = DeployResult()
+    todo = []
+    for name in sorted(app.files):
+        if have.get(name) == app.sha256[name]:
+            result.unchanged.append(name)
+        else:
+            todo.append(name)
+    result.removed = [s for s in shadows if have.get(s)]
+    commands: list[list[str]] = []
+    for d in app.dirs:
+        if d not in state.get("dirs", []):
+            commands.append(["fs", "mkdir", f":{d}"])
+    for name in result.removed:
+        commands.append(["fs", "rm", f":{name}"])
+    for name in todo:
+        commands.append(["fs", "cp", str(app.files[name]), f":{name}"])
+    if commands:
+        mpremote.run(url, ["resume", *mpremote.chain(*commands)], cancel=cancel)
+    result.copied = todo
+    if todo or result.removed:
+        after = device_hashes(url, sorted(app.files), [], cancel).get("files", {})
+        bad = [n for n in app.files if after.get(n) != app.sha256[n]]
+        if bad:
+            raise DeployError(
+                f"{len(bad)} files differ on the board after copying (first: {bad[0]})"
+            )
+        result.files = {n: after[n] for n in app.files}
+    else:
+        result.files = {n: have[n] for n in app.files}
+    log.info("deploy to %s: %d copied, %d unchanged", url, len(todo), len(result.unchanged))
+    if reset:
+        pulse_reset(url)  # mpremote stopped main.py; an EN pulse starts the firmware
+    return result
