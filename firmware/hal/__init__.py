@@ -1,7 +1,7 @@
 # Hardware abstraction: pick the ESP32 or the host (unix port) implementation by platform.
 #
 # Every HAL offers the same firmware-facing methods (see hal/host.py for the
-# reference): attach_button(device), battery_pct(), charging(), mains(),
+# reference): attach_button(device), battery_pct(), battery_mv(), charging(), mains(),
 # tamper_open(), location(), haptic/led/buzzer(pattern), state(name, counter),
 # log(msg), hello(device), reset_cause(), make_transport(cfg, log),
 # wdt_start(ms), wdt_feed(), deep_sleep(ms), error_blink(), make_flag().

@@ -104,14 +104,20 @@ class Esp32Hal:
 
         pin.irq(irq, machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING)
 
-    def battery_pct(self):
+    def battery_mv(self):
+        """The battery voltage (ADC through the board's divider) in mV, None without one."""
         if self._adc is None:
             return None
-        b = self._bat
         try:
-            mv = self._adc.read_uv() // 1000 * b.get("divider", 2.0)
+            return int(self._adc.read_uv() // 1000 * self._bat.get("divider", 2.0))
         except (AttributeError, OSError):
             return None
+
+    def battery_pct(self):
+        mv = self.battery_mv()
+        if mv is None:
+            return None
+        b = self._bat
         lo = b.get("empty_mv", 3300)
         hi = b.get("full_mv", 4150)
         pct = int((mv - lo) * 100 // (hi - lo))

@@ -55,7 +55,10 @@ class HostHal:
         inputs = board.get("inputs") or {}
         self.device = None
         self.pressed = False
-        self.battery = 100 if board.get("battery") else None
+        bat = board.get("battery")
+        self.battery = 100 if bat else None
+        # The battery's range, so the factory test can read a voltage as on the ADC.
+        self._bat_mv = (bat.get("empty_mv", 3300), bat.get("full_mv", 4150)) if bat else None
         self.is_charging = False
         self.mains_on = True if inputs.get("mains") else None
         self.tamper = False if inputs.get("tamper") else None
@@ -115,6 +118,13 @@ class HostHal:
 
     def battery_pct(self):
         return self.battery
+
+    def battery_mv(self):
+        """The voltage the ADC would read for the controller's battery level (mV)."""
+        if self._bat_mv is None or self.battery is None:
+            return None
+        lo, hi = self._bat_mv
+        return lo + (hi - lo) * self.battery // 100
 
     def charging(self):
         return self.is_charging

@@ -1,0 +1,220 @@
+"""`auxilio factory-test`: a flashed board's hardware self-test over its REPL, judged against board data.
+
+Steps (each one mpremote exec of firmware/selftest.py, which prints AUXREADY
+when armed and one AUXTEST JSON line): pulse each output the board has
+(motor, LED, buzzer) and ask the technician to confirm; ask for a button
+press and measure it; read the battery voltage and the mains sense against
+the board file's factory_test ranges; on boards with a modem, AT and
+AT+CPIN? over its UART. A check that could not be made is "fail" with the
+reason (never "pass"); a check the board has no hardware for is "skipped".
+Every result goes into reports/factory-*.csv/json.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from auxilio.boards import Board
+from auxilio.errors import AuxilioError
+from auxilio.flash import mpremote, report
+from auxilio.flash.link import pulse_reset
+from auxilio.i18n import _, register
+
+register(
+    {
+        "Mire y escuche la placa: ahora vibra el motor.": "Watch and listen: the motor vibrates now.",
+        "Mire la placa: ahora se enciende el LED.": "Watch the board: the LED lights up now.",
+        "Escuche la placa: ahora suena el zumbador.": "Listen to the board: the buzzer sounds now.",
+        "¿Vibró el motor?": "Did the motor vibrate?",
+        "¿Se encendió el LED?": "Did the LED light up?",
+        "¿Sonó el zumbador?": "Did the buzzer sound?",
+        "Pulse el botón y manténgalo un segundo.": "Press the button and hold it for a second.",
+    }
+)
+
+READY = "AUXREADY"
+RESULT = "AUXTEST "
+STEP_TIMEOUT_S = 60.0  # one step, connection included (the button waits up to 15 s)
+FACTORY_COLUMNS = ("port", "serial", "board", "check", "result", "value", "detail")
+# output kind -> (prompt while it plays, question afterwards)
+_OUTPUTS = {
+    "haptic": (
+        "Mire y escuche la placa: ahora vibra el motor.",
+        "¿Vibró el motor?",
+    ),
+    "led": ("Mire la placa: ahora se enciende el LED.", "¿Se encendió el LED?"),
+    "buzzer": ("Escuche la placa: ahora suena el zumbador.", "¿Sonó el zumbador?"),
+}
+STEPS = ("haptic", "led", "buzzer", "button", "battery", "mains", "modem")
+
+
+class Technician(Protocol):
+    """Who watches the board: a person at a prompt, or a test reading the virtual board."""
+
+    def prompt(self, check: str, text: str) -> None:
+        """The board is armed for `check`: tell the technician what to do now."""
+
+    def confirm(self, check: str, question: str) -> bool:
+        """Ask whether it happened."""
+
+
+@dataclass
+class Check:
+    check: str
+    result: str  # pass | fail | skipped
+    value: Any = None
+    detail: str = ""
+
+
+class FactoryTestError(AuxilioError):
+    """The self-test could not run at all (no REPL, no selftest module)."""
+
+
+def run_step(
+    url: str, step: str, arg: str | None = None, on_ready: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """One selftest step on the board: its AUXTEST result (on_ready runs when it is armed)."""
+    code = f"import selftest\nselftest.run({step!r}, {arg!r})"
+    result: dict[str, Any] = {}
+
+    def line(text: str) -> None:
+        if text.strip() == READY and on_ready is not None:
+            threading.Thread(target=on_ready, daemon=True).start()
+        elif text.startswith(RESULT):
+            result.update(json.loads(text[len(RESULT) :]))
+
+    out = mpremote.run(url, ["exec", code], timeout=STEP_TIMEOUT_S, on_line=line)
+    if not result:
+        last = next((ln for ln in reversed(out.splitlines()) if ln.strip()), "no output")
+        raise FactoryTestError(
+            f"self-test step {step} gave no result ({last.strip()[:120]}); deploy the app first"
+        )
+    return result
+
+
+def _range(value: Any, rng: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and isinstance(rng, list)
+        and len(rng) == 2
+        and rng[0] <= value <= rng[1]
+    )
+
+
+def factory_test(
+    url: str, board: Board, tech: Technician, skip: tuple[str, ...] = ()
+) -> list[Check]:
+    """Run every step this board has hardware for; one Check per step, in order."""
+    ft = board.factory_test
+    feedback = board.data.get("feedback") or {}
+    checks: list[Check] = []
+    for kind, (prompt, question) in _OUTPUTS.items():
+        if kind in skip:
+            checks.append(Check(kind, "skipped", detail="skipped by the technician"))
+        elif not feedback.get(kind):
+            checks.append(Check(kind, "skipped", detail=f"{board.name} has no {kind}"))
+        else:
+            run_step(url, "output", kind, lambda p=prompt, k=kind: tech.prompt(k, _(p)))
+            ok = tech.confirm(kind, _(question))
+            checks.append(
+                Check(kind, "pass" if ok else "fail", detail="confirmed" if ok else "not seen")
+            )
+    if "button" in skip:
+        checks.append(Check("button", "skipped", detail="skipped by the technician"))
+    else:
+        res = run_step(
+            url,
+            "button",
+            None,
+            lambda: tech.prompt("button", _("Pulse el botón y manténgalo un segundo.")),
+        )
+        rng = ft.get("button_ms", [50, 5000])
+        if not res.get("pressed"):
+            checks.append(Check("button", "fail", detail="no press within 15 s"))
+        elif not res.get("released"):
+            checks.append(Check("button", "fail", detail="pressed but never released (stuck?)"))
+        else:
+            ms = res.get("ms")
+            ok = _range(ms, rng)
+            checks.append(
+                Check(
+                    "button",
+                    "pass" if ok else "fail",
+                    ms,
+                    "" if ok else f"held {ms} ms, expected {rng[0]}..{rng[1]} ms",
+                )
+            )
+    sensors = run_step(url, "sensors") if not {"battery", "mains"} <= set(skip) else {}
+    if "battery" in skip or "battery_mv" not in ft:
+        checks.append(
+            Check(
+                "battery",
+                "skipped",
+                detail="skipped" if "battery" in skip else f"{board.name} has no battery range",
+            )
+        )
+    else:
+        mv, rng = sensors.get("battery_mv"), ft["battery_mv"]
+        ok = _range(mv, rng)
+        detail = (
+            "" if ok else ("no reading" if mv is None else f"{mv} mV outside {rng[0]}..{rng[1]} mV")
+        )
+        checks.append(Check("battery", "pass" if ok else "fail", mv, detail))
+    if "mains" in skip or "mains" not in ft:
+        checks.append(
+            Check(
+                "mains",
+                "skipped",
+                detail="skipped" if "mains" in skip else f"{board.name} has no mains sense",
+            )
+        )
+    else:
+        got, want = sensors.get("mains"), bool(ft["mains"])
+        ok = got is want
+        checks.append(
+            Check(
+                "mains",
+                "pass" if ok else "fail",
+                got,
+                "" if ok else f"mains sense reads {got}, expected {want}",
+            )
+        )
+    if "modem" in skip:
+        checks.append(Check("modem", "skipped", detail="skipped by the technician"))
+    elif board.modem is None:
+        checks.append(Check("modem", "skipped", detail=f"{board.name} has no modem"))
+    else:
+        checks.append(modem_check(url))
+    pulse_reset(url)  # mpremote stopped main.py: start the firmware again
+    return checks
+
+
+def modem_check(url: str) -> Check:
+    """AT / AT+CPIN? over the board's modem UART: pass only when the modem answered and the SIM is ready."""
+    res = run_step(url, "modem")
+    if not res.get("at"):
+        return Check("modem", "fail", None, res.get("reason") or "the modem did not answer AT")
+    sim = res.get("sim")
+    if sim != "READY":
+        return Check(
+            "modem", "fail", sim, f"the modem answers, but the SIM is {sim or 'not reported'}"
+        )
+    return Check("modem", "pass", sim, "AT OK, SIM ready")
+
+
+def write_report(
+    port: Any, board: Board, checks: list[Check], directory: Path | None = None
+) -> tuple[Path, Path]:
+    rows = [dict(asdict(c), port=port.device, serial=port.serial, board=board.name) for c in checks]
+    meta = {
+        "board": board.name,
+        "port": port.device,
+        "serial": port.serial,
+        "passed": all(c.result != "fail" for c in checks),
+    }
+    return report.write("factory", rows, FACTORY_COLUMNS, meta, directory)
