@@ -82,12 +82,13 @@ async def _output(h, board, kind):
     return {"kind": kind, "present": True, "pattern": _PATTERN[kind]}
 
 
-async def _button(h, board, arg):
+async def _button(h, board, wait_ms):
     b = _Button()
     h.attach_button(b)
     print("AUXREADY")
+    wait_ms = wait_ms or _BUTTON_WAIT_MS
     t0 = ticks_ms()
-    while b.up is None and ticks_diff(ticks_ms(), t0) < _BUTTON_WAIT_MS:
+    while b.up is None and ticks_diff(ticks_ms(), t0) < wait_ms:
         await asyncio.sleep_ms(10)
     if b.down is None:
         return {"pressed": False}

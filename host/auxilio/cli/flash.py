@@ -44,31 +44,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from auxilio.boards import load_board
-    from auxilio.errors import NotFoundError, UsageError
+    from auxilio.errors import AuxilioError, NotFoundError, UsageError
     from auxilio.flash import tray
     from auxilio.flash.flasher import Options
     from auxilio.flash.images import read_firmware
     from auxilio.flash.ports import list_ports, resolve_port
+    from auxilio.flash.tray import refused
 
-    if len(args.board) != len(args.firmware):
-        raise UsageError("give one --firmware for each --board, in the same order")
-    choices = []
-    for name, path in zip(args.board, args.firmware, strict=True):
-        board = load_board(name)
-        choices.append((board, read_firmware(board, path)))
-    if len({b.chip for b, _ in choices}) != len(choices):
-        raise UsageError("two --board values have the same chip: one run cannot tell them apart")
     if args.all:
         ports = list_ports()
-        if not ports:
-            raise NotFoundError(
-                "no board is plugged in (`auxilio ports --all-ports` lists every port)"
-            )
         explicit = False
     else:
         known = list_ports(all_ports=True)
         ports = [resolve_port(p, known) for p in args.port]
         explicit = True
+    try:
+        if len(args.board) != len(args.firmware):
+            raise UsageError("give one --firmware for each --board, in the same order")
+        choices = []
+        for name, path in zip(args.board, args.firmware, strict=True):
+            board = load_board(name)
+            choices.append((board, read_firmware(board, path)))
+        if len({b.chip for b, _ in choices}) != len(choices):
+            raise UsageError(
+                "two --board values have the same chip: one run cannot tell them apart"
+            )
+    except AuxilioError as exc:
+        # Nothing was touched; the audit trail still says which boards were not flashed and why.
+        refused(ports, str(exc), args.reports)
+        raise
+    if args.all and not ports:
+        raise NotFoundError("no board is plugged in (`auxilio ports --all-ports` lists every port)")
     items = tray.plan(ports, choices, explicit=explicit, force=args.force, reports_dir=args.reports)
     if args.all and all(i.skip for i in items) and not any("already" in i.skip for i in items):
         raise NotFoundError(

@@ -201,6 +201,11 @@ class VirtualBoard:
             return ":".join(f"{b:02X}" for b in self.mac)
         return self.mac.hex().upper() + "01"  # CP210x-style: 16 hex digits... of our own
 
+    @property
+    def powered(self) -> bool:
+        """False from the instant of a power cut (before the supervisor has even seen it)."""
+        return self._powered
+
     def host_baud(self) -> int:
         """The baud rate the host set on the port (RFC 2217 SET-BAUDRATE), else the default."""
         if self.rfc2217 is not None and self.rfc2217.connected:

@@ -490,14 +490,17 @@ class RomBootloader:
             return
         # A plain FLASH_DATA block is padded to the block size; only what fits is kept.
         payload = payload[: max(0, min(len(payload), self.flash_size - pos))]
-        self.flash.program(pos, payload)
+        # Program sector by sector, as the chip does: a power cut stops it part-way.
+        for at in range(0, len(payload), SECTOR):
+            piece = payload[at : at + SECTOR]
+            self.flash.program(pos + at, piece)
+            hook = self.board.on_flash_write
+            if hook is not None:
+                hook(pos + at, len(piece))
+            if self._closed or not self.board.powered:
+                return  # no power: the rest is never written, and a dead chip does not answer
         w["pos"] = pos + len(payload)
         w["seq"] = seq + 1
-        hook = self.board.on_flash_write
-        if hook is not None:
-            hook(pos, len(payload))
-        if self._closed:
-            return  # the hook cut the power: no answer from a dead chip
         self._reply(op)
 
     def _flash_end(self, op: int, data: bytes, chk: int) -> None:

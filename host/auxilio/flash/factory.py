@@ -40,6 +40,7 @@ register(
 READY = "AUXREADY"
 RESULT = "AUXTEST "
 STEP_TIMEOUT_S = 60.0  # one step, connection included (the button waits up to 15 s)
+BUTTON_WAIT_S = 15.0  # how long the technician has to press the button
 FACTORY_COLUMNS = ("port", "serial", "board", "check", "result", "value", "detail")
 # output kind -> (prompt while it plays, question afterwards)
 _OUTPUTS = {
@@ -107,7 +108,11 @@ def _range(value: Any, rng: Any) -> bool:
 
 
 def factory_test(
-    url: str, board: Board, tech: Technician, skip: tuple[str, ...] = ()
+    url: str,
+    board: Board,
+    tech: Technician,
+    skip: tuple[str, ...] = (),
+    button_wait_s: float = BUTTON_WAIT_S,
 ) -> list[Check]:
     """Run every step this board has hardware for; one Check per step, in order."""
     ft = board.factory_test
@@ -130,12 +135,12 @@ def factory_test(
         res = run_step(
             url,
             "button",
-            None,
+            int(button_wait_s * 1000),
             lambda: tech.prompt("button", _("Pulse el botón y manténgalo un segundo.")),
         )
         rng = ft.get("button_ms", [50, 5000])
         if not res.get("pressed"):
-            checks.append(Check("button", "fail", detail="no press within 15 s"))
+            checks.append(Check("button", "fail", detail=f"no press within {button_wait_s:g} s"))
         elif not res.get("released"):
             checks.append(Check("button", "fail", detail="pressed but never released (stuck?)"))
         else:

@@ -38,6 +38,16 @@ ROM_BAUD = 115200  # esptool syncs with the ROM at 115200 (it auto-bauds) before
 CONNECT_ATTEMPTS = 3
 # From the reset after flashing to the MicroPython banner (boot + first-boot mkfs).
 BOOT_TIMEOUT_S = 30.0
+# How esptool and pyserial say that the other end went quiet or away.
+LOST_LINK = (
+    "No more data to read",
+    "No serial data",
+    "stream stopped",
+    "transfer stopped",
+    "Timed out",
+    "timeout",
+    "Connection reset",
+)
 STAGES = ("queued", "connect", "check", "stub", "write", "verify", "boot", "deploy", "done")
 
 
@@ -267,18 +277,14 @@ class BoardFlasher:
     def _explain(self, exc: BaseException) -> str:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         stage = self._stage[0]
-        if (
-            stage in ("write", "verify", "stub")
-            and isinstance(exc, (serial.SerialException, OSError))
-            or (
-                stage in ("write", "verify")
-                and any(
-                    s in text
-                    for s in ("No serial data", "stream stopped", "transfer stopped", "Timed out")
-                )
+        lost = isinstance(exc, (serial.SerialException, OSError)) or any(
+            s in text for s in LOST_LINK
+        )
+        if lost and stage in ("stub", "write", "verify"):
+            return (
+                f"{self.port.label()}: the board stopped answering mid-{stage} (unplugged, or lost "
+                "power); it is partly written and must be flashed again"
             )
-        ):
-            return f"{self.port.label()}: the board stopped answering mid-{stage} (unplugged, or lost power); it is partly written and must be flashed again"
         return f"{self.port.label()} ({stage}): {text}"
 
     # -- the steps --------------------------------------------------------------

@@ -161,3 +161,16 @@ def run(
     rows = [asdict(o) for o in ordered]
     csv_path, json_path = report.write("flash", rows, report.FLASH_COLUMNS, info, reports_dir)
     return TrayResult(ordered, csv_path, json_path, interrupted, info)
+
+
+def refused(ports: list[Port], error: str, reports_dir: Path | None = None) -> TrayResult:
+    """A run stopped before touching any board (bad image, unknown board): a failed row per port."""
+    outcomes = [
+        Outcome(port=p.device, serial=p.serial, result="failed", error=f"not flashed: {error}")
+        for p in ports
+    ]
+    info = {"started": time.time(), "finished": time.time(), "refused": error}
+    csv_path, json_path = report.write(
+        "flash", [asdict(o) for o in outcomes], report.FLASH_COLUMNS, info, reports_dir
+    )
+    return TrayResult(outcomes, csv_path, json_path, False, info)

@@ -3,7 +3,9 @@
 Usable by this repository's tests and by downstream projects that pip-install
 Auxilio. Fixtures: ``mqtt_broker`` (a real mosquitto on a free loopback port);
 ``c4`` (a registry and the real gateway on that broker, auxilio.testing.c4);
-``virtual_board`` and ``virtual_fleet`` come from auxilio.testing.fixtures.
+``virtual_board`` and ``virtual_fleet`` come from auxilio.testing.fixtures,
+``virtual_tray`` (blank boards on a private virtual USB bus, for flashing)
+from auxilio.testing.tray, with ``firmware_file`` and ``VirtualTechnician``.
 """
 
 from __future__ import annotations
@@ -49,5 +51,6 @@ def c4(mqtt_broker: Mosquitto, tmp_path: Path) -> Iterator[Callable[..., C4]]:
 
 try:  # virtual boards arrive with the emulator; keep the plugin importable without them
     from auxilio.testing.fixtures import virtual_board, virtual_fleet  # noqa: F401
+    from auxilio.testing.tray import VirtualTechnician, firmware_file, virtual_tray  # noqa: F401
 except ImportError:
     pass
