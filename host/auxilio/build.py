@@ -3,7 +3,7 @@
 ``python -m auxilio.build [--out DIR]``. Every ``.py`` under ``firmware/`` is
 compiled, keeping subdirectories, except the top-level ``main.py`` and
 ``boot.py``: the ESP32 port executes those two by file name, so they are
-copied as source. ``protocol/auxcodec.py`` (the one codec) becomes
+copied as source; ``manifest.py`` (a frozen build's input) is not device code. ``protocol/auxcodec.py`` (the one codec) becomes
 ``auxcodec.mpy`` at the top of the output. Prints each file and the total size.
 """
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Files the MicroPython ESP32 port runs by name from the filesystem root.
 SOURCE_ONLY = ("boot.py", "main.py")
+# Top-level files of firmware/ that are for the host, never a device (makemanifest input).
+HOST_ONLY = ("manifest.py",)
 # Generous: one mpy-cross run takes ~10 ms, but the machine may be loaded.
 MPY_CROSS_TIMEOUT_S = 60
 CODEC_NAME = "auxcodec.py"
@@ -109,6 +111,8 @@ def build(
     built.append(Built("auxcodec.mpy", (out / "auxcodec.mpy").stat().st_size, True))
     for src in _sources(fw):
         rel = src.relative_to(fw)
+        if len(rel.parts) == 1 and rel.name in HOST_ONLY:
+            continue
         if len(rel.parts) == 1 and rel.name in SOURCE_ONLY:
             dst = out / rel
             shutil.copyfile(src, dst)

@@ -227,3 +227,11 @@ def test_deploy_is_idempotent_and_removes_shadowing_sources(virtual_tray, tmp_pa
     for name, sha in app.sha256.items():
         assert hashlib.sha256(vb.image.read_file(name)).hexdigest() == sha
     assert "config.py" not in vb.image.listdir("/")
+    # A board flashed with a frozen build keeps only main.py and board.json on its filesystem.
+    frozen = json.loads(
+        ok(auxilio("deploy", "--port", vb.rfc2217_url, "--frozen", "--no-reset", "--json"))
+    )
+    assert frozen["copied"] == []
+    assert sorted(frozen["removed"]) == sorted(n for n in app.files if n.endswith(".mpy"))
+    assert set(vb.image.listdir("/")) == {"board.json", "hal", "main.py"}
+    assert vb.image.listdir("/hal") == []

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     port = resolve_port(args.port) if args.port else pick_single(list_ports())
     board = load_board(args.board or device_board_name(port.url))
-    result = deploy(port.url, board, reset=not args.no_reset)
+    result = deploy(port.url, board, reset=not args.no_reset, frozen=args.frozen)
     if args.json:
         print(
             json.dumps(

@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="keep the filesystem (default: erase it, factory fresh)",
     )
     p.add_argument("--no-deploy", action="store_true", help="MicroPython only, no application")
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the image has the app frozen in: deploy main.py and board.json only",
+    )
     p.add_argument("--baud", type=int, help="flashing baud rate (default: the board file's)")
     p.add_argument("--reports", type=Path, help="report directory (default ./reports)")
     p.add_argument("--json", action="store_true", help="print the report rows as JSON lines")
@@ -82,14 +87,21 @@ def run(args: argparse.Namespace) -> int:
             + ", ".join(b.name for b, _ in choices)
             + " (see `auxilio ports`)"
         )
-    options = Options(deploy=not args.no_deploy, keep_fs=args.keep_fs, baud=args.baud)
+    options = Options(
+        deploy=not args.no_deploy, keep_fs=args.keep_fs, baud=args.baud, frozen=args.frozen
+    )
     meta = {
         "boards": [b.name for b, _ in choices],
         "firmware": [
             {"file": str(p), "sha256": fw.sha256, "version": fw.version}
             for p, (_, fw) in zip(args.firmware, choices, strict=True)
         ],
-        "options": {"force": args.force, "keep_fs": args.keep_fs, "deploy": not args.no_deploy},
+        "options": {
+            "force": args.force,
+            "keep_fs": args.keep_fs,
+            "deploy": not args.no_deploy,
+            "frozen": args.frozen,
+        },
     }
     result = _run_with_progress(items, options, args, meta)
     for o in result.outcomes:

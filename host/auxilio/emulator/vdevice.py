@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.boards import Board, load_board
+from auxilio.build import HOST_ONLY
 from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
@@ -70,7 +71,9 @@ def firmware_files(fw: Path | None = None) -> dict[str, bytes | Path]:
     files: dict[str, bytes | Path] = {}
     for path in sorted(fw.rglob("*")):
         if path.is_file() and path.suffix in FIRMWARE_SUFFIXES and "__pycache__" not in path.parts:
-            files[path.relative_to(fw).as_posix()] = path
+            rel = path.relative_to(fw).as_posix()
+            if rel not in HOST_ONLY:
+                files[rel] = path
     if "auxcodec.py" not in files and "auxcodec.mpy" not in files:
         files["auxcodec.py"] = protocol_dir() / "auxcodec.py"
     return files

@@ -6,7 +6,8 @@ asks the board for the sha256 of every file it should hold; only files whose
 hash differs are copied (a second deploy copies nothing), stale `.py`
 sources that would shadow a deployed `.mpy` are removed (MicroPython imports
 `x.py` before `x.mpy`), and a second exec checks every hash again. Then an EN
-pulse starts the firmware.
+pulse starts the firmware. For a MicroPython with the app frozen in
+(firmware/manifest.py) only main.py and board.json are installed.
 """
 
 from __future__ import annotations
@@ -66,31 +67,39 @@ class DeployResult:
 
 @dataclass
 class AppBundle:
-    """The files to deploy: device path -> host file, and their sha256."""
+    """The files to deploy (device path -> host file, their sha256) and what must not stay."""
 
     root: Path
     files: dict[str, Path]
     sha256: dict[str, str]
+    shadows: list[str] = field(default_factory=list)  # removed from the board when present
 
     @property
     def dirs(self) -> list[str]:
         return sorted({str(Path(p).parent) for p in self.files if "/" in p})
 
 
-def bundle(board: Board, out: Path) -> AppBundle:
-    """Build the firmware into `out` and add board.json (the device copy of the board file)."""
+def bundle(board: Board, out: Path, frozen: bool = False) -> AppBundle:
+    """Build the firmware into `out` and add board.json (the device copy of the board file).
+
+    `frozen`: the board runs a MicroPython with the app frozen in (firmware/manifest.py);
+    only main.py and board.json go on the filesystem, and any module file there
+    is removed (the filesystem comes before .frozen on sys.path, so it would win).
+    """
     built = fw_build.build(out)
     files = {b.name: out / b.name for b in built}
+    modules = sorted(n for n in files if n.endswith(".mpy"))
+    if frozen:
+        files = {n: p for n, p in files.items() if n in fw_build.SOURCE_ONLY}
+        shadows = modules + [m[: -len(".mpy")] + ".py" for m in modules]
+    else:
+        # MicroPython imports x.py before x.mpy: a stale source would shadow the build.
+        shadows = [m[: -len(".mpy")] + ".py" for m in modules]
     board_json = out / "board.json"
     board_json.write_text(json.dumps(board.device_data(), separators=(",", ":")))
     files["board.json"] = board_json
     sha = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
-    return AppBundle(out, files, sha)
-
-
-def _shadows(app: AppBundle) -> list[str]:
-    """Sources that MicroPython would import instead of a deployed .mpy."""
-    return sorted(p[: -len(".mpy")] + ".py" for p in app.files if p.endswith(".mpy"))
+    return AppBundle(out, files, sha, [s for s in shadows if s not in files])
 
 
 def device_hashes(
@@ -129,12 +138,13 @@ def deploy(
     *,
     cancel: threading.Event | None = None,
     reset: bool = True,
+    frozen: bool = False,
 ) -> DeployResult:
     """Install `app` (default: a fresh build for `board`) on the board at `url`."""
     if app is None:
         with tempfile.TemporaryDirectory(prefix="auxilio-deploy-") as tmp:
-            return deploy(url, board, bundle(board, Path(tmp)), cancel=cancel, reset=reset)
-    shadows = [s for s in _shadows(app) if s not in app.files]
+            return deploy(url, board, bundle(board, Path(tmp), frozen), cancel=cancel, reset=reset)
+    shadows = app.shadows
     state = device_hashes(url, sorted(app.files) + shadows, app.dirs, cancel)
     have = state.get("files", {})
     result = DeployResult()

@@ -66,6 +66,7 @@ class Options:
     connect_attempts: int = CONNECT_ATTEMPTS
     boot_timeout: float = BOOT_TIMEOUT_S
     baud: int | None = None  # override the board's flashing baud
+    frozen: bool = False  # the image has the app frozen in (deploy main.py + board.json)
 
 
 @dataclass

@@ -102,7 +102,7 @@ def run(
             for item in items:
                 for b, _fw in item.choices:
                     if b.name not in apps and not item.skip:
-                        apps[b.name] = bundle(b, Path(tmp) / b.name)
+                        apps[b.name] = bundle(b, Path(tmp) / b.name, options.frozen)
         for i, item in enumerate(items):
             if item.skip:
                 o = Outcome(
