@@ -11,6 +11,7 @@ v0.4 and an ESP32-S3 v0.2, each with 40 MHz crystal and no eFuse security set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from auxilio.errors import NotFoundError
 
@@ -86,6 +87,26 @@ class Chip:
 
 
 _ESP32_EFUSE = 0x3FF5A000  # EFUSE_BLK0_RDATA0_REG
+# What the newer chips (C3, S3) have in common, as esptool's targets inherit it.
+_NEWER: dict[str, Any] = {
+    "bootloader_offset": 0x0,
+    "spi": SpiRegs(0x60002000, 0x18, 0x1C, 0x20, 0x24, 0x28, 0x58, False),
+    "uart_clkdiv_reg": 0x60000014,
+    "uart_clk_hz": 40_000_000,
+    "security_info": True,
+    "security_api_version": 3,
+    "rom_flash_begin_words": 5,
+    "rom_read_flash_slow": False,
+    "reset_reasons": {
+        "power_on": "0x1 (POWERON)",
+        "usb": "0x15 (USB_UART_CHIP_RESET)",
+        "rtc_wdt": "0x10 (RTCWDT_RTC_RST)",
+        "sw": "0xc (RTC_SW_CPU_RST)",
+    },
+    "load_line": "load:0x{addr:08x},len:0x{size:x}",
+    "pre_load_lines": ("SPIWP:0xee", "mode:DIO, clock div:1"),
+    "usb_serial_jtag": True,
+}
 _C3_EFUSE = 0x60008800
 _S3_EFUSE = 0x60007000
 
@@ -137,52 +158,35 @@ CHIPS: dict[str, Chip] = {
         ),
     ),
     "esp32c3": Chip(
+        **_NEWER,
         name="esp32c3",
         title="ESP32-C3",
         image_chip_id=5,
-        bootloader_offset=0x0,
         magic_value=0x1B31506F,  # ECO3 and later
         drom=(0x3C000000, 0x3C800000),
         irom=(0x42000000, 0x42800000),
         dram=(0x3FC80000, 0x3FCE0000),
         iram=(0x4037C000, 0x403E0000),
-        spi=SpiRegs(0x60002000, 0x18, 0x1C, 0x20, 0x24, 0x28, 0x58, False),
         mac_regs=(_C3_EFUSE + 0x48, _C3_EFUSE + 0x44),  # EFUSE_RD_MAC_SPI_SYS_1/_0
         registers={
             # BLOCK1 word 3: minor revision low bits = 4 (bits 20..18), package 0
             _C3_EFUSE + 0x44 + 12: 4 << 18,
         },
-        uart_clkdiv_reg=0x60000014,
-        uart_clk_hz=40_000_000,
-        security_info=True,
-        security_api_version=3,
-        rom_flash_begin_words=5,
-        rom_read_flash_slow=False,
         rtc_wdt=(0x60008000 + 0x90, 1 << 31),
         rom_banner="ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n",
-        reset_reasons={
-            "power_on": "0x1 (POWERON)",
-            "usb": "0x15 (USB_UART_CHIP_RESET)",
-            "rtc_wdt": "0x10 (RTCWDT_RTC_RST)",
-            "sw": "0xc (RTC_SW_CPU_RST)",
-        },
         boot_flash="0xc (SPI_FAST_FLASH_BOOT)",
         boot_download="0x4 (DOWNLOAD(USB/UART0/1))",
-        load_line="load:0x{addr:08x},len:0x{size:x}",
-        pre_load_lines=("SPIWP:0xee", "mode:DIO, clock div:1"),
-        usb_serial_jtag=True,
     ),
     "esp32s3": Chip(
+        **_NEWER,
         name="esp32s3",
         title="ESP32-S3",
         image_chip_id=9,
-        bootloader_offset=0x0,
         magic_value=0x00000009,
         drom=(0x3C000000, 0x3E000000),
         irom=(0x42000000, 0x44000000),
         dram=(0x3FC88000, 0x3FD00000),
         iram=(0x40370000, 0x403E0000),
-        spi=SpiRegs(0x60002000, 0x18, 0x1C, 0x20, 0x24, 0x28, 0x58, False),
         mac_regs=(_S3_EFUSE + 0x48, _S3_EFUSE + 0x44),
         registers={
             # BLOCK1 word 3: minor revision low bits = 2 (20..18), block minor 1 (26..24)
@@ -190,25 +194,10 @@ CHIPS: dict[str, Chip] = {
             # BLOCK2 word 4: block major version 1 (bits 1..0)
             _S3_EFUSE + 0x5C + 16: 1,
         },
-        uart_clkdiv_reg=0x60000014,
-        uart_clk_hz=40_000_000,
-        security_info=True,
-        security_api_version=3,
-        rom_flash_begin_words=5,
-        rom_read_flash_slow=False,
         rtc_wdt=(0x60008000 + 0x98, 1 << 31),
         rom_banner="ESP-ROM:esp32s3-20210327\r\nBuild:Mar 27 2021\r\n",
-        reset_reasons={
-            "power_on": "0x1 (POWERON)",
-            "usb": "0x15 (USB_UART_CHIP_RESET)",
-            "rtc_wdt": "0x10 (RTCWDT_RTC_RST)",
-            "sw": "0xc (RTC_SW_CPU_RST)",
-        },
         boot_flash="0x8 (SPI_FAST_FLASH_BOOT)",
         boot_download="0x0 (DOWNLOAD(USB/UART0))",
-        load_line="load:0x{addr:08x},len:0x{size:x}",
-        pre_load_lines=("SPIWP:0xee", "mode:DIO, clock div:1"),
-        usb_serial_jtag=True,
     ),
 }
 

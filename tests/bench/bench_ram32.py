@@ -25,6 +25,7 @@ from auxilio.paths import find_micropython, repo_root
 NPM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
 NPM_VERSION = "1.27.0"  # 32-bit, loads mpy-cross 1.29's .mpy (v6.3); runs on node 20
 HERE = Path(__file__).with_name("wasm32")
+FAKE_ESP32 = Path(__file__).resolve().parent.parent / "firmware" / "fake_esp32"
 BOARD = "bracelet-c3"
 # A plain ESP32 (no PSRAM) starts MicroPython with about this much heap (NOTES.md).
 ESP32_HEAP_REFERENCE = 100 * 1024
@@ -67,6 +68,18 @@ def _package() -> tuple[Path | None, str]:
     return mjs, ""
 
 
+def _standins(src: Path) -> Path:
+    """What the WebAssembly port lacks: socket, ssl, cryptolib here; machine and network from
+    the ESP32 HAL tests' fakes (tests/firmware/fake_esp32)."""
+    src.mkdir()
+    for path in list((HERE / "stubs").glob("*.py")) + [
+        FAKE_ESP32 / "machine.py",
+        FAKE_ESP32 / "network.py",
+    ]:
+        shutil.copyfile(path, src / path.name)
+    return src
+
+
 def _root(tmp: Path) -> Path:
     root = tmp / "dev0"
     (root / "data").mkdir(parents=True)
@@ -103,7 +116,9 @@ def run() -> dict[str, object]:
         tmp = Path(d)
         mpy, stubs = tmp / "mpy", tmp / "stubs"
         build(mpy)
-        build(stubs, firmware=HERE / "stubs")  # .mpy stand-ins: no compile garbage in the figures
+        build(
+            stubs, firmware=_standins(tmp / "standins")
+        )  # .mpy: no compile garbage in the figures
         root32 = _root(tmp / "r32")
         root64 = _root(tmp / "r64")
         r = subprocess.run(

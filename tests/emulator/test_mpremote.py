@@ -7,7 +7,6 @@ import os
 import pty
 import select
 import subprocess
-import sys
 import termios
 import time
 from pathlib import Path
@@ -15,10 +14,11 @@ from pathlib import Path
 import pytest
 from auxilio.emulator import FlashImage, VirtualBoard
 from auxilio.emulator.board import SOFT_REBOOT_BANNER
+from auxilio.testing.tools import run_tool, tool_path
 
 pytestmark = pytest.mark.emulator
 
-MPREMOTE = str(Path(sys.executable).parent / "mpremote")
+MPREMOTE = tool_path("mpremote")
 # mpremote over RFC 2217 spends ~1 s negotiating; the machine is shared: be generous.
 TIMEOUT_S = 90
 
@@ -27,13 +27,7 @@ BUSY_MAIN = b"import time\nprint('main: running')\nwhile True:\n    time.sleep_m
 
 
 def mpremote(port: str, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MPREMOTE, "connect", port, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_tool([MPREMOTE, "connect", port, *args], timeout)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from auxilio.testing.tools import run_tool, tool_path
 
-BIN = Path(sys.executable).parent
-ESPTOOL = str(BIN / "esptool")
-AUXILIO = str(BIN / "auxilio")
+ESPTOOL = tool_path("esptool")
+AUXILIO = tool_path("auxilio")
 # pyserial's RFC 2217 client uses threading APIs Python 3.12 deprecates.
 QUIET = pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc2217")
 # An unmodified esptool over RFC 2217 spends ~0.2 s per command in pyserial's client.
@@ -24,19 +22,13 @@ R = TypeVar("R")
 
 
 def esptool(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ESPTOOL, "--port", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=ESPTOOL_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_tool([ESPTOOL, "--port", url, *args], ESPTOOL_TIMEOUT_S)
 
 
-def auxilio(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
-    if "input" not in kw:
-        kw["stdin"] = subprocess.DEVNULL
-    return subprocess.run([AUXILIO, *args], capture_output=True, text=True, timeout=timeout, **kw)
+def auxilio(
+    *args: str, timeout: float = 300, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_tool([AUXILIO, *args], timeout, input)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

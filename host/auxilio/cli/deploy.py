@@ -14,6 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-reset", action="store_true", help="leave main.py stopped (no EN pulse after)"
     )
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the board runs a frozen build (firmware/manifest.py): main.py and board.json only",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 

@@ -118,67 +118,37 @@ def factory_test(
     ft = board.factory_test
     feedback = board.data.get("feedback") or {}
     checks: list[Check] = []
-    for kind, (prompt, question) in _OUTPUTS.items():
-        if kind in skip:
-            checks.append(Check(kind, "skipped", detail="skipped by the technician"))
-        elif not feedback.get(kind):
-            checks.append(Check(kind, "skipped", detail=f"{board.name} has no {kind}"))
-        else:
-            run_step(url, "output", kind, lambda p=prompt, k=kind: tech.prompt(k, _(p)))
-            ok = tech.confirm(kind, _(question))
-            checks.append(
-                Check(kind, "pass" if ok else "fail", detail="confirmed" if ok else "not seen")
-            )
-    if "button" in skip:
-        checks.append(Check("button", "skipped", detail="skipped by the technician"))
-    else:
-        res = run_step(
-            url,
-            "button",
-            int(button_wait_s * 1000),
-            lambda: tech.prompt("button", _("Pulse el botón y manténgalo un segundo.")),
-        )
-        rng = ft.get("button_ms", [50, 5000])
-        if not res.get("pressed"):
-            checks.append(Check("button", "fail", detail=f"no press within {button_wait_s:g} s"))
-        elif not res.get("released"):
-            checks.append(Check("button", "fail", detail="pressed but never released (stuck?)"))
-        else:
-            ms = res.get("ms")
-            ok = _range(ms, rng)
+
+    def unavailable(check: str, present: bool, why: str) -> bool:
+        """Record a skip (asked for, or no such hardware); True when the step does not run."""
+        if check in skip or not present:
             checks.append(
                 Check(
-                    "button",
-                    "pass" if ok else "fail",
-                    ms,
-                    "" if ok else f"held {ms} ms, expected {rng[0]}..{rng[1]} ms",
+                    check, "skipped", detail="skipped by the technician" if check in skip else why
                 )
             )
-    sensors = run_step(url, "sensors") if not {"battery", "mains"} <= set(skip) else {}
-    if "battery" in skip or "battery_mv" not in ft:
+            return True
+        return False
+
+    for kind, (prompt, question) in _OUTPUTS.items():
+        if unavailable(kind, bool(feedback.get(kind)), f"{board.name} has no {kind}"):
+            continue
+        run_step(url, "output", kind, lambda p=prompt, k=kind: tech.prompt(k, _(p)))
+        ok = tech.confirm(kind, _(question))
         checks.append(
-            Check(
-                "battery",
-                "skipped",
-                detail="skipped" if "battery" in skip else f"{board.name} has no battery range",
-            )
+            Check(kind, "pass" if ok else "fail", detail="confirmed" if ok else "not seen")
         )
-    else:
+    if not unavailable("button", True, ""):
+        checks.append(_button_check(url, ft, tech, button_wait_s))
+    sensors = run_step(url, "sensors") if not {"battery", "mains"} <= set(skip) else {}
+    if not unavailable("battery", "battery_mv" in ft, f"{board.name} has no battery range"):
         mv, rng = sensors.get("battery_mv"), ft["battery_mv"]
         ok = _range(mv, rng)
         detail = (
             "" if ok else ("no reading" if mv is None else f"{mv} mV outside {rng[0]}..{rng[1]} mV")
         )
         checks.append(Check("battery", "pass" if ok else "fail", mv, detail))
-    if "mains" in skip or "mains" not in ft:
-        checks.append(
-            Check(
-                "mains",
-                "skipped",
-                detail="skipped" if "mains" in skip else f"{board.name} has no mains sense",
-            )
-        )
-    else:
+    if not unavailable("mains", "mains" in ft, f"{board.name} has no mains sense"):
         got, want = sensors.get("mains"), bool(ft["mains"])
         ok = got is want
         checks.append(
@@ -189,14 +159,33 @@ def factory_test(
                 "" if ok else f"mains sense reads {got}, expected {want}",
             )
         )
-    if "modem" in skip:
-        checks.append(Check("modem", "skipped", detail="skipped by the technician"))
-    elif board.modem is None:
-        checks.append(Check("modem", "skipped", detail=f"{board.name} has no modem"))
-    else:
+    if not unavailable("modem", board.modem is not None, f"{board.name} has no modem"):
         checks.append(modem_check(url))
     pulse_reset(url)  # mpremote stopped main.py: start the firmware again
     return checks
+
+
+def _button_check(url: str, ft: dict[str, Any], tech: Technician, wait_s: float) -> Check:
+    """A press measured on the board, against the board file's button_ms range."""
+    res = run_step(
+        url,
+        "button",
+        int(wait_s * 1000),
+        lambda: tech.prompt("button", _("Pulse el botón y manténgalo un segundo.")),
+    )
+    rng = ft.get("button_ms", [50, 5000])
+    if not res.get("pressed"):
+        return Check("button", "fail", detail=f"no press within {wait_s:g} s")
+    if not res.get("released"):
+        return Check("button", "fail", detail="pressed but never released (stuck?)")
+    ms = res.get("ms")
+    ok = _range(ms, rng)
+    return Check(
+        "button",
+        "pass" if ok else "fail",
+        ms,
+        "" if ok else f"held {ms} ms, expected {rng[0]}..{rng[1]} ms",
+    )
 
 
 def modem_check(url: str) -> Check:
