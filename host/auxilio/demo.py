@@ -112,8 +112,8 @@ def _make_root(
     broker_url: str,
     counter_floor: int,
 ) -> None:
+    from auxilio.boards import load_board
     from auxilio.emulator.vdevice import firmware_files
-    from auxilio.paths import boards_dir
 
     root.mkdir(parents=True)
     for name, src in firmware_files().items():
@@ -125,7 +125,7 @@ def _make_root(
             shutil.copyfile(src, dst)
         else:
             dst.write_bytes(src)
-    shutil.copyfile(boards_dir() / f"{board}.json", root / "board.json")
+    (root / "board.json").write_text(json.dumps(load_board(board).device_data()))
     (root / "data").mkdir()
     label = codec.device_str(device)
     cfg = {

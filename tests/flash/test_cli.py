@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import serial
 from auxilio.boards import load_board
-from auxilio.emulator import State, VirtualBoard
+from auxilio.emulator import FlashImage, State, VirtualBoard
 from auxilio.flash.deploy import bundle
 from auxilio.testing import firmware_file
 
@@ -235,3 +236,56 @@ def test_deploy_is_idempotent_and_removes_shadowing_sources(virtual_tray, tmp_pa
     assert sorted(frozen["removed"]) == sorted(n for n in app.files if n.endswith(".mpy"))
     assert set(vb.image.listdir("/")) == {"board.json", "hal", "main.py"}
     assert vb.image.listdir("/hal") == []
+
+
+class _DeafRom:
+    """A download mode whose TX is dead: the chip resets into the ROM but never answers."""
+
+    def __init__(self, board: VirtualBoard) -> None:
+        pass
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_no_serial_data_and_a_busy_port_are_explained(tmp_path: Path) -> None:
+    fw = str(firmware_file("devkit-esp32", tmp_path))
+    img = FlashImage(tmp_path / "deaf.img", load_board("devkit-esp32")).erase()
+    deaf = VirtualBoard(img.board, img.path, download_mode=_DeafRom).start(wait=False)
+    try:
+        r = auxilio(
+            "flash",
+            "--board",
+            "devkit-esp32",
+            "--firmware",
+            fw,
+            "--port",
+            deaf.rfc2217_url,
+            "--reports",
+            str(tmp_path / "a"),
+        )
+        assert r.returncode == 1
+        (row,) = _report(tmp_path / "a")
+        assert "no answer from the ROM bootloader" in row["error"]
+        for hint in ("auto-reset", "data cable", "driver", "another auxilio run", "hold BOOT"):
+            assert hint in row["error"], row["error"]
+        with serial.serial_for_url(deaf.rfc2217_url):  # a serial monitor holds the port
+            r = auxilio(
+                "flash",
+                "--board",
+                "devkit-esp32",
+                "--firmware",
+                fw,
+                "--port",
+                deaf.rfc2217_url,
+                "--reports",
+                str(tmp_path / "b"),
+            )
+        (row,) = _report(tmp_path / "b")
+        assert r.returncode == 1 and "is busy: another program" in row["error"]
+        assert set(img.path.read_bytes()) == {0xFF}  # nothing was written either time
+    finally:
+        deaf.close()

@@ -164,6 +164,7 @@ def _run_board(args: argparse.Namespace) -> int:
         heapsize=args.heapsize,
         name=name,
         counter_floor=floor,
+        advertise=True,  # on the virtual USB bus: `auxilio ports` lists it
     )
     stop = threading.Event()
     crashed: list[str] = []

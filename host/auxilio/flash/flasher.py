@@ -167,14 +167,22 @@ def esptool_output(sink: Any):
                 EspLog.instance = _saved_log
 
 
-def explain_connect(port: Port, exc: BaseException, attempts: int) -> str:
-    """'No serial data received' turned into what happened and what to check."""
+def explain_connect(
+    port: Port, exc: BaseException, attempts: int, bridge: str | None = None
+) -> str:
+    """'No serial data received' turned into what happened and what to check.
+
+    `bridge` is the board's USB bridge when the port itself has no USB identity
+    (an rfc2217:// URL).
+    """
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    bridge = port.bridge
+    bridge = port.bridge or bridge
     tried = f"esptool's DTR/RTS auto-reset into download mode, {attempts} times, at {ROM_BAUD} baud"
     checks = ["that the board is plugged in with a data cable (not a charge-only one)"]
     if bridge in DRIVER_HINTS:
         checks.append(f"the driver: {DRIVER_HINTS[bridge]}")
+    else:
+        checks.append("the USB-serial driver for the board's bridge chip")
     checks.append("that no other program (a serial monitor, another auxilio run) has the port open")
     if bridge == "usb-serial-jtag":
         checks.append("if it still does not answer, hold BOOT while plugging it in")
@@ -309,8 +317,10 @@ class BoardFlasher:
             except (FatalError, serial.SerialException, OSError) as exc:
                 if self._cancel.is_set():
                     raise Interrupted("interrupted during connect") from None
+                bridges = {b.usb.bridge for b, _ in self.choices if b.usb}
+                hint = bridges.pop() if len(bridges) == 1 else None
                 raise FlashFailure(
-                    explain_connect(self.port, exc, self.options.connect_attempts)
+                    explain_connect(self.port, exc, self.options.connect_attempts, hint)
                 ) from None
             self._set("check")
             board, fw = self._choose(esp.CHIP_NAME)

@@ -62,10 +62,10 @@ def open_port(url: str, baud: int = 115200, timeout: float = 1.0) -> serial.Seri
 
 def _open_error(url: str, exc: BaseException) -> str:
     text = str(exc)
-    if (
-        "busy" in text.lower()
-        or "resource temporarily unavailable" in text.lower()
-        or "lock" in text.lower()
+    # An RFC 2217 server serves one client: a second one is hung up on at once.
+    second = url.startswith("rfc2217://") and ("Broken pipe" in text or "reset by peer" in text)
+    if second or any(
+        s in text.lower() for s in ("busy", "resource temporarily unavailable", "lock")
     ):
         return f"port {url} is busy: another program (a serial monitor, another auxilio run) has it open"
     if "Errno 2" in text or "No such file" in text:
