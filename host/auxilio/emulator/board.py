@@ -199,7 +199,8 @@ class VirtualBoard:
         """The USB serial number: the MAC for USB-Serial-JTAG, a bridge-style id otherwise."""
         if self.native_usb:
             return ":".join(f"{b:02X}" for b in self.mac)
-        return self.mac.hex().upper() + "01"  # CP210x-style: 16 hex digits... of our own
+        # A bridge's serial is programmed at its factory; ours derives from the MAC.
+        return self.mac.hex().upper() + "01"
 
     @property
     def powered(self) -> bool:

@@ -23,6 +23,26 @@ if TYPE_CHECKING:
     from auxilio.testing.c4 import C4
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("auxilio", "Auxilio hardware tests (-m hardware)")
+    group.addoption("--port", help="a real board's serial port for the hardware tests")
+    group.addoption("--board", help="that board's name in boards/ (default devkit-esp32)")
+    group.addoption("--firmware", help="a MicroPython image to flash in the hardware tests")
+
+
+@pytest.fixture
+def hardware(request: pytest.FixtureRequest) -> dict[str, str | None]:
+    """{'port', 'board', 'firmware'} of a real board; skips the test without --port."""
+    port = request.config.getoption("--port")
+    if not port:
+        pytest.skip("needs a real board: pytest -m hardware --port /dev/ttyUSB0 [--board NAME]")
+    return {
+        "port": port,
+        "board": request.config.getoption("--board") or "devkit-esp32",
+        "firmware": request.config.getoption("--firmware"),
+    }
+
+
 @pytest.fixture
 def mqtt_broker() -> Iterator[Mosquitto]:
     """A fresh mosquitto on 127.0.0.1:<free port>, stopped after the test."""
