@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--format", action="store_true", help="create/erase the image and format its filesystem"
     )
     p.add_argument(
+        "--blank",
+        action="store_true",
+        help="erased flash, like a new module: it boot-loops until `auxilio flash` writes it",
+    )
+    p.add_argument(
         "--pty", help="stable path for the serial port symlink (default: in the runtime dir)"
     )
     p.add_argument(
@@ -120,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     for opt in ("heartbeat", "keys", "manifest", "workdir"):
         if getattr(args, opt) is not None:
             raise UsageError(f"--{opt} is for fleet mode (--count N)")
+    if args.blank and (args.format or args.firmware is not None or args.config):
+        raise UsageError("--blank is an erased board: no --format, --firmware or --config with it")
     return _run_board(args)
 
 
@@ -165,6 +172,7 @@ def _run_board(args: argparse.Namespace) -> int:
         name=name,
         counter_floor=floor,
         advertise=True,  # on the virtual USB bus: `auxilio ports` lists it
+        blank=args.blank,
     )
     stop = threading.Event()
     crashed: list[str] = []
@@ -178,7 +186,8 @@ def _run_board(args: argparse.Namespace) -> int:
     admin = None
     try:
         vd.start(wait=False)
-        vd.board.wait_ready(60) if args.firmware is None else None
+        if args.firmware is None and not args.blank:
+            vd.board.wait_ready(60)
         info = {
             "name": name,
             "board": board.name,

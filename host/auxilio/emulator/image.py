@@ -19,7 +19,7 @@ from pathlib import Path
 from auxilio import partitions
 from auxilio.boards import Board
 from auxilio.errors import AuxilioError, NotFoundError, UsageError
-from auxilio.flash.images import build_firmware
+from auxilio.flash.images import boot_check, build_firmware
 from auxilio.paths import find_micropython
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,13 @@ class FlashImage:
         hint = " (use --format to create a fresh one)"
         self.check_file()
         size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            boot = boot_check(f.read(), self.board.chip_info, self.board.flash_size)
+        if not boot.ok:
+            raise UsageError(
+                f"image {self.path} does not boot ({boot.lines[-1]}){hint}, or flash it "
+                "(auxilio emulate --blank, then auxilio flash)"
+            )
         try:
             vfs = self.vfs
             if vfs.offset + vfs.size > size:

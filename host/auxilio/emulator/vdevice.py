@@ -100,10 +100,12 @@ class VirtualDevice:
         counter_floor: int | None = None,
         link: str = "fast",
         advertise: bool = False,
+        blank: bool = False,
     ) -> None:
         self.board_def = load_board(board) if isinstance(board, str) else board
         self.image = FlashImage(image, self.board_def)
         self.format = format
+        self.blank = blank
         self.deploy = deploy
         self.firmware = Path(firmware) if firmware else None
         self.config = dict(config) if config else None
@@ -136,7 +138,14 @@ class VirtualDevice:
         return (self.config or {}).get("device")
 
     def prepare(self) -> None:
-        """Format when asked, then deploy firmware, board.json and config.json."""
+        """Format when asked, then deploy firmware, board.json and config.json.
+
+        A blank device gets erased flash and nothing else: a module straight
+        from the factory, for `auxilio flash` to work on.
+        """
+        if self.blank:
+            self.image.erase()
+            return
         if self.format:
             self.image.create()
         self.image.check()
