@@ -289,3 +289,25 @@ def test_no_serial_data_and_a_busy_port_are_explained(tmp_path: Path) -> None:
         assert set(img.path.read_bytes()) == {0xFF}  # nothing was written either time
     finally:
         deaf.close()
+
+
+def test_a_board_that_boots_another_version_than_the_image_is_a_failure(
+    virtual_tray, tmp_path: Path
+) -> None:
+    (vb,) = virtual_tray(["bracelet-c3"])
+    fw = firmware_file("bracelet-c3", tmp_path, version="v9.9.9")
+    r = auxilio(
+        "flash",
+        "--board",
+        "bracelet-c3",
+        "--firmware",
+        str(fw),
+        "--all",
+        "--no-deploy",
+        "--reports",
+        str(tmp_path),
+    )
+    assert r.returncode == 1
+    (row,) = _report(tmp_path)
+    assert row["result"] == "failed" and "but the image is v9.9.9" in row["error"]
+    assert "python -m auxilio.flash.images" in row["error"]  # the hint for virtual boards

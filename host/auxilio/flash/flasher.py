@@ -358,7 +358,14 @@ class BoardFlasher:
             )
         if fw.version and version.lstrip("v") != fw.version.lstrip("v"):
             raise FlashFailure(
-                f"{self.port.label()}: the board boots MicroPython {version}, but the image is {fw.version}"
+                f"{self.port.label()}: the board boots MicroPython {version}, but the image is "
+                f"{fw.version}"
+                + (
+                    " (a virtual board runs the local unix port; make its images with "
+                    "python -m auxilio.flash.images)"
+                    if self.port.virtual
+                    else ""
+                )
             )
         if self.options.deploy:
             self._set("deploy")

@@ -560,3 +560,38 @@ def boot_check(flash: bytes | memoryview, chip: Chip, flash_size: int) -> BootCh
             app=app,
         )
     return BootCheck(True, lines, vfs=vfs, app=app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m auxilio.flash.images BOARD OUT`: write a synthetic merged image for BOARD."""
+    import argparse
+    import sys
+
+    from auxilio.boards import load_board
+    from auxilio.errors import AuxilioError
+
+    p = argparse.ArgumentParser(
+        prog="python -m auxilio.flash.images",
+        description="a MicroPython-like merged image (bootloader, table, app) for virtual boards",
+    )
+    p.add_argument("board", help="board name in boards/")
+    p.add_argument("out", help="file to write")
+    p.add_argument(
+        "--version",
+        help="app version (default: the local micropython's, as a virtual board reports)",
+    )
+    p.add_argument("--chip", help="build for another chip (a wrong image, for tests)")
+    args = p.parse_args(argv)
+    try:
+        fw = build_firmware(load_board(args.board), version=args.version, chip=args.chip)
+    except AuxilioError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    with open(args.out, "wb") as f:
+        f.write(fw.merged)
+    print(f"{args.out}: {len(fw.merged)} bytes for {args.board}, flash at {fw.offset:#x}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
