@@ -202,3 +202,14 @@ def test_retention_erases_old_locations_and_keeps_the_alerts(
     assert rows[new]["payload"]["lat_e7"] == 194326080 and rows[new]["raw"] is not None
     assert purge_locations(registry, 90, time.time()) == 0  # idempotent
     assert registry.audit_log(limit=5)  # the audit trail stays
+
+
+def test_flash_images_are_private(tmp_path: Path) -> None:
+    """A virtual board's flash holds its config.json, secret included (issue 8 §11)."""
+    from auxilio.boards import load_board
+    from auxilio.emulator.image import FlashImage
+
+    img = FlashImage(tmp_path / "b.img", load_board("bracelet-c3")).create()
+    assert stat.S_IMODE(img.path.stat().st_mode) == 0o600
+    img.erase()
+    assert stat.S_IMODE(img.path.stat().st_mode) == 0o600

@@ -21,6 +21,7 @@ from auxilio.boards import Board
 from auxilio.errors import AuxilioError, NotFoundError, UsageError
 from auxilio.flash.images import boot_check, build_firmware
 from auxilio.paths import find_micropython
+from auxilio.private import open_private
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class FlashImage:
     def _write_erased(self, firmware: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".new")
-        with open(tmp, "wb") as f:
+        # The image will hold the device's secret (config.json): 0600 (issue 8 §11).
+        with open_private(tmp) as f:
             chunk = b"\xff" * (256 * 1024)
             left = self.board.flash_size
             while left:
