@@ -37,8 +37,9 @@ from auxilio.gateway.store import Store
 
 log = logging.getLogger("auxilio.gateway")
 
-# Records fetched per delivery round.
-FETCH = 100
+# Records fetched per delivery round: under load one round's fixed cost (two
+# reads, one transaction with an fsync) is shared by up to this many records.
+FETCH = 500
 # Retry backoff of a failing sink: first retry after RETRY_MIN_S, doubling up to RETRY_MAX_S.
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
@@ -53,6 +54,10 @@ IDLE_POLL_S = 1.0
 # JSONL records written this recently are resent after a broken pipe: a reader
 # that died may not have read them (a Linux pipe buffers 64 KiB).
 JSONL_RESEND_S = 60.0
+# Bodies of JSONL records past JSONL_RESEND_S are erased at most this often: it
+# is a write transaction (the hot commit waits for SQLite's write lock), and an
+# idle round follows every wake-up under load.
+JSONL_ERASE_EVERY_S = 5.0
 
 
 class SinkGone(AuxilioError):
@@ -198,6 +203,7 @@ class ForwardWorker:
         self.retry_min_s = retry_min_s
         self.killed = False
         self._delay = retry_min_s
+        self._erased_at = -JSONL_ERASE_EVERY_S  # time.monotonic() of the last erase
         self._wake = threading.Event()
         self._stop = threading.Event()
         # Crash points for the tests (crash.py): after_forward, before_mark.
@@ -266,7 +272,8 @@ class ForwardWorker:
         if not pending:
             self.backlog = 0
             self._health(now, ok=True)
-            if pipe:
+            if pipe and time.monotonic() - self._erased_at >= JSONL_ERASE_EVERY_S:
+                self._erased_at = time.monotonic()
                 self.store.forward_erase_before(now - JSONL_RESEND_S)
             return False
         delivered: list[int] = []

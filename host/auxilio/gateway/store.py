@@ -366,6 +366,17 @@ class Store:
         """Undelivered forward records due for an attempt, oldest first."""
         f = self.t.forward_outbox
         with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                rows = _sqlite_read(
+                    conn,
+                    "SELECT id, key, body, attempts, created_at FROM forward_outbox"
+                    " WHERE forwarded_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                    (_sqlite_time(now), limit),
+                )
+                return [
+                    {"id": i, "key": k, "body": b, "attempts": a, "created_at": _from_sqlite(c)}
+                    for i, k, b, a, c in rows
+                ]
             q = (
                 select(f.c.id, f.c.key, f.c.body, f.c.attempts, f.c.created_at)
                 .where(f.c.forwarded_at.is_(None), f.c.next_attempt_at <= _utc(now))
@@ -378,6 +389,14 @@ class Store:
         """(records not yet confirmed by the sink, creation time of the oldest)."""
         f = self.t.forward_outbox
         with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                ((n, oldest),) = _sqlite_read(
+                    conn,
+                    "SELECT count(*), min(created_at) FROM forward_outbox"
+                    " WHERE forwarded_at IS NULL",
+                    (),
+                )
+                return int(n), _from_sqlite(oldest)
             n, oldest = conn.execute(
                 select(func.count(), func.min(f.c.created_at)).where(f.c.forwarded_at.is_(None))
             ).one()
@@ -390,10 +409,13 @@ class Store:
         if not ids:
             return
         f = self.t.forward_outbox
-        values: dict[str, Any] = {"forwarded_at": at, "last_error": None}
-        if erase:
-            values["body"] = None
         with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                self._forward_done_sqlite(conn, ids, at, erase)
+                return
+            values: dict[str, Any] = {"forwarded_at": at, "last_error": None}
+            if erase:
+                values["body"] = None
             conn.execute(
                 update(f).where(f.c.id.in_(ids), f.c.forwarded_at.is_(None)).values(**values)
             )
@@ -404,6 +426,40 @@ class Store:
             ).all()
             if linked:
                 self._stamp(conn, "forwarded_at", [(d, e, c, at) for d, e, c in linked])
+
+    def _forward_done_sqlite(
+        self, conn: Connection, ids: list[int], at: float, erase: bool
+    ) -> None:
+        """forward_done on the DBAPI cursor, inside the caller's transaction (BEGIN IMMEDIATE).
+
+        Two statements per chunk of ids rather than a statement per record:
+        Core's per-statement cost made the forwarder the gateway's second CPU
+        (and GIL) consumer under load, and every sqlite3 step releases and
+        retakes the GIL, a hand-off with the hot thread each time (tests/bench
+        bench_gateway fwd_*). Both statements search by index (the alert by its
+        unique name, the records by primary key).
+        """
+        at_s = _sqlite_time(at)
+        body = ", body = NULL" if erase else ""
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            for i in range(0, len(ids), LOOKUP_CHUNK):
+                chunk = ids[i : i + LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                cur.execute(
+                    "UPDATE alerts SET forwarded_at = ? WHERE forwarded_at IS NULL"
+                    " AND (device_id, key_epoch, counter) IN (SELECT device_id, key_epoch, counter"
+                    f" FROM forward_outbox WHERE id IN ({marks}) AND counter IS NOT NULL"
+                    " AND key LIKE 'alert:%')",
+                    (at_s, *chunk),
+                )
+                cur.execute(
+                    f"UPDATE forward_outbox SET forwarded_at = ?, last_error = NULL{body}"
+                    f" WHERE id IN ({marks}) AND forwarded_at IS NULL",
+                    (at_s, *chunk),
+                )
+        finally:
+            cur.close()
 
     def forward_unmark_since(self, since: float) -> int:
         """Make records delivered since `since` pending again (their sink may have lost them)."""
@@ -594,3 +650,26 @@ class Store:
 
 def _utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
+
+
+def _from_sqlite(text: str | None) -> dt.datetime | None:
+    """A registry UTCDateTime as SQLite stores it (naive UTC text) -> aware datetime."""
+    return None if text is None else dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+
+
+def _sqlite_read(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """One SELECT on the DBAPI cursor, outside any transaction.
+
+    The registry opens every SQLAlchemy transaction with BEGIN IMMEDIATE,
+    so even a read takes SQLite's write lock, and the gateway's hot commit
+    then sleeps in SQLite's busy handler (measured: the forwarder's reads
+    made BEGIN a visible share of the hot thread's time). The driver
+    connection is in autocommit (registry/store.py), so a lone SELECT is its
+    own WAL snapshot and takes no lock; it also skips Core's per-statement cost.
+    """
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()

@@ -1,0 +1,152 @@
+"""The forward outbox queries (gateway/store.py): what the forwarder reads and marks, read back
+through Core, on every backend; and on SQLite, reads that never take the write lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import pytest
+from auxilio.gateway import records as R
+from auxilio.gateway.pipeline import forward_row
+from auxilio.gateway.store import Batch, Store
+from auxilio.protocol import codec
+from auxilio.registry import open_registry
+from sqlalchemy import select
+
+DEV = 0x1234500
+LABEL = codec.device_str(DEV)
+T0 = 1_790_000_000.25  # a fixed commit time (UTC) with a fraction of a second
+
+
+def _alert_row(counter: int, at: float) -> dict[str, Any]:
+    return {
+        "device_id": DEV,
+        "key_epoch": 1,
+        "counter": counter,
+        "type": "ALERT",
+        "flags": 1,
+        "device_ts": 0,
+        "pressed_at": None,
+        "payload": {"lat_e7": 1, "lon_e7": 2},
+        "raw": b"r" * 51,
+        "gw_seal": b"s" * 16,
+        "received_at": at,
+        "disposition": "received",
+        "via": "mqtt",
+        "test": False,
+        "lost": False,
+    }
+
+
+def _commit(store: Store, counters: list[int], at: float, event: bool = True) -> None:
+    """Alerts with their forward records, plus a TAMPER event record, in one batch."""
+    b = Batch()
+    for c in counters:
+        b.alerts.append(_alert_row(c, at))
+        fields = {"lat_e7": 1, "lon_e7": 2}
+        b.forward.append(
+            forward_row(R.alert_record(DEV, 1, c, "ALERT", fields, at, False, "received"), at)
+        )
+    if event:
+        rec = R.event_record(DEV, "TAMPER", at, {"open": True}, 1, max(counters) + 1)
+        b.forward.append(forward_row(rec, at))
+    store.commit(b)
+
+
+def _rows(registry: Any, table: str) -> list[dict[str, Any]]:
+    t = getattr(registry.tables, table)
+    with registry.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(t).order_by(t.c.id)).mappings()]
+
+
+@pytest.fixture
+def store(registry: Any) -> Store:
+    registry.add_device(DEV, "bracelet", "devkit-esp32", b"\x00" * 80, actor="test")
+    return Store(registry)
+
+
+def test_pending_oldest_first_due_only_with_limit(store: Store, registry: Any) -> None:
+    _commit(store, [1, 2], T0)
+    _commit(store, [3], T0 + 1, event=False)
+    pending = store.forward_pending(T0 + 2, 10)
+    assert [p["key"] for p in pending] == [
+        f"alert:{LABEL}:1:1",
+        f"alert:{LABEL}:1:2",
+        f"event:{LABEL}:TAMPER:1:3",
+        f"alert:{LABEL}:1:3",
+    ]
+    stored = _rows(registry, "forward_outbox")
+    assert [p["id"] for p in pending] == [r["id"] for r in stored]
+    assert [p["body"] for p in pending] == [r["body"] for r in stored]
+    assert json.loads(pending[0]["body"])["counter"] == 1
+    assert all(p["attempts"] == 0 for p in pending)
+    # The same aware UTC datetime Core returns for the column.
+    assert pending[0]["created_at"] == stored[0]["created_at"]
+    assert pending[0]["created_at"] == dt.datetime.fromtimestamp(T0, dt.timezone.utc)
+    assert [p["id"] for p in store.forward_pending(T0 + 2, 2)] == [r["id"] for r in stored[:2]]
+    # Not due yet: the last batch's record waits until its next_attempt_at.
+    assert len(store.forward_pending(T0 + 0.5, 10)) == 3
+    store.forward_failed(stored[0]["id"], "HTTP 503", T0 + 60)
+    assert stored[0]["id"] not in [p["id"] for p in store.forward_pending(T0 + 2, 10)]
+
+
+@pytest.mark.parametrize("erase", [True, False])
+def test_done_marks_records_and_their_alerts_once(store: Store, registry: Any, erase: bool) -> None:
+    _commit(store, [1, 2, 3], T0)
+    pending = store.forward_pending(T0 + 1, 10)
+    kept = f"alert:{LABEL}:1:2"  # this one stays pending
+    store.forward_done([p["id"] for p in pending if p["key"] != kept], T0 + 5, erase=erase)
+    at = dt.datetime.fromtimestamp(T0 + 5, dt.timezone.utc)
+    outbox = {r["key"]: r for r in _rows(registry, "forward_outbox")}
+    for key in (f"alert:{LABEL}:1:1", f"alert:{LABEL}:1:3", f"event:{LABEL}:TAMPER:1:4"):
+        assert outbox[key]["forwarded_at"] == at and outbox[key]["last_error"] is None
+        assert (outbox[key]["body"] is None) is erase  # locations erased once confirmed
+    assert outbox[kept]["forwarded_at"] is None and outbox[kept]["body"] is not None
+    alerts = {r["counter"]: r["forwarded_at"] for r in _rows(registry, "alerts")}
+    assert alerts == {1: at, 2: None, 3: at}
+    n, oldest = store.forward_backlog()
+    assert n == 1 and oldest == dt.datetime.fromtimestamp(T0, dt.timezone.utc)
+    # Marking again never moves a time already written.
+    store.forward_done([p["id"] for p in pending], T0 + 9, erase=erase)
+    alerts = {r["counter"]: r["forwarded_at"] for r in _rows(registry, "alerts")}
+    assert alerts == {1: at, 2: dt.datetime.fromtimestamp(T0 + 9, dt.timezone.utc), 3: at}
+
+
+def test_backlog_empty_and_read_only_console(
+    store: Store, registry: Any, registry_url: str
+) -> None:
+    assert store.forward_backlog() == (0, None)
+    assert store.forward_pending(T0, 10) == []
+    _commit(store, [1], T0)
+    console = open_registry(registry_url, readonly=True)
+    try:
+        n, _oldest = Store(console).forward_backlog()  # `auxilio gateway status` reads this
+    finally:
+        console.close()
+    assert n == 2
+
+
+@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
+def test_sqlite_reads_wait_for_no_writer(store: Store, registry_url: str) -> None:
+    """The forwarder's reads take no lock: a writer holding SQLite's write lock (as the hot
+    commit does) neither blocks them nor is blocked by them."""
+    _commit(store, [1], T0)
+    writer = sqlite3.connect(registry_url, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held
+    got: list[Any] = []
+
+    def read() -> None:
+        got.append((len(store.forward_pending(T0 + 1, 10)), store.forward_backlog()[0]))
+
+    t = threading.Thread(target=read, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(5)  # a lock-taking read would wait out the 30 s busy timeout
+    writer.execute("ROLLBACK")
+    writer.close()
+    assert got == [(2, 2)] and time.monotonic() - t0 < 5
