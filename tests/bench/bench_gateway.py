@@ -72,7 +72,7 @@ BROKER_INFLIGHT = 20  # mosquitto max_inflight_messages: its default, as deploye
 # 10% of throughput against bare echo): no forwarder, JSONL to /dev/null, a local webhook.
 FORWARD_SINKS = ("none", "jsonl", "webhook")
 ROLE_DEVICES = 4  # firmware, raw client, its idle run, readiness probe (see _roles)
-FORWARD_ROUNDS = 2  # each configuration this many times, interleaved (the machine drifts)
+FORWARD_ROUNDS = 3  # each configuration this many times, interleaved (the machine drifts)
 FORWARD_DRAIN_S = 60.0  # longest wait for a forwarder to empty its backlog after the load
 
 _MP_CLIENT = r"""
