@@ -27,6 +27,7 @@ republishes every message to a reply topic, on the same broker, same run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -668,6 +670,19 @@ def _forward_figures(
     res["throughput_ratio_rounds"] = [round(r["ratio"], 3) for r in rounds["none"]]
 
 
+@contextlib.contextmanager
+def bench_chain(
+    name: str, devices: int
+) -> Iterator[tuple[Path, Mosquitto, tuple[str, Path, dict[int, bytes]]]]:
+    """A temp dir, a mosquitto with the deployed in-flight window, and a registry of devices."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"auxilio-bench-{name}-") as t,
+        Mosquitto(extra_config=f"max_inflight_messages {BROKER_INFLIGHT}\n") as broker,
+    ):
+        tmp = Path(t)
+        yield tmp, broker, _setup_registry(tmp, devices)
+
+
 def run() -> dict[str, Any]:
     res: dict[str, Any] = {}
     # The gateway PUBACKs only after its group commit. mosquitto 2.0.11's per-client
@@ -677,12 +692,7 @@ def run() -> dict[str, Any]:
     # This machine is shared and drifts by 2x within a minute: each gateway round
     # (sink none | jsonl | webhook, FORWARD_ROUNDS times, interleaved) is compared with
     # the mean of the bare echo runs just before and just after it.
-    with (
-        tempfile.TemporaryDirectory(prefix="auxilio-bench-gw-") as t,
-        Mosquitto(extra_config=f"max_inflight_messages {BROKER_INFLIGHT}\n") as broker,
-    ):
-        tmp = Path(t)
-        setup = _setup_registry(tmp, THROUGHPUT_DEVICES + ROLE_DEVICES)
+    with bench_chain("gw", THROUGHPUT_DEVICES + ROLE_DEVICES) as (tmp, broker, setup):
         secrets = setup[2]
         rtt_before = bare_rtt(broker)
         echoes = [_echo_throughput(broker, secrets, 5_000_000)]

@@ -40,7 +40,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,8 +55,8 @@ from tests.bench.bench_gateway import (
     BROKER_INFLIGHT,
     _drop_session,
     _pct,
-    _setup_registry,
     bare_rtt,
+    bench_chain,
     start_echo,
     stop_echo,
 )
@@ -296,12 +295,7 @@ def restart_round(fleet: Fleet, keys: set[tuple[int, int]], gw_factory: Any) -> 
 
 def run() -> dict[str, Any]:
     res: dict[str, Any] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="auxilio-bench-acks-") as t,
-        Mosquitto(extra_config=f"max_inflight_messages {BROKER_INFLIGHT}\n") as broker,
-    ):
-        tmp = Path(t)
-        url, key_file, secrets = _setup_registry(tmp, BURST_DEVICES)
+    with bench_chain("acks", BURST_DEVICES) as (tmp, broker, (url, key_file, secrets)):
         counters = Counters(sorted(secrets))
 
         def gateway(**kw: Any) -> GatewayProc:
