@@ -394,7 +394,7 @@ def firmware_round_trip(
         return None
     dev = _roles(secrets)["firmware"]
     root = tmp / "fw0"
-    _make_root(root, "button", "button-s3", dev, secrets[dev], broker.url)
+    _make_root(root, "button", "button-s3", dev, secrets[dev], broker.url, 1)
     cfg = json.loads((root / "config.json").read_text())
     cfg["hold_ms"] = FIRMWARE_HOLD_MS
     (root / "config.json").write_text(json.dumps(cfg))
