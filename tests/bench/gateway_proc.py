@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
 
     def announce() -> None:
         if gw.connected.wait(SUBSCRIBE_TIMEOUT_S):
-            print(json.dumps({"subscribed": time.perf_counter()}), flush=True)
+            # The gateway's own moment (its re-ACKs may beat this thread's wake-up).
+            print(json.dumps({"subscribed": gw.subscribed_at}), flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
     try:

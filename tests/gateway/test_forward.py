@@ -78,6 +78,7 @@ def test_killed_after_commit_the_record_is_printed_after_restart(secure_chain: A
         line = p.stdout.readline()  # resent from the outbox, no device action needed
         rec = json.loads(line)
         assert rec["key"] == f"alert:{dev.label}:1:{c}" and rec["counter"] == c
+        # A pipe's records are kept, marked, for the resend window (JSONL_RESEND_S).
         wait_for(lambda: _outbox(chain.registry)[0]["forwarded_at"] is not None, what="marked")
     finally:
         p.send_signal(signal.SIGTERM)
@@ -165,9 +166,7 @@ def test_webhook_404_during_a_deploy_raises_forward_failing_and_loses_nothing(
         assert hook.wait_keys(keys, timeout=30)
         wait_for(lambda: _events(chain.registry, "FORWARD_RESTORED"), what="FORWARD_RESTORED")
         wait_for(lambda: gw.forwarder.backlog == 0, what="backlog drained")
-        assert all(
-            r["forwarded_at"] is not None and r["body"] is None for r in _outbox(chain.registry)
-        )
+        assert _outbox(chain.registry) == []  # confirmed records are gone (locations)
     finally:
         chain.stop_gateways()
         hook.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from auxilio.gateway import records as R
-from auxilio.gateway.pipeline import forward_row
+from auxilio.gateway.pipeline import alert_forward_row, forward_row
 from auxilio.gateway.store import Batch, Store
 from auxilio.protocol import codec
 from auxilio.registry import open_registry
@@ -48,10 +48,7 @@ def _commit(store: Store, counters: list[int], at: float, event: bool = True) ->
     b = Batch()
     for c in counters:
         b.alerts.append(_alert_row(c, at))
-        fields = {"lat_e7": 1, "lon_e7": 2}
-        b.forward.append(
-            forward_row(R.alert_record(DEV, 1, c, "ALERT", fields, at, False, "received"), at)
-        )
+        b.forward.append(alert_forward_row(DEV, 1, c, at))
     if event:
         rec = R.event_record(DEV, "TAMPER", at, {"open": True}, 1, max(counters) + 1)
         b.forward.append(forward_row(rec, at))
@@ -82,8 +79,10 @@ def test_pending_oldest_first_due_only_with_limit(store: Store, registry: Any) -
     ]
     stored = _rows(registry, "forward_outbox")
     assert [p["id"] for p in pending] == [r["id"] for r in stored]
-    assert [p["body"] for p in pending] == [r["body"] for r in stored]
-    assert json.loads(pending[0]["body"])["counter"] == 1
+    # An alert's record is built from its row, exactly as the pipeline would have made it.
+    want = R.alert_record(DEV, 1, 1, "ALERT", {"lat_e7": 1, "lon_e7": 2}, T0, False, "received")
+    assert json.loads(pending[0]["body"]) == want and stored[0]["body"] is None
+    assert json.loads(pending[2]["body"])["type"] == "TAMPER"  # an event keeps its JSON
     assert all(p["attempts"] == 0 for p in pending)
     # The same aware UTC datetime Core returns for the column.
     assert pending[0]["created_at"] == stored[0]["created_at"]
@@ -95,26 +94,35 @@ def test_pending_oldest_first_due_only_with_limit(store: Store, registry: Any) -
     assert stored[0]["id"] not in [p["id"] for p in store.forward_pending(T0 + 2, 10)]
 
 
-@pytest.mark.parametrize("erase", [True, False])
-def test_done_marks_records_and_their_alerts_once(store: Store, registry: Any, erase: bool) -> None:
+@pytest.mark.parametrize("keep", [False, True])
+def test_done_marks_their_alerts_once_and_drops_the_records(
+    store: Store, registry: Any, keep: bool
+) -> None:
     _commit(store, [1, 2, 3], T0)
     pending = store.forward_pending(T0 + 1, 10)
     kept = f"alert:{LABEL}:1:2"  # this one stays pending
-    store.forward_done([p["id"] for p in pending if p["key"] != kept], T0 + 5, erase=erase)
+    store.forward_done([p["id"] for p in pending if p["key"] != kept], T0 + 5, keep=keep)
     at = dt.datetime.fromtimestamp(T0 + 5, dt.timezone.utc)
     outbox = {r["key"]: r for r in _rows(registry, "forward_outbox")}
-    for key in (f"alert:{LABEL}:1:1", f"alert:{LABEL}:1:3", f"event:{LABEL}:TAMPER:1:4"):
-        assert outbox[key]["forwarded_at"] == at and outbox[key]["last_error"] is None
-        assert (outbox[key]["body"] is None) is erase  # locations erased once confirmed
-    assert outbox[kept]["forwarded_at"] is None and outbox[kept]["body"] is not None
+    done = (f"alert:{LABEL}:1:1", f"alert:{LABEL}:1:3", f"event:{LABEL}:TAMPER:1:4")
+    if keep:  # a pipe's records stay, marked, for the resend window
+        assert all(outbox[k]["forwarded_at"] == at for k in done)
+    else:  # a confirmed record is gone (it carried a location)
+        assert not set(done) & set(outbox)
+    assert outbox[kept]["forwarded_at"] is None
     alerts = {r["counter"]: r["forwarded_at"] for r in _rows(registry, "alerts")}
     assert alerts == {1: at, 2: None, 3: at}
     n, oldest = store.forward_backlog()
     assert n == 1 and oldest == dt.datetime.fromtimestamp(T0, dt.timezone.utc)
     # Marking again never moves a time already written.
-    store.forward_done([p["id"] for p in pending], T0 + 9, erase=erase)
+    store.forward_done([p["id"] for p in pending], T0 + 9, keep=keep)
     alerts = {r["counter"]: r["forwarded_at"] for r in _rows(registry, "alerts")}
     assert alerts == {1: at, 2: dt.datetime.fromtimestamp(T0 + 9, dt.timezone.utc), 3: at}
+    if keep:
+        assert store.forward_unmark_since(T0 + 4) == 4
+        assert len(store.forward_pending(T0 + 10, 10)) == 4
+        store.forward_drop_before(T0 + 100)
+        assert len(_rows(registry, "forward_outbox")) == 4  # pending again: never dropped
 
 
 def test_backlog_empty_and_read_only_console(

@@ -302,7 +302,7 @@ class ForwardWorker:
             self._health(now, ok=True)
             if pipe and time.monotonic() - self._erased_at >= JSONL_ERASE_EVERY_S:
                 self._erased_at = time.monotonic()
-                self.store.forward_erase_before(now - JSONL_RESEND_S)
+                self.store.forward_drop_before(now - JSONL_RESEND_S)
             return False
         delivered: list[int] = []
         error: SinkError | None = None
@@ -334,7 +334,7 @@ class ForwardWorker:
             self._crash("before_mark")
             if self._stop.is_set() and self.killed:
                 return False  # a killed process marks nothing
-            self.store.forward_done(delivered, self.clock(), erase=not pipe)
+            self.store.forward_done(delivered, self.clock(), keep=pipe)
             self.stats["forwarded"] += len(delivered)
             self._delivered = len(delivered)
         self.backlog, _oldest = self.store.forward_backlog()

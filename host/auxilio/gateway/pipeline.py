@@ -471,20 +471,11 @@ class Pipeline:
                 R.event_record(dev.id, etype, now, v.fields, dev.key_epoch, v.counter),
                 now,
             )
-        elif v.code in R.ALERT_TYPES:
-            self._forward(
-                batch,
-                R.alert_record(
-                    dev.id,
-                    dev.key_epoch,
-                    v.counter,
-                    v.type_name,
-                    v.fields,
-                    now,
-                    dev.state == "lost",
-                    dec.disposition,
-                ),
-                now,
+        elif v.code in R.ALERT_TYPES and self.forwarding:
+            # The record itself is built from the alert row at delivery (Store.
+            # forward_pending): the hot commit writes only its name.
+            batch.forward.append(
+                alert_forward_row(dev.id, dev.key_epoch, v.counter, now, dev.label)
             )
 
     def _collision(self, batch: Batch, u: Uplink, now: float) -> None:
@@ -526,14 +517,32 @@ class Pipeline:
         return out
 
 
+def alert_forward_row(
+    device: int, epoch: int, counter: int, now: float, label: str | None = None
+) -> dict[str, Any]:
+    """An alert's forward_outbox row: its name only; the record is built from the alert row
+    at delivery (Store.forward_pending), so the hot commit encodes the fields once."""
+    return {
+        "key": f"alert:{label or codec.device_str(device)}:{epoch}:{counter}",
+        "device_id": device,
+        "key_epoch": epoch,
+        "counter": counter,
+        "body": None,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
 def forward_row(record: dict[str, Any], now: float) -> dict[str, Any]:
     """A forward_outbox row for one record (written in the same transaction as its frame)."""
+    record = dict(record)
+    device_id = record.pop("device_id")
     return {
         "key": record["key"],
-        "device_id": codec.device_int(record["device"]),
+        "device_id": device_id,
         "key_epoch": record.get("epoch"),
         "counter": record.get("counter"),
-        "body": json.dumps(record, sort_keys=True, separators=(",", ":")),
+        "body": json.dumps(record, separators=(",", ":")),
         "created_at": now,
         "next_attempt_at": now,
     }

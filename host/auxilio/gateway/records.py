@@ -107,6 +107,7 @@ def event_record(
     return {
         "schema": SCHEMA,
         "key": key,
+        "device_id": device,  # the outbox row's; not part of the record (see forward_row)
         "kind": "event",
         "type": etype,
         "device": dev,

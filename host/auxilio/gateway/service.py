@@ -154,6 +154,7 @@ class Gateway:
         self._stop_metrics: Callable[[], None] | None = None
         self.fatal: AuxilioError | None = None
         self.connected = threading.Event()  # set once subscribed (SUBACK), not on CONNACK
+        self.subscribed_at = 0.0
         self._client = self._make_client()
 
     # ------------------------------------------------------------ MQTT ---
@@ -198,6 +199,7 @@ class Gateway:
         )
 
     def _on_subscribe(self, client: mqtt.Client, *_: Any) -> None:
+        self.subscribed_at = time.perf_counter()  # for the restart figures (tests/bench)
         self._link("up")
         self.connected.set()
         if not self._reacked:

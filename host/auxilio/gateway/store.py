@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from auxilio.gateway.records import SUPERVISION_LOST, SUPERVISION_RESTORED
+from auxilio.gateway.records import SUPERVISION_LOST, SUPERVISION_RESTORED, alert_record
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ class Store:
 
     def __init__(self, registry: Any) -> None:
         self.registry = registry
-        self.engine = registry.engine
+        self.engine = registry.engine  # writes (BEGIN IMMEDIATE on SQLite)
+        self.reader = registry.reader  # reads, never holding SQLite's write lock
         self.t = registry.tables
 
     # ------------------------------------------------------------ writes ---
@@ -178,6 +179,14 @@ class Store:
         and the tests read every row back through Core.
         """
         cur = conn.connection.dbapi_connection.cursor()
+        times: dict[float, str] = {}  # a batch shares one `now`: format it once
+
+        def ts(t: float) -> str:
+            text = times.get(t)
+            if text is None:
+                text = times[t] = _sqlite_time(t)
+            return text
+
         try:
             if batch.alerts:
                 cur.executemany(
@@ -197,7 +206,7 @@ class Store:
                             json.dumps(a["payload"]),
                             a["raw"],
                             a["gw_seal"],
-                            _sqlite_time(a["received_at"]),
+                            ts(a["received_at"]),
                             a["disposition"],
                             a["via"],
                             1 if a["test"] else 0,
@@ -215,7 +224,7 @@ class Store:
                         (
                             None if v["high_water"] < 0 else v["high_water"],
                             _signed64(v["window"]),
-                            _sqlite_time(v["last_seen"]),
+                            ts(v["last_seen"]),
                             k,
                         )
                         for k, v in batch.devices.items()
@@ -233,8 +242,8 @@ class Store:
                             f["key_epoch"],
                             f["counter"],
                             f["body"],
-                            _sqlite_time(f["created_at"]),
-                            _sqlite_time(f["next_attempt_at"]),
+                            ts(f["created_at"]),
+                            ts(f["next_attempt_at"]),
                         )
                         for f in batch.forward
                     ],
@@ -288,7 +297,7 @@ class Store:
 
     def attend_request(self, request_id: str) -> dict[str, Any] | None:
         r = self.t.attend_requests
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(r).where(r.c.request_id == request_id)).mappings().first()
             return dict(row) if row else None
 
@@ -363,62 +372,85 @@ class Store:
     # ------------------------------------------------------- forwarding ---
 
     def forward_pending(self, now: float, limit: int) -> list[dict[str, Any]]:
-        """Undelivered forward records due for an attempt, oldest first."""
-        f = self.t.forward_outbox
-        with self.engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                rows = _sqlite_read(
-                    conn,
-                    "SELECT id, key, body, attempts, created_at FROM forward_outbox"
-                    " WHERE forwarded_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                    (_sqlite_time(now), limit),
-                )
-                return [
-                    {"id": i, "key": k, "body": b, "attempts": a, "created_at": _from_sqlite(c)}
-                    for i, k, b, a, c in rows
-                ]
+        """Undelivered forward records due for an attempt, oldest first, each with its body.
+
+        An alert's record is not stored as JSON (it would cost the hot commit a
+        second encoding of the same fields): it is built here from the alert row.
+        """
+        f, a = self.t.forward_outbox, self.t.alerts
+        with self.reader.connect() as conn:
             q = (
-                select(f.c.id, f.c.key, f.c.body, f.c.attempts, f.c.created_at)
+                select(
+                    f.c.id,
+                    f.c.key,
+                    f.c.body,
+                    f.c.attempts,
+                    f.c.created_at,
+                    f.c.device_id,
+                    f.c.key_epoch,
+                    f.c.counter,
+                    a.c.type,
+                    a.c.payload,
+                    a.c.received_at,
+                    a.c.lost,
+                    a.c.disposition,
+                )
+                .select_from(
+                    f.outerjoin(
+                        a,
+                        and_(
+                            f.c.body.is_(None),
+                            a.c.device_id == f.c.device_id,
+                            a.c.key_epoch == f.c.key_epoch,
+                            a.c.counter == f.c.counter,
+                        ),
+                    )
+                )
                 .where(f.c.forwarded_at.is_(None), f.c.next_attempt_at <= _utc(now))
                 .order_by(f.c.id)
                 .limit(limit)
             )
-            return [dict(r) for r in conn.execute(q).mappings()]
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            if r["body"] is None:
+                r["body"] = json.dumps(
+                    alert_record(
+                        r["device_id"],
+                        r["key_epoch"],
+                        r["counter"],
+                        r["type"],
+                        r["payload"] or {},
+                        r["received_at"].timestamp(),
+                        bool(r["lost"]),
+                        r["disposition"] or "received",
+                    ),
+                    separators=(",", ":"),
+                )
+        return rows
 
     def forward_backlog(self) -> tuple[int, dt.datetime | None]:
         """(records not yet confirmed by the sink, creation time of the oldest)."""
         f = self.t.forward_outbox
-        with self.engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                ((n, oldest),) = _sqlite_read(
-                    conn,
-                    "SELECT count(*), min(created_at) FROM forward_outbox"
-                    " WHERE forwarded_at IS NULL",
-                    (),
-                )
-                return int(n), _from_sqlite(oldest)
+        with self.reader.connect() as conn:
             n, oldest = conn.execute(
                 select(func.count(), func.min(f.c.created_at)).where(f.c.forwarded_at.is_(None))
             ).one()
             return int(n), oldest
 
-    def forward_done(self, ids: list[int], at: float, erase: bool = True) -> None:
-        """The sink confirmed these records: mark them, erase their bodies (locations) unless
-        the sink may still lose them (erase=False), and set alerts.forwarded_at for the alerts
-        they describe - one transaction."""
+    def forward_done(self, ids: list[int], at: float, keep: bool = False) -> None:
+        """The sink confirmed these records: set alerts.forwarded_at for the alerts they
+        describe and delete the records (their bodies carry locations) - one transaction.
+
+        keep: a sink that may still lose them (a pipe) - mark them delivered and keep
+        them for forward_unmark_since; forward_drop_before deletes them later.
+        """
         if not ids:
             return
         f = self.t.forward_outbox
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
-                self._forward_done_sqlite(conn, ids, at, erase)
+                self._forward_done_sqlite(conn, ids, at, keep)
                 return
-            values: dict[str, Any] = {"forwarded_at": at, "last_error": None}
-            if erase:
-                values["body"] = None
-            conn.execute(
-                update(f).where(f.c.id.in_(ids), f.c.forwarded_at.is_(None)).values(**values)
-            )
             linked = conn.execute(
                 select(f.c.device_id, f.c.key_epoch, f.c.counter).where(
                     f.c.id.in_(ids), f.c.counter.is_not(None), f.c.key.like("alert:%")
@@ -426,10 +458,13 @@ class Store:
             ).all()
             if linked:
                 self._stamp(conn, "forwarded_at", [(d, e, c, at) for d, e, c in linked])
+            done = f.c.id.in_(ids) & f.c.forwarded_at.is_(None)
+            if keep:
+                conn.execute(update(f).where(done).values(forwarded_at=at, last_error=None))
+            else:
+                conn.execute(f.delete().where(done))
 
-    def _forward_done_sqlite(
-        self, conn: Connection, ids: list[int], at: float, erase: bool
-    ) -> None:
+    def _forward_done_sqlite(self, conn: Connection, ids: list[int], at: float, keep: bool) -> None:
         """forward_done on the DBAPI cursor, inside the caller's transaction (BEGIN IMMEDIATE).
 
         Two statements per chunk of ids rather than a statement per record:
@@ -440,7 +475,6 @@ class Store:
         unique name, the records by primary key).
         """
         at_s = _sqlite_time(at)
-        body = ", body = NULL" if erase else ""
         cur = conn.connection.dbapi_connection.cursor()
         try:
             for i in range(0, len(ids), LOOKUP_CHUNK):
@@ -453,11 +487,17 @@ class Store:
                     " AND key LIKE 'alert:%')",
                     (at_s, *chunk),
                 )
-                cur.execute(
-                    f"UPDATE forward_outbox SET forwarded_at = ?, last_error = NULL{body}"
-                    f" WHERE id IN ({marks}) AND forwarded_at IS NULL",
-                    (at_s, *chunk),
-                )
+                if keep:
+                    cur.execute(
+                        "UPDATE forward_outbox SET forwarded_at = ?, last_error = NULL"
+                        f" WHERE id IN ({marks}) AND forwarded_at IS NULL",
+                        (at_s, *chunk),
+                    )
+                else:
+                    cur.execute(
+                        f"DELETE FROM forward_outbox WHERE id IN ({marks}) AND forwarded_at IS NULL",
+                        chunk,
+                    )
         finally:
             cur.close()
 
@@ -467,20 +507,16 @@ class Store:
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(f)
-                .where(f.c.forwarded_at >= _utc(since), f.c.body.is_not(None))
+                .where(f.c.forwarded_at >= _utc(since))
                 .values(forwarded_at=None, next_attempt_at=_utc(since))
             )
             return int(res.rowcount or 0)
 
-    def forward_erase_before(self, before: float) -> None:
-        """Erase the bodies (locations) of records delivered before `before`."""
+    def forward_drop_before(self, before: float) -> None:
+        """Delete the kept records delivered before `before` (past the resend window)."""
         f = self.t.forward_outbox
         with self.engine.begin() as conn:
-            conn.execute(
-                update(f)
-                .where(f.c.forwarded_at < _utc(before), f.c.body.is_not(None))
-                .values(body=None)
-            )
+            conn.execute(f.delete().where(f.c.forwarded_at < _utc(before)))
 
     def forward_failed(self, fid: int, error: str, retry_at: float) -> None:
         f = self.t.forward_outbox
@@ -519,13 +555,13 @@ class Store:
         keys = list(keys)
         if not keys:
             return {}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return self._stored(conn, keys)
 
     def unacked(self, since: float, limit: int) -> list[dict[str, Any]]:
         """Stored frames whose ACK the broker never confirmed (a crash between commit and ACK)."""
         a = self.t.alerts
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             q = (
                 select(
                     a.c.device_id,
@@ -546,7 +582,7 @@ class Store:
         d = self.t.devices
         if not ids:
             return {}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(d.c.id, d.c.state, d.c.heartbeat_s, d.c.key_epoch).where(
                     d.c.id.in_(list(ids))
@@ -557,7 +593,7 @@ class Store:
     def supervised_devices(self) -> list[dict[str, Any]]:
         """Devices seen at least once and still in service, with their last supervision event."""
         d, e = self.t.devices, self.t.events
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             devs = [
                 dict(r)
                 for r in conn.execute(
@@ -586,13 +622,13 @@ class Store:
 
     def alert(self, alert_id: int) -> dict[str, Any] | None:
         a = self.t.alerts
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             r = conn.execute(select(a).where(a.c.id == alert_id)).mappings().first()
             return dict(r) if r else None
 
     def recent_alerts(self, limit: int = 20) -> list[dict[str, Any]]:
         a, d = self.t.alerts, self.t.devices
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             q = (
                 select(a, d.c.kind)
                 .join(d, d.c.id == a.c.device_id)
@@ -603,7 +639,7 @@ class Store:
 
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
         e = self.t.events
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [
                 dict(r)
                 for r in conn.execute(select(e).order_by(e.c.id.desc()).limit(limit)).mappings()
@@ -615,7 +651,7 @@ class Store:
             return {}
         r = self.t.attend_requests
         out: dict[int, dict[str, Any]] = {}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             for row in conn.execute(
                 select(r).where(r.c.alert_id.in_(list(alert_ids))).order_by(r.c.id)
             ).mappings():
@@ -626,7 +662,7 @@ class Store:
         """Every device with state, last_seen and its latest supervision status."""
         d = self.t.devices
         sup = {r["id"]: r["lost"] for r in self.supervised_devices()}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = [
                 dict(r)
                 for r in conn.execute(
@@ -641,7 +677,7 @@ class Store:
 
     def dead_letter_counts(self) -> dict[str, int]:
         dl = self.t.dead_letters
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return {
                 r[0]: int(r[1])
                 for r in conn.execute(select(dl.c.reason, func.count()).group_by(dl.c.reason))
@@ -650,26 +686,3 @@ class Store:
 
 def _utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
-
-
-def _from_sqlite(text: str | None) -> dt.datetime | None:
-    """A registry UTCDateTime as SQLite stores it (naive UTC text) -> aware datetime."""
-    return None if text is None else dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
-
-
-def _sqlite_read(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """One SELECT on the DBAPI cursor, outside any transaction.
-
-    The registry opens every SQLAlchemy transaction with BEGIN IMMEDIATE,
-    so even a read takes SQLite's write lock, and the gateway's hot commit
-    then sleeps in SQLite's busy handler (measured: the forwarder's reads
-    made BEGIN a visible share of the hot thread's time). The driver
-    connection is in autocommit (registry/store.py), so a lone SELECT is its
-    own WAL snapshot and takes no lock; it also skips Core's per-statement cost.
-    """
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall()
-    finally:
-        cur.close()

@@ -45,6 +45,10 @@ class DeviceState:
     interval_s: int | None = None  # from the last heartbeat
     key_epoch: int = 1
     checked_at: float = 0.0  # monotonic time the lifecycle state was read
+    label: str = ""  # printed id (SPEC §2), computed once
+
+    def __post_init__(self) -> None:
+        self.label = codec.device_str(self.id)
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line
         return f"DeviceState({codec.device_str(self.id)}, {self.kind}, {self.state})"

@@ -200,8 +200,8 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
 def _define_v4_tables(metadata: MetaData) -> None:
     """Tables the C4-integrity issue added: forward outbox, dead letters, attend requests."""
     # Transactional outbox (DESIGN §1): a forward record is written in the same
-    # transaction as the alert it describes, and marked only when the sink
-    # confirmed it. The body is erased after delivery (it carries locations).
+    # transaction as the alert it describes and deleted when the sink confirmed
+    # it, so the table holds only what is on its way (no index beyond the key).
     Table(
         "forward_outbox",
         metadata,
@@ -211,13 +211,12 @@ def _define_v4_tables(metadata: MetaData) -> None:
         Column("device_id", BigInteger),
         Column("key_epoch", Integer),
         Column("counter", BigInteger),
-        Column("body", Text),  # the JSON record; NULL once delivered
+        Column("body", Text),  # an event's JSON record; NULL for an alert (built from its row)
         Column("created_at", UTCDateTime, nullable=False),
         Column("next_attempt_at", UTCDateTime, nullable=False),
         Column("attempts", Integer, nullable=False, default=0),
         Column("last_error", String(200)),
-        Column("forwarded_at", UTCDateTime),
-        Index("ix_forward_outbox_pending", "forwarded_at", "id"),
+        Column("forwarded_at", UTCDateTime),  # set only while a pipe's resend window runs
     )
     # Inbound messages the gateway could not use: acknowledged to the broker (so
     # they are never redelivered forever) and kept here with the reason.

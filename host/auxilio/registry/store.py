@@ -284,6 +284,7 @@ class Registry:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._reader: Engine | None = None
         self.tables = SimpleNamespace(
             devices=schema.devices,
             assignments=schema.assignments,
@@ -298,7 +299,26 @@ class Registry:
 
     # ------------------------------------------------------------ lifecycle ---
 
+    @property
+    def reader(self) -> Engine:
+        """An engine for reads that never take SQLite's write lock.
+
+        Every transaction of `engine` begins IMMEDIATE (a writer waits its turn
+        instead of failing later), so on SQLite even a SELECT through it holds
+        the write lock the gateway's hot commit waits for. A read-only
+        connection begins deferred and reads the latest committed WAL state.
+        PostgreSQL (and an in-memory SQLite) read through `engine` itself.
+        """
+        if self._reader is None:
+            u = self.engine.url
+            file_db = u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:")
+            ro = file_db and "mode=ro" not in str(u.database)
+            self._reader = create_registry_engine(u, readonly=True) if ro else self.engine
+        return self._reader
+
     def close(self) -> None:
+        if self._reader is not None and self._reader is not self.engine:
+            self._reader.dispose()
         self.engine.dispose()
 
     def __enter__(self) -> Registry:
