@@ -18,6 +18,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from auxilio.gateway.records import SUPERVISION_LOST, SUPERVISION_RESTORED, alert_record
+from auxilio.protocol import codec
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +380,8 @@ class Store:
         """
         f, a = self.t.forward_outbox, self.t.alerts
         with self.reader.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                return _pending_sqlite(conn, now, limit)
             q = (
                 select(
                     f.c.id,
@@ -682,6 +685,73 @@ class Store:
                 r[0]: int(r[1])
                 for r in conn.execute(select(dl.c.reason, func.count()).group_by(dl.c.reason))
             }
+
+
+_PENDING_SQL = (
+    "SELECT f.id, f.key, f.body, f.attempts, f.created_at, f.device_id, f.key_epoch, f.counter,"
+    " a.type, a.payload, a.received_at, a.pressed_at, a.lost, a.disposition"
+    " FROM forward_outbox f LEFT JOIN alerts a ON f.body IS NULL AND a.device_id = f.device_id"
+    " AND a.key_epoch = f.key_epoch AND a.counter = f.counter"
+    " WHERE f.forwarded_at IS NULL AND f.next_attempt_at <= ? ORDER BY f.id LIMIT ?"
+)
+
+
+def _pending_sqlite(conn: Connection, now: float, limit: int) -> list[dict[str, Any]]:
+    """forward_pending on SQLite: one SELECT on the driver cursor, outside any transaction
+    (no lock: the connection is read-only and in autocommit), bodies built as text.
+
+    The forwarder shares the gateway's process (and GIL) with the hot commit, so
+    every microsecond it spends per record is taken from alert throughput: the
+    stored payload is already JSON and the stored times already UTC text, so an
+    alert's record is assembled from them without decoding anything. The
+    result equals records.alert_record (tests/gateway/test_forward_store.py).
+    """
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(_PENDING_SQL, (_sqlite_time(now), limit))
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    labels: dict[int, str] = {}
+    out = []
+    for (
+        fid,
+        key,
+        body,
+        attempts,
+        created,
+        dev,
+        epoch,
+        ctr,
+        typ,
+        payload,
+        got,
+        pressed,
+        lost,
+        disp,
+    ) in rows:
+        if body is None:
+            label = labels.get(dev)
+            if label is None:
+                label = labels[dev] = codec.device_str(dev)
+            body = (
+                '{"schema":"auxilio.forward/1","key":' + json.dumps(key)
+                + ',"kind":"alert","type":' + json.dumps(typ)
+                + ',"device":"' + label + '","epoch":' + str(epoch) + ',"counter":' + str(ctr)
+                + ',"at":"' + _iso_text(got) + '","pressed_at":'
+                + ('"' + _iso_text(pressed) + '"' if pressed else "null")
+                + ',"fields":' + (payload or "{}")
+                + ',"lost":' + ("true" if lost else "false")
+                + ',"disposition":' + json.dumps(disp or "received") + ',"detail":""}'
+            )  # fmt: skip
+        at = dt.datetime.fromisoformat(created).replace(tzinfo=dt.timezone.utc)
+        out.append({"id": fid, "key": key, "body": body, "attempts": attempts, "created_at": at})
+    return out
+
+
+def _iso_text(t: str) -> str:
+    """'2026-11-28 19:00:05.123456' (SQLite storage, UTC) -> '2026-11-28T19:00:05.123Z'."""
+    return t[:10] + "T" + t[11:19] + "." + (t[20:23] or "000") + "Z"
 
 
 def _utc(t: float) -> dt.datetime:
