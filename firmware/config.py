@@ -13,6 +13,9 @@ _MIN_HOLD_MS = 50
 _MAX_CANCEL_S = 600
 
 _ROLE_KEYS = ("hold_ms", "cancel_window_s", "cancel_taps", "heartbeat_s", "discreet")
+_BEARERS = ("wifi", "lte")  # data bearers a board can list (SMS is the modem's fallback)
+_SMS_BUDGET_S = 20  # an alert not acked this long after it was queued also goes by SMS
+_LTE_TUNABLE_PREFIXES = ("modem_", "psm_", "gnss_", "sms_", "failover_", "transport_")
 
 
 class ConfigError(Exception):
@@ -193,6 +196,7 @@ class Config:
         # Optional MQTT reconnect backoff overrides (None = the session's defaults).
         self.mqtt_backoff_min_ms = t.get("mqtt_backoff_min_ms")
         self.mqtt_backoff_max_ms = t.get("mqtt_backoff_max_ms")
+        self._bearers(root, board, cfg, t)
         fb = board.get("feedback") or {}
         self.has_haptic = bool(fb.get("haptic"))
         self.has_led = bool(fb.get("led"))
@@ -200,6 +204,44 @@ class Config:
         inputs = board.get("inputs") or {}
         self.has_tamper = bool(inputs.get("tamper"))
         self.has_mains = bool(inputs.get("mains"))
+
+    def _bearers(self, root, board, cfg, t):
+        """Bearer order, modem wiring and LTE/SMS settings (issue 12)."""
+        w = "config.json"
+        order = cfg.get("bearers", board.get("bearers")) or ["wifi"]
+        if not isinstance(order, list) or not order:
+            raise ConfigError(w + ': bearers must be a list like ["wifi", "lte"]')
+        for b in order:
+            if b not in _BEARERS:
+                raise ConfigError(w + ": bearers may only name " + ", ".join(_BEARERS))
+        m = board.get("modem")
+        self.modem = None  # {"profile": name, "pins": {...}} when the board drives a modem
+        if isinstance(m, dict) and m.get("profile"):
+            self.modem = {
+                "profile": m["profile"],
+                "pins": dict(m.get("pins") or {}),
+                "file": join(root, "modem.json"),  # boards/modems/<profile>.json "at" part
+            }
+        if "lte" in order and self.modem is None:
+            raise ConfigError("board.json: bearer lte needs a modem with a profile")
+        self.bearers = tuple(order)
+        lte = cfg.get("lte") or {}
+        sms = cfg.get("sms") or {}
+        if not isinstance(lte, dict) or not isinstance(sms, dict):
+            raise ConfigError(w + ": lte and sms must be objects")
+        self.apn = _str(lte, "apn", w + " lte", False)
+        self.sim_pin = _str(lte, "sim_pin", w + " lte", False)
+        self.roaming = lte.get("roaming", True) is not False  # a lifeline roams by default
+        self.low_power = lte.get("low_power", "psm")
+        if self.low_power not in ("psm", "edrx", "off"):
+            raise ConfigError(w + ": lte.low_power must be psm, edrx or off")
+        self.sms_to = _str(sms, "to", w + " sms", False)  # the C4's SMS number (E.164)
+        budget = sms.get("budget_s", _SMS_BUDGET_S)
+        if not isinstance(budget, int) or budget < 1 or budget > 3600:
+            raise ConfigError(w + ": sms.budget_s must be an integer in 1..3600")
+        self.sms_budget_s = budget
+        # Modem/transport tunables (names in transport.py and modem.py), board then config.
+        self.lte_tunables = {k: t[k] for k in t if k.startswith(_LTE_TUNABLE_PREFIXES)}
 
     def read_ca(self, root):
         """The pinned CA file's bytes, or None for plain MQTT."""

@@ -98,6 +98,8 @@ class Device:
             hal.tamper_open() if cfg.has_tamper else None,
         )
         self.transport = hal.make_transport(cfg, self.log)
+        if hasattr(self.transport, "attach"):
+            self.transport.attach(self)  # issue 12: outbox/feedback for the SMS fallback and PSM
         p = cfg.prefix
         self.up_topic = codec.topic(p, cfg.device, "up")
         self.down_topic = codec.topic(p, cfg.device, "down")
@@ -157,6 +159,7 @@ class Device:
             subscriptions=(self.down_topic,),
             on_message=self.on_downlink,
             link_up=self.transport.up,
+            dial=getattr(self.transport, "dial", None),  # issue 12: modem sockets
             log=self.log,
             max_packet=256,
             **extra,
@@ -330,6 +333,9 @@ class Device:
             status |= codec.STATUS_CHARGING
         if cfg.discreet:
             status |= codec.STATUS_DISCREET
+        fault = getattr(self.transport, "fault", None)
+        if fault is not None:
+            status |= (fault() & 7) << 4  # modem fault, bits 4-6 (proposed SPEC §8.3, issue 12)
         depth = self.outbox.depth()
         fw = cfg.fw
         hb = cfg.heartbeat_s if cfg.heartbeat_s < 0xFFFF else 0xFFFF

@@ -15,6 +15,7 @@ _PATTERNS = {
     "attending": ("long", "spin", "tone"),
     "cancelled": ("pulse", "off", "chirp"),
     "error": ("error", "error", "error"),
+    "sms": ("sms", "sms", "sms"),  # the alert also left by SMS; the data ACK is still awaited
 }
 
 

@@ -110,10 +110,35 @@ class Conn:
     # --- connection ---------------------------------------------------------------------------
 
     async def open(
-        self, host, port, ssl_ctx=None, server_hostname=None, timeout_ms=10000, nodelay=True
+        self,
+        host,
+        port,
+        ssl_ctx=None,
+        server_hostname=None,
+        timeout_ms=10000,
+        nodelay=True,
+        dial=None,
     ):
-        """Open the TCP connection (non-blocking connect), then wrap it in TLS if asked."""
+        """Open the TCP connection (non-blocking connect), then wrap it in TLS if asked.
+
+        dial: optional coroutine function (host, port, timeout_ms) -> a connected,
+        non-blocking, pollable stream or None; a modem's own TCP socket (issue 12).
+        """
         self.close()
+        sock = await dial(host, port, timeout_ms) if dial is not None else None
+        if sock is None:
+            sock = await self._tcp(host, port, timeout_ms, nodelay)
+        self.sock = sock
+        if ssl_ctx is not None:
+            # The handshake runs inside the first writes/reads (non-blocking), so it never
+            # stalls other tasks; a bad certificate surfaces as ValueError from the CONNECT write.
+            sock = ssl_ctx.wrap_socket(
+                sock, server_hostname=server_hostname or host, do_handshake_on_connect=False
+            )
+            self.sock = sock
+        self.reader = asyncio.StreamReader(sock)
+
+    async def _tcp(self, host, port, timeout_ms, nodelay):
         # Name resolution blocks (no async resolver on MicroPython); an IP literal costs nothing.
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
@@ -143,14 +168,7 @@ class Conn:
             if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
                 raise OSError(110)  # ETIMEDOUT
             await asyncio.sleep_ms(_CONNECT_POLL_MS)
-        if ssl_ctx is not None:
-            # The handshake runs inside the first writes/reads (non-blocking), so it never
-            # stalls other tasks; a bad certificate surfaces as ValueError from the CONNECT write.
-            sock = ssl_ctx.wrap_socket(
-                sock, server_hostname=server_hostname or host, do_handshake_on_connect=False
-            )
-            self.sock = sock
-        self.reader = asyncio.StreamReader(sock)
+        return sock
 
     def close(self):
         """Close the socket; safe to call twice. Never sends DISCONNECT, so the LWT fires."""

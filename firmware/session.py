@@ -127,6 +127,7 @@ class Session:
         backoff_max_ms=_BACKOFF_MAX_MS,
         connect_timeout_ms=_CONNECT_TIMEOUT_MS,
         tcp_nodelay=True,
+        dial=None,
     ):
         self.client_id = _b(client_id)
         self.host = host
@@ -150,6 +151,7 @@ class Session:
         self.backoff_max_ms = backoff_max_ms
         self.connect_timeout_ms = connect_timeout_ms
         self.tcp_nodelay = tcp_nodelay  # False only in the bench that shows why it is True
+        self.dial = dial  # the transport's socket factory (a modem's TCP socket), None = system
         self.on_first_byte = None  # latency probe, called right before a PUBLISH's first byte
 
         self._conn = mqtt.Conn(max_packet)
@@ -330,6 +332,7 @@ class Session:
             self.server_hostname,
             self.connect_timeout_ms,
             self.tcp_nodelay,
+            self.dial,
         )
         present = await conn.connect(
             self.client_id,

@@ -3,9 +3,10 @@
 # When AUXILIO_HAL_CONTROL=127.0.0.1:PORT is set, one ControlChannel per
 # interpreter connects to that address (the controller owns the port;
 # reconnect with backoff) and multiplexes every HostHal by its index:
-#   controller -> device: {"op":"press"|"release"|"battery"|"mains"|"tamper"|"link"|"reset"|"gc", "dev":N, ...}
-#   device -> controller: {"ev":"hello"|"haptic"|"led"|"buzzer"|"state"|"log"|"mem", "dev":N, ...}
+#   controller -> device: {"op":"press"|"release"|"battery"|"mains"|"tamper"|"link"|"reset"|"gc"|"status", "dev":N, ...}
+#   device -> controller: {"ev":"hello"|"haptic"|"led"|"buzzer"|"state"|"log"|"mem"|"status", "dev":N, ...}
 # ("gc" / "mem" are test extras: a gc.collect() then gc.mem_alloc()/mem_free();
+# "status" answers the transport's status() (bearer, modem state, AT counters);
 # "state" events also carry "us", the device's ticks_us, for latency figures).
 #
 # RAM budget: at most QUEUE_MAX queued event lines plus one stream pair.
@@ -106,6 +107,9 @@ class ControlChannel:
             hal.set_link(cmd.get("up", True))
         elif op == "reset":
             hal.reset()
+        elif op == "status":
+            st = getattr(hal.transport, "status", None)  # issue 12: bearer and modem health
+            self.emit({"ev": "status", "dev": hal.index, "status": st() if st else None})
         elif op == "gc":
             import gc
 

@@ -17,12 +17,14 @@ _HAPTIC = {
     "double": (150, 150, 150),
     "long": (800,),
     "error": (80, 80, 80, 80, 80),
+    "sms": (500, 200, 100, 200, 100),  # sent by SMS, waiting for the data ACK (issue 12)
 }
 _BUZZER = {
     "chirp": (2400, (80,)),
     "beep2": (2000, (120, 120, 120)),
     "tone": (1600, (900,)),
     "error": (500, (200, 100, 200, 100, 200)),
+    "sms": (1800, (400, 150, 100, 150, 100)),
 }
 # LED ring: (r, g, b), on/off durations; "spin" walks one pixel around the ring.
 _LED = {
@@ -31,6 +33,7 @@ _LED = {
     "spin": ((0, 0, 40), ()),
     "error": ((50, 0, 0), (150, 150, 150, 150, 150)),
     "off": ((0, 0, 0), (1,)),
+    "sms": ((0, 20, 40), (500, 200, 100, 200, 100)),
 }
 _SPIN_STEP_MS = 60
 _SPIN_ROUNDS = 3
@@ -86,6 +89,7 @@ class Esp32Hal:
         self._wdt = None
         self._timer = None
         self._tasks = {}
+        self.transport = None
 
     # ------------------------------------------------------------ inputs ----
 
@@ -138,7 +142,8 @@ class Esp32Hal:
         return self._level(self._tamper, self._tamper_low)
 
     def location(self):
-        return None  # GNSS arrives with the LTE modem issue
+        loc = getattr(self.transport, "location", None)  # the modem's GNSS, if any
+        return loc() if loc is not None else None
 
     # ----------------------------------------------------------- outputs ----
 
@@ -255,10 +260,31 @@ class Esp32Hal:
         return "unknown"
 
     def make_transport(self, cfg, log):
+        if getattr(cfg, "modem", None) is None:
+            return self.wifi_link(cfg, log)  # no modem: no transport manager in RAM
+        import transport
+
+        self.transport = transport.make(cfg, log, self)
+        return self.transport
+
+    def wifi_link(self, cfg, log):
         import network
         from wifi import WifiTransport
 
         return WifiTransport(network.WLAN(network.STA_IF), cfg.wifi_ssid, cfg.wifi_password, log)
+
+    def modem_port(self, pins, baud):
+        # timeout=0: reads never block; the AT engine polls the UART through asyncio.
+        return machine.UART(
+            pins["uart"], baudrate=baud, tx=pins["tx"], rx=pins["rx"], rxbuf=1024, timeout=0
+        )
+
+    def modem_pin(self, pins, name):
+        n = pins.get(name)
+        if n is None:
+            return None
+        # Released level first: PWRKEY/RESET are asserted by driving the transistor.
+        return machine.Pin(n, machine.Pin.OUT, value=0 if pins.get("active_high", True) else 1)
 
     def wdt_start(self, ms):
         self._wdt = machine.WDT(timeout=ms)

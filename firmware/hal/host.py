@@ -5,7 +5,7 @@
 # control channel in hal/control.py (loaded only then).
 #
 # RAM budget: per HostHal ~0.5 KB (bounded output history of OUTPUT_HISTORY
-# entries).
+# entries); with an emulated modem, the wires of hal/wire.py (two sockets).
 
 import asyncio
 from time import ticks_us
@@ -14,13 +14,17 @@ OUTPUT_HISTORY = 16  # feedback outputs remembered for in-process tests
 BEARER_WIFI = 1  # auxcodec.BEARERS index
 
 
-def _env_reset_cause():
+def _env(name):
     try:
         import os
 
-        cause = os.getenv("AUXILIO_RESET_CAUSE")
+        return os.getenv(name)
     except (ImportError, AttributeError):
-        cause = None
+        return None
+
+
+def _env_reset_cause():
+    cause = _env("AUXILIO_RESET_CAUSE")
     return cause if cause in ("power_on", "hard_reset", "soft_reset") else "power_on"
 
 
@@ -73,6 +77,8 @@ class HostHal:
         self.wdt_feeds = 0
         self.slept_ms = 0
         self.on_reset = None  # set by app: reboots the Device object in place
+        self.transport = None
+        self._pins = None
         if channel is not None:
             channel.register(index, self)
 
@@ -136,7 +142,9 @@ class HostHal:
         return self.tamper
 
     def location(self):
-        return None  # no GNSS on the host (and never a real location in tests)
+        # GNSS comes from the (emulated) modem when there is one; scripted tracks only.
+        loc = getattr(self.transport, "location", None)
+        return loc() if loc is not None else None
 
     def _out(self, kind, pattern):
         h = self.outputs
@@ -173,7 +181,31 @@ class HostHal:
         return self.cause
 
     def make_transport(self, cfg, log):
+        # A modem on the board and an emulator to talk to (AUXILIO_HAL_MODEM): the
+        # transport manager of issue 12; otherwise the plain link flag.
+        if getattr(cfg, "modem", None) is None or not _env("AUXILIO_HAL_MODEM"):
+            return HostLink(self)
+        import transport
+
+        self.transport = transport.make(cfg, log, self)
+        return self.transport
+
+    def wifi_link(self, cfg, log):
         return HostLink(self)
+
+    def modem_port(self, pins, baud):
+        from hal import wire
+
+        return wire.uart(_env("AUXILIO_HAL_MODEM"), self.index)
+
+    def modem_pin(self, pins, name):
+        if pins.get(name) is None:
+            return None
+        if self._pins is None:
+            from hal import wire
+
+            self._pins = wire.Pins(_env("AUXILIO_HAL_MODEM"), self.index)
+        return self._pins.pin(name)
 
     def wdt_start(self, ms):
         self.wdt_ms = ms

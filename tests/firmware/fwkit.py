@@ -63,15 +63,27 @@ def make_root(
     role: str | None = None,
     tunables: dict | None = None,
     counter_floor: int | None = None,
+    modem: str | None = None,
     **overrides: object,
 ) -> dict:
     """Create a device filesystem root; return its config dict (with the secret).
 
     counter_floor: SPEC §12.1, for a known secret (``secret=`` in overrides):
     the registry's floor (Registry.counter_floor), or a test's own value.
+    modem: deploy this modem profile (boards/modems/<name>.json) as modem.json and
+    make it the board's modem (the board's own profile when modem="board").
     """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(BOARDS / f"{board}.json", root / "board.json")
+    if modem is not None:
+        from auxilio import modems
+
+        data = json.loads((BOARDS / f"{board}.json").read_text())
+        if modem != "board":
+            data = modems.with_profile(data, modem)
+        (root / "board.json").write_text(json.dumps(data))
+        for name, blob in modems.device_files(data).items():
+            (root / name).write_bytes(blob)
     dev = device_id(n)
     cfg: dict = {
         "device": dev,
@@ -212,6 +224,7 @@ class DeviceProc:
         path: list[Path] | None = None,
         heapsize: str | None = None,
         extra: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         many = isinstance(roots, list)
         paths = [str(p) for p in (path or SOURCE_DIRS)]
@@ -223,9 +236,11 @@ class DeviceProc:
         if heapsize:
             cmd += ["-X", f"heapsize={heapsize}"]
         cmd += ["-c", script]
+        extra_env = env or {}
         env = dict(os.environ)
         if control is not None:
             env["AUXILIO_HAL_CONTROL"] = control.addr
+        env.update(extra_env)
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )

@@ -1,0 +1,150 @@
+"""The firmware over an emulated modem, end to end: real micropython, real mosquitto, C4 peer.
+
+Every profile's data mode (SIM7080G CA*, SIM7600 CIP*, BG95 QI*) carries the
+same MQTT session; the emulator answers from the vendors' command grammar, so
+a profile template the module would refuse shows up as an ERROR count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from auxilio.emulator import radio
+from auxilio.protocol import codec
+
+from tests.firmware.fwkit import wait_until
+from tests.modem.ltekit import C4_NUMBER, DEVICE_MSISDN, fault_bits
+
+pytestmark = pytest.mark.integration
+
+PROFILES = ["sim7080g", "sim7600", "bg95"]
+# The commands each profile's data mode must have used (the emulator's counts).
+DATA_COMMANDS = {
+    "sim7080g": ("CNACT", "CAOPEN", "CASEND", "CARECV"),
+    "sim7600": ("NETOPEN", "CIPOPEN", "CIPSEND", "CIPRXGET"),
+    "bg95": ("QIACT", "QIOPEN", "QISEND", "QIRD"),
+}
+GNSS_COMMANDS = {"sim7080g": "CGNSINF", "sim7600": "CGPSINFO", "bg95": "QGPSLOC"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_alert_over_emulated_lte_is_acked(lte_rig, profile: str) -> None:
+    fix = radio.Fix(19.4270, -99.1677, 1.0)  # Ángel de la Independencia: a public place
+    rig = lte_rig(profile, gnss=radio.GnssTrack.fixed(fix.lat, fix.lon, fix.hdop))
+    rig.start(tunables={"gnss_every_s": 1, "gnss_timeout_s": 3})
+    wait_until(lambda: rig.status()["modem"]["fix"], 20, "a GNSS fix")
+    base = rig.status()["modem"]["at"]  # the probes before PWRKEY timed out, by design
+    alert = rig.alert()
+    assert alert["bearer"] == "lte"
+    assert abs(alert["lat_e7"] - round(fix.lat * 1e7)) <= 2  # 2e-7 degrees: 2 cm
+    assert abs(alert["lon_e7"] - round(fix.lon * 1e7)) <= 2
+    # HDOP 1.0 x 5 m; +CGPSINFO (SIM7600) has no HDOP: accuracy unknown.
+    assert alert["accuracy_m"] == (None if profile == "sim7600" else 5)
+    rig.wait_state("acked", alert["counter"])
+    st = rig.status()
+    assert st["bearer"] == "lte" and st["modem"]["state"] == "ready"
+    at = st["modem"]["at"]
+    assert at["garbage"] == 0 and at["stray"] == 0 and at["unexpected"] == 0, at
+    assert at["timeouts"] == base["timeouts"], (base, at)
+    # The profile's command set, against the emulated module's grammar.
+    m = rig.modem
+    assert dict(m.errors) == {}, (dict(m.errors), rig.uart())
+    for name in DATA_COMMANDS[profile] + (GNSS_COMMANDS[profile],):
+        assert m.commands[name] > 0, (name, dict(m.commands))
+    assert m.power_ons == 1  # probed before pulsing: PWRKEY once, never toggled back off
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_sms_fallback_when_data_is_down(lte_rig, profile: str) -> None:
+    """Data down, SMS working: the alert also leaves by SMS, same frame and counter."""
+    rig = lte_rig(profile, scenario="data-down")
+    rig.start(wait_boot=False)
+    wait_until(lambda: rig.status()["modem"]["fault"] == "data_down", 30, "data_down")
+    assert rig.status()["modem"]["registered"] is True
+    t_press = time.monotonic()
+    rig.ctl.hold(2300)
+    sms = rig.smsc.wait(timeout=30, sender=DEVICE_MSISDN)[0]
+    assert sms.to == C4_NUMBER
+    frame = codec.sms_decode(sms.text)
+    got = codec.decode(frame, rig.secret)  # verifies the tag with the device key
+    assert got["type"] == "ALERT" and got["device"] == rig.dev
+    assert rig.ctl.matching(ev="state", name="queued", counter=got["counter"])
+    assert time.monotonic() - t_press >= 3  # the 3 s budget ran out first
+    # The distinct haptic pattern, and the state event with the alert's counter.
+    rig.ctl.wait(ev="haptic", pattern="sms", timeout=10)
+    sms_state = rig.wait_state("sms")
+    assert sms_state["counter"] == got["counter"]
+    # The gammu-smsd style inbox file carries the same text.
+    files = sorted(rig.inbox.glob("IN*.txt"))
+    assert files and files[0].read_text() == sms.text
+    assert DEVICE_MSISDN in files[0].name
+    # Data returns: the same alert (same counter) reaches the broker and is acked.
+    rig.modem.set_scenario("registered")
+    alert = rig.peer.wait("ALERT", 1, timeout=60)[0]
+    assert alert["counter"] == got["counter"]  # the C4 dedups the two on this
+    assert alert["lat_e7"] == got["lat_e7"] and alert["battery"] == got["battery"]
+    rig.wait_state("acked", alert["counter"], timeout=30)
+    rig.ctl.wait(ev="haptic", pattern="double", timeout=10)
+    assert len(rig.smsc.inbox()) == 1  # one SMS per alert, even while it keeps retrying
+
+
+def test_missing_sim_is_reported_and_retried_then_power_cycled(lte_rig) -> None:
+    """Street button, Wi-Fi first: the HEARTBEAT over Wi-Fi carries the modem fault."""
+    rig = lte_rig("sim7600", board="button-s3")
+    rig.modem.fault("sim-missing")
+    rig.start(role="button", heartbeat_s=2, tunables={"modem_fail_cycle": 3})
+    hb = rig.wait_heartbeat(lambda h: fault_bits(h) == 1, 30, "a heartbeat with sim_missing")
+    assert hb["bearer"] == "wifi"
+    # Retried with growing gaps, and power-cycled (RESET pin) after 3 failed bring-ups.
+    def cpin() -> list[float]:
+        return [t for t, d, b in rig.modem.trace if d == "in" and b.startswith(b"AT+CPIN?")]
+
+    wait_until(lambda: rig.modem.resets >= 1 and len(cpin()) >= 6, 60, "a power cycle")
+    t = cpin()
+    gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
+    assert gaps[-1] > 2 * gaps[0], gaps  # capped exponential backoff (jittered)
+    # The SIM comes back: the next heartbeats report no fault.
+    rig.modem.fault("sim-inserted")
+    wait_until(lambda: rig.status()["modem"]["state"] == "ready", 40, "the modem ready again")
+    n = len(rig.heartbeats())
+    rig.wait_heartbeat(lambda h: h in rig.heartbeats()[n + 1 :] and fault_bits(h) == 0, 30)
+
+
+def test_denied_registration_is_reported(lte_rig) -> None:
+    rig = lte_rig("sim7600", board="button-s3", scenario="denied")
+    rig.start(role="button", heartbeat_s=2)
+    rig.wait_heartbeat(lambda h: fault_bits(h) == 3, 30, "a heartbeat with denied")
+    assert rig.status()["modem"]["fault"] == "denied"
+
+
+def test_a_modem_that_does_not_answer_is_power_cycled_and_recovers(lte_rig) -> None:
+    rig = lte_rig("sim7080g")
+    rig.start(heartbeat_s=3)
+    rig.modem.fault("mute")  # the module's firmware hangs: UART silent, PWRKEY ignored
+    wait_until(lambda: rig.modem.resets >= 1, 60, "the RESET pin pulse")
+    wait_until(lambda: rig.status()["modem"]["state"] == "ready", 60, "the modem back")
+    alert = rig.alert(timeout=60)
+    rig.wait_state("acked", alert["counter"])
+    # Reported in the next heartbeat that could go out, once the link was back.
+    rig.wait_heartbeat(lambda h: fault_bits(h) == 5, 30, "a heartbeat with not_responding")
+
+
+def test_roaming_is_accepted_and_the_link_works(lte_rig) -> None:
+    rig = lte_rig("bg95", scenario="roaming")
+    rig.start()
+    assert rig.status()["modem"]["roaming"] is True
+    alert = rig.alert()
+    rig.wait_state("acked", alert["counter"])
+
+
+def test_garbage_and_a_modem_reboot_mid_session_do_not_lose_the_alert(lte_rig) -> None:
+    rig = lte_rig("sim7080g")
+    rig.start()
+    rig.modem.inject(b"\r\n\x00\xff+CADA\r\nOK\r\n\x1b[2J garbage\r\n")
+    rig.modem.fault("reboot")  # the module resets: socket, PDP and registration gone
+    alert = rig.alert(timeout=60)
+    rig.wait_state("acked", alert["counter"], timeout=60)
+    at = rig.status()["modem"]["at"]
+    assert at["garbage"] >= 1 and at["stray"] >= 1
+    assert rig.procs[0].alive()
