@@ -90,8 +90,7 @@ class MpAt:
 
     def __init__(self) -> None:
         script = (
-            f"import sys\nsys.path[:0] = [{str(FIRMWARE)!r}, {str(HERE)!r}]\n"
-            "import mp_at_runner\n"
+            f"import sys\nsys.path[:0] = [{str(FIRMWARE)!r}, {str(HERE)!r}]\nimport mp_at_runner\n"
         )
         self.proc = subprocess.Popen(
             [micropython_binary(), "-c", script],

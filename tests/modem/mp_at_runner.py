@@ -135,7 +135,7 @@ def main():
         try:
             out = run_case(json.loads(line))
         except Exception as e:  # noqa: BLE001 - reported to the test, which fails
-            out = {"exc": "%s: %s" % (type(e).__name__, e)}
+            out = {"exc": type(e).__name__ + ": " + str(e)}
         sys.stdout.write(json.dumps(out) + "\n")
 
 

@@ -29,12 +29,12 @@ URCS = st.sampled_from(
         "+CADATAIND: 0",
         "+CEREG: 1",
         '+QIURC: "recv",0',
-        "+CMTI: \"SM\",3",
+        '+CMTI: "SM",3',
         "+APP PDP: 0,ACTIVE",
         "RDY",
     ]
 )
-TEXT = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.\"- ", min_size=1, max_size=40)
+TEXT = st.text(alphabet='ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,."- ', min_size=1, max_size=40)
 FINALS = st.sampled_from(["OK", "ERROR", "+CME ERROR: 10", "+CME ERROR: 516", "+CMS ERROR: 331"])
 
 

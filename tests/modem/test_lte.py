@@ -96,6 +96,7 @@ def test_missing_sim_is_reported_and_retried_then_power_cycled(lte_rig) -> None:
     rig.start(role="button", heartbeat_s=2, tunables={"modem_fail_cycle": 3})
     hb = rig.wait_heartbeat(lambda h: fault_bits(h) == 1, 30, "a heartbeat with sim_missing")
     assert hb["bearer"] == "wifi"
+
     # Retried with growing gaps, and power-cycled (RESET pin) after 3 failed bring-ups.
     def cpin() -> list[float]:
         return [t for t, d, b in rig.modem.trace if d == "in" and b.startswith(b"AT+CPIN?")]
