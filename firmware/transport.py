@@ -91,8 +91,10 @@ class Transport:
 
     @property
     def bearer(self):
+        # The bearer carrying the session, even while the modem sleeps in PSM
+        # between beats; 0 (none, SPEC §9) when no bearer is usable at all.
         a = self._active
-        return a.bearer if a is not None and a.up() else 0  # 0: none (SPEC §9)
+        return a.bearer if a is not None else 0
 
     def up(self):
         a = self._active

@@ -149,3 +149,37 @@ def test_garbage_and_a_modem_reboot_mid_session_do_not_lose_the_alert(lte_rig) -
     at = rig.status()["modem"]["at"]
     assert at["garbage"] >= 1 and at["stray"] >= 1
     assert rig.procs[0].alive()
+
+
+def test_psm_between_heartbeats_and_an_alert_from_psm(lte_rig) -> None:
+    rig = lte_rig("sim7080g")
+    rig.start(heartbeat_s=4, tunables={"psm_active_s": 2})
+    wait_until(lambda: rig.modem.psm_entries >= 2, 40, "two PSM periods")
+    beats = rig.heartbeats()
+    # Beats queued before the first attach say "none"; once attached, LTE even in PSM.
+    assert len(beats) >= 2 and [h["bearer"] for h in beats[-2:]] == ["lte", "lte"]
+    assert rig.modem.commands["CPSMS"] >= 1
+    # Woken by PWRKEY for each beat, never power-cycled.
+    assert rig.modem.power_ons == 1 and rig.modem.resets == 0
+    wait_until(lambda: rig.modem.power == "psm", 20, "the modem in PSM")
+    alert = rig.alert()
+    rig.wait_state("acked", alert["counter"])
+    s = rig.modem.status()["seconds"]
+    assert s["psm"] > 0 and s["connected"] > 0
+
+
+def test_button_fails_over_from_wifi_to_lte_and_back(lte_rig) -> None:
+    rig = lte_rig("sim7600", board="button-s3")
+    rig.start(role="button", heartbeat_s=2)
+    rig.wait_heartbeat(lambda h: h["bearer"] == "wifi", 30, "a heartbeat over Wi-Fi")
+    rig.ctl.send("link", up=False)  # the Wi-Fi association is lost
+    n = len(rig.heartbeats())
+    hb = rig.wait_heartbeat(lambda h: h in rig.heartbeats()[n:] and h["bearer"] == "lte", 40)
+    assert rig.modem.commands["CIPOPEN"] >= 1
+    alert = rig.alert()
+    assert alert["bearer"] == "lte"
+    rig.wait_state("acked", alert["counter"])
+    rig.ctl.send("link", up=True)
+    n = len(rig.heartbeats())
+    rig.wait_heartbeat(lambda h: h in rig.heartbeats()[n:] and h["bearer"] == "wifi", 40)
+    assert hb["counter"] > 0
