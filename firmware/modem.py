@@ -223,6 +223,7 @@ class ModemSocket(io.IOBase):
         self.received = 0
 
     def readinto(self, buf, n=-1):
+        # Only rxh moves here: the modem task may be filling rx[rxt:] right now.
         h, t = self.rxh, self.rxt
         if h == t:
             return 0 if self.closed else None  # None: EAGAIN
@@ -230,12 +231,18 @@ class ModemSocket(io.IOBase):
         if k > t - h:
             k = t - h
         buf[:k] = memoryview(self.rx)[h : h + k]
-        h += k
-        if h == t:
-            h = t = 0
-            self.rxt = 0
-        self.rxh = h
+        self.rxh = h + k
         return k
+
+    def compact(self):
+        """Make room at the end (the modem task calls this when no read is in flight)."""
+        h, t = self.rxh, self.rxt
+        if h == t:
+            self.rxh = self.rxt = 0
+        elif h:
+            self.rx[: t - h] = self.rx[h:t]
+            self.rxh = 0
+            self.rxt = t - h
 
     def write(self, buf, n=-1):
         if self.closed:
@@ -360,6 +367,7 @@ class Modem:
         self._gnss_last = None
         self._lp_done = False
         self._cid_busy = False  # the modem may still hold socket 0 open
+        self._tasks = False
         self.fails = 0
         # Counters (modem-check, heartbeat faults, tests).
         self.bringups = 0
@@ -484,9 +492,7 @@ class Modem:
 
     async def dial(self, host, port, timeout_ms=10000):
         """Open the modem's TCP socket to host:port; a ModemSocket or OSError."""
-        if self.state != READY:
-            raise OSError(_ENETUNREACH)
-        if self.psm and not await self._probe(1) and not await self._revive():
+        if self.state != READY or not await self._awake():
             raise OSError(_ENETUNREACH)
         old = self.sock
         if old is not None:
@@ -539,7 +545,7 @@ class Modem:
             lim = self.p["boot_ms"] + self._to("default")
             while self.state not in (READY, REGISTERED) and ticks_diff(ticks_ms(), t0) < lim:
                 await asyncio.sleep_ms(100)
-        if not self.can_sms() or self.state == SLEEP:
+        if not self.can_sms() or self.state == SLEEP or not await self._awake():
             return False
         st = await self._cmd(
             _fmt(self.p["sms_send"], to=to), self._to("sms"), b"+CMGS:", data=_b(text) + _CTRL_Z
@@ -785,8 +791,10 @@ class Modem:
 
     async def run(self):
         """Bring the modem up and keep it up; never returns."""
-        asyncio.create_task(self._keep(self.at.run))
-        asyncio.create_task(self._keep(self._sockets))
+        if not self._tasks:  # run() restarted after a crash: the helpers still run
+            self._tasks = True
+            asyncio.create_task(self._keep(self.at.run))
+            asyncio.create_task(self._keep(self._sockets))
         while True:
             try:
                 ok = await self._bring_up()
@@ -814,7 +822,8 @@ class Modem:
             await asyncio.sleep_ms(d)
 
     def _backoff(self):
-        d = self.retry_base << (self.fails - 1 if self.fails < 12 else 11)
+        f = self.fails
+        d = self.retry_base << (0 if f < 2 else f - 1 if f < 12 else 11)
         return self._jitter(d if d < self.retry_cap else self.retry_cap)
 
     async def _data_retry(self):
@@ -825,6 +834,7 @@ class Modem:
             t0 = ticks_ms()
             while ticks_diff(ticks_ms(), t0) < d and not self._rebooted:
                 await asyncio.sleep_ms(200)
+            await self._awake()
             s = await self._reg_stat()
             if s not in (1, 5):
                 self.registered = False
@@ -901,6 +911,12 @@ class Modem:
             except asyncio.TimeoutError:
                 pass
 
+    async def _awake(self):
+        """With PSM on the module may have slept on its own (UART dead): wake it if so."""
+        if not self.psm or await self._probe(1):
+            return True
+        return await self._revive()
+
     async def _revive(self):
         """A silent modem with PSM on may simply be in PSM: a wake pulse, then a probe."""
         if not self.psm or self.pwrkey is None or not self.p.get("wake_ms"):
@@ -956,6 +972,7 @@ class Modem:
                 await self._send(s)
                 did = True
             if s.open and (s.rx_pending or ticks_diff(ticks_ms(), last_rx) > _RX_PROBE_MS):
+                s.compact()
                 if len(s.rx) - s.rxt > 0:
                     await self._recv(s)
                     last_rx = ticks_ms()
@@ -995,8 +1012,7 @@ class Modem:
         s.sent += n
 
     async def _recv(self, s):
-        if s.rxh and s.rxh == s.rxt:
-            s.rxh = s.rxt = 0
+        s.compact()
         room = len(s.rx) - s.rxt
         mx = self.p["tcp_recv_max"]
         want = room if room < mx else mx
@@ -1039,7 +1055,7 @@ class Modem:
         self._gnss_last = ticks_ms()
         p = self.p
         t = self.gnss_timeout_s if timeout_s is None else timeout_s
-        if await self._cmd(p["gnss_on"]) != OK:
+        if not await self._awake() or await self._cmd(p["gnss_on"]) != OK:
             return False
         got = None
         t0 = ticks_ms()

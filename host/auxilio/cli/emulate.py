@@ -58,6 +58,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="write counter_floor N into the --config instead of the registry's (SPEC §12.1)",
     )
+    p.add_argument(
+        "--lte",
+        nargs="?",
+        const="lte-m",
+        metavar="TIMING",
+        help="emulate the board's modem (network timing lte-m, nb-iot, lte-cat1 or fast; "
+        "default lte-m); `auxilio vboard lte ...` then controls it",
+    )
+    p.add_argument(
+        "--modem", help="modem profile to emulate instead of the board's (boards/modems)"
+    )
+    p.add_argument("--sms-inbox", help="directory the emulated SMSC delivers the C4's SMS into")
     fleet = p.add_argument_group("fleet mode")
     fleet.add_argument("--count", type=int, help="run N devices (several per interpreter)")
     fleet.add_argument(
@@ -121,7 +133,11 @@ def run(args: argparse.Namespace) -> int:
     from auxilio.errors import UsageError
 
     if args.count is not None:
+        if args.lte or args.modem or args.sms_inbox:
+            raise UsageError("--lte, --modem and --sms-inbox are for a single board")
         return _run_fleet(args)
+    if (args.modem or args.sms_inbox) and not args.lte:
+        raise UsageError("--modem and --sms-inbox need --lte")
     for opt in ("heartbeat", "keys", "manifest", "workdir"):
         if getattr(args, opt) is not None:
             raise UsageError(f"--{opt} is for fleet mode (--count N)")
@@ -173,6 +189,9 @@ def _run_board(args: argparse.Namespace) -> int:
         counter_floor=floor,
         advertise=True,  # on the virtual USB bus: `auxilio ports` lists it
         blank=args.blank,
+        modem=(args.modem or True) if args.lte else False,
+        lte_timing=args.lte or "lte-m",
+        sms_inbox=args.sms_inbox,
     )
     stop = threading.Event()
     crashed: list[str] = []
@@ -199,6 +218,8 @@ def _run_board(args: argparse.Namespace) -> int:
             "broker": f"{vd.broker_url} via 127.0.0.1:{vd.proxy.port}" if vd.proxy else None,
             "identity": str(identity_file) if identity_file else None,
             "counter_floor": floor,
+            "modem": f"{vd.modem.model} ({vd.modem.timing.name})" if vd.modem else None,
+            "sms_inbox": args.sms_inbox,
         }
         admin = AdminServer(name, vd, info)
         _print(args, info)

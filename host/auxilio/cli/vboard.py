@@ -16,6 +16,20 @@ def _on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on/off, up/down or open/closed, not {text!r}")
 
 
+def _gnss_fields(where: list[str]) -> dict[str, object]:
+    from auxilio.errors import UsageError
+
+    if where == ["none"]:
+        return {"lat": None}
+    try:
+        nums = [float(w) for w in where]
+    except ValueError:
+        nums = []
+    if len(nums) not in (2, 3) or not (-90 <= nums[0] <= 90 and -180 <= nums[1] <= 180):
+        raise UsageError("gnss takes 'none' or LAT LON [HDOP] in degrees")
+    return {"lat": nums[0], "lon": nums[1], "hdop": nums[2] if len(nums) == 3 else None}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="which running emulator (needed when several run)")
     p.add_argument("--dev", type=int, default=0, help="device index in a fleet (0)")
@@ -44,6 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pw.add_argument("state", type=_on_off)
     sub.add_parser("reset", help="hard reset (EN pulse)")
     sub.add_parser("soft-reset", help="the firmware reboots its Device in place (control op reset)")
+    lt = sub.add_parser(
+        "lte", help="emulated modem: network scenario or modem fault (boards started with --lte)"
+    )
+    lt.add_argument(
+        "state",
+        help="registered, roaming, searching, no-signal, denied, data-down (network); "
+        "sim-missing, sim-inserted, mute, unmute, reboot (modem)",
+    )
+    g = sub.add_parser("gnss", help="emulated GNSS: 'none' or a fixed position LAT LON [HDOP]")
+    g.add_argument("where", nargs="+", metavar="none|LAT LON [HDOP]")
     e = sub.add_parser("events", help="feedback and state events (haptic, led, buzzer, state, log)")
     e.add_argument("--follow", "-f", action="store_true", help="keep streaming new events")
     e.add_argument("--last", type=int, default=50, help="how many past events (50)")
@@ -93,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
         fields["pct"] = args.pct
     elif a == "power":
         cmd = "power-restore" if args.state else "power-cut"
+    elif a == "lte":
+        fields["state"] = args.state
+    elif a == "gnss":
+        fields.update(_gnss_fields(args.where))
     client.call(cmd, **fields)
     sys.stdout.flush()
     return 0

@@ -198,6 +198,18 @@ class AdminServer:
             {"power-cut": t.power_cut, "power-restore": t.power_restore, "reset": t.hard_reset}[
                 cmd
             ]()
+        elif cmd in ("lte", "gnss"):
+            if not isinstance(t, VirtualDevice):
+                raise UsageError(f"{cmd} needs a single virtual board, not a fleet")
+            if cmd == "lte":
+                t.lte(str(req["state"]))
+            else:
+                lat = req.get("lat")
+                t.gnss(
+                    None if lat is None else float(lat),
+                    None if lat is None else float(req["lon"]),
+                    float(req.get("hdop") or 1.2),
+                )
         elif cmd == "events":
             evs = t.events() if isinstance(t, VirtualDevice) else t.events()
             return {"events": evs[-int(req.get("last", 50)) :]}
@@ -226,6 +238,7 @@ class AdminServer:
             "rfc2217": b.rfc2217_url,
             "device": t.device,
             "control_connected": t.control.is_connected(),
+            "modem": t.modem.status() if t.modem is not None else None,
             "network": None
             if t.proxy is None
             else {

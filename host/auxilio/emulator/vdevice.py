@@ -20,7 +20,9 @@ from auxilio.build import HOST_ONLY
 from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
+from auxilio.emulator.modem import EmulatedModem, ModemServer, attach
 from auxilio.emulator.netem import BrokerProxy
+from auxilio.emulator.smsc import Smsc
 from auxilio.errors import UsageError
 from auxilio.paths import firmware_dir, protocol_dir
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 FIRMWARE_SUFFIXES = (".py", ".mpy")
 # The bracelet's alert gesture is a hold of hold_ms (2 s); a little margin over it.
 HOLD_MARGIN_S = 0.3
+# With an emulated modem: the C4's SMS number and the SIM's, unless config.json says.
+EMULATED_C4_SMS = "+525500000000"
+EMULATED_SIM_MSISDN = "+525512340000"
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
@@ -101,8 +106,13 @@ class VirtualDevice:
         link: str = "fast",
         advertise: bool = False,
         blank: bool = False,
+        modem: bool | str = False,
+        lte_timing: str = "lte-m",
+        sms_inbox: str | os.PathLike[str] | None = None,
+        smsc: Smsc | None = None,
     ) -> None:
         self.board_def = load_board(board) if isinstance(board, str) else board
+        self._own_smsc = False
         self.image = FlashImage(image, self.board_def)
         self.format = format
         self.blank = blank
@@ -119,18 +129,61 @@ class VirtualDevice:
         # firmware: re-applied whenever the HAL connects again.
         self._inputs: dict[tuple[int, str], dict[str, Any]] = {}
         self.proxy: BrokerProxy | None = None
+        env = {"AUXILIO_HAL_CONTROL": self.control.address}
+        self.modem_server: ModemServer | None = None
+        self.modem: EmulatedModem | None = None
+        self.smsc: Smsc | None = None
+        self.modem_profile: str | None = None
+        if modem:
+            self._start_modem(modem, lte_timing, sms_inbox, smsc)
+            assert self.modem_server is not None
+            env["AUXILIO_HAL_MODEM"] = self.modem_server.address
         self.board = VirtualBoard(
             self.board_def,
             self.image.path,
             pty_link=pty_link,
             rfc2217_port=rfc2217_port,
-            env={"AUXILIO_HAL_CONTROL": self.control.address},
+            env=env,
             heapsize=heapsize,
             name=name,
             download_mode=download_mode,  # None: the ROM bootloader (auxilio.emulator.rom)
             link=link,
             advertise=advertise,
         )
+
+    def _start_modem(
+        self,
+        modem: bool | str,
+        timing: str,
+        inbox: str | os.PathLike[str] | None,
+        smsc: Smsc | None,
+    ) -> None:
+        """An emulated modem on the board's modem UART and pins (issue 12)."""
+        from auxilio import modems
+
+        profile = modem if isinstance(modem, str) else modems.board_profile(self.board_def.data)
+        if profile is None:
+            raise UsageError(f"board {self.board_def.name} has no modem to emulate")
+        pins = (self.board_def.data.get("modem") or {}).get("pins") or {}
+        self.modem_profile = profile
+        self.smsc = smsc or Smsc(inbox_dir=inbox)
+        self._own_smsc = smsc is None
+        self.modem_server = ModemServer()
+        self.modem = attach(
+            self.modem_server,
+            profile,
+            timing=timing,
+            smsc=self.smsc,
+            msisdn=EMULATED_SIM_MSISDN,
+            active_high=bool(pins.get("active_high", True)),
+        )
+
+    def _board_data(self) -> dict[str, Any]:
+        if self.modem_profile is None:
+            return self.board_def.data
+        from auxilio import modems
+
+        return modems.with_profile(self.board_def.data, self.modem_profile)
 
     @property
     def device(self) -> str | None:
@@ -151,8 +204,13 @@ class VirtualDevice:
         self.image.check()
         files: dict[str, bytes | Path] = {}
         if self.deploy:
+            from auxilio import modems
+
             files.update(firmware_files(self.firmware))
             files["board.json"] = json.dumps(self.board_def.device_data()).encode()
+            board = self._board_data()
+            files["board.json"] = json.dumps(board, indent=1).encode()
+            files.update(modems.device_files(board))
         if self.broker_url:
             host, port, tls = parse_broker_url(self.broker_url)
             self.proxy = BrokerProxy(host, port)
@@ -171,6 +229,9 @@ class VirtualDevice:
                 "wifi": {"ssid": "virtual", "password": "virtual"},
                 "prefix": "auxilio",
             }
+            if self.modem is not None:
+                defaults["sms"] = {"to": EMULATED_C4_SMS}
+                defaults["lte"] = {"apn": "iot.auxilio.emu"}
             self.config = {**defaults, **self.config}
             cfg = dict(self.config)
             if self.proxy is not None:
@@ -197,6 +258,10 @@ class VirtualDevice:
         self.control.close()
         if self.proxy is not None:
             self.proxy.close()
+        if self.modem_server is not None:
+            self.modem_server.close()
+        if self.smsc is not None and self._own_smsc:
+            self.smsc.close()
 
     def __enter__(self) -> VirtualDevice:
         return self.start()
@@ -261,6 +326,34 @@ class VirtualDevice:
 
     def power_cut(self) -> None:
         self.board.power_cut()
+        if self.modem is not None:
+            self.modem.power_cut()  # the same battery: off until PWRKEY after power returns
+
+    def lte(self, what: str) -> None:
+        """A network scenario or a modem fault (`auxilio vboard lte STATE`)."""
+        from auxilio.emulator import radio
+
+        m = self._need_modem()
+        if what in radio.SCENARIOS:
+            m.set_scenario(what)
+        elif what in radio.FAULTS:
+            m.fault(what)
+        else:
+            raise UsageError(
+                f"unknown lte state {what!r}: one of {', '.join(radio.SCENARIOS + radio.FAULTS)}"
+            )
+
+    def gnss(self, lat: float | None, lon: float | None = None, hdop: float = 1.2) -> None:
+        """A fixed GNSS position for the emulated modem, or no fix at all (lat None)."""
+        from auxilio.emulator import radio
+
+        m = self._need_modem()
+        m.set_gnss(radio.GnssTrack.none() if lat is None else radio.GnssTrack.fixed(lat, lon, hdop))
+
+    def _need_modem(self) -> EmulatedModem:
+        if self.modem is None:
+            raise UsageError("this virtual board has no emulated modem (start it with --lte)")
+        return self.modem
 
     def power_restore(self) -> None:
         self.board.power_restore()
