@@ -623,7 +623,6 @@ class Modem:
             self.state = OFF
             return False
         await self._init()
-        self._rebooted = False  # the boot URCs (RDY...) of the power-on we just did
         if not await self._sim():
             return False
         await self._cmd(_fmt(self.p["pdp_define"], apn=self.apn))
@@ -642,6 +641,7 @@ class Modem:
         for c in self.p.get("init", ()):
             if await self._cmd(c) != OK:
                 self._say("init command refused: %s" % c)
+        self._rebooted = False  # the boot URCs (RDY...) were this power-on's
 
     async def _sim(self):
         for _ in range(3):

@@ -323,7 +323,7 @@ def make(cfg, log, hal):
     """
     m = None
     if cfg.modem is not None:
-        m = _make_modem(cfg, log, hal)
+        m = make_modem(cfg, log, hal)
     if m is None:
         return hal.wifi_link(cfg, log)
     links = []
@@ -335,7 +335,8 @@ def make(cfg, log, hal):
     return Transport(links, m, cfg, log)
 
 
-def _make_modem(cfg, log, hal):
+def make_modem(cfg, log, hal):
+    """The board's Modem (modem.json + the HAL's UART and pins), or None."""
     from config import ConfigError, read_json
 
     pins = cfg.modem["pins"]

@@ -33,6 +33,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("flash", "flash", "flash MicroPython and the app onto one board or a whole tray"),
     ("deploy", "deploy", "install the application on a board running MicroPython"),
     ("factory-test", "factory_test", "hardware self-test of a flashed board over its REPL"),
+    ("modem-check", "modem_check", "check a board's modem: SIM, network, signal, data, GNSS, SMS"),
+    ("power-budget", "power_budget", "battery life projection from datasheet currents x emulation"),
 ]
 
 

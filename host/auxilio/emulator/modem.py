@@ -46,7 +46,7 @@ SEGMENT = 1400  # payload bytes per TCP segment (MSS on a 1500-byte MTU, minus o
 HEADERS = 40  # IPv4 (20) + TCP (20) header bytes per segment, no options
 TIMELINE_KEEP = 20_000  # power-state transitions kept for the figures
 PAGING_S = 0.64  # a downlink to an RRC-idle modem waits half a 1.28 s DRX cycle on average
-PRESS_TOLERANCE = 0.8  # a pin pulse counts when held >= 80% of the datasheet minimum
+PRESS_TOLERANCE = 0.9  # a pulse counts when held >= 90% of the profile value (its margin)
 
 FAMILIES = {"SIM7080G": "simcom-ca", "SIM7600E": "simcom-cip", "BG95-M3": "quectel-qi"}
 _CMD = re.compile(r"^AT([+*#$^][A-Z0-9]+|[A-Z&])(.*)$", re.IGNORECASE)

@@ -166,7 +166,9 @@ class VirtualDevice:
             raise UsageError(f"board {self.board_def.name} has no modem to emulate")
         pins = (self.board_def.data.get("modem") or {}).get("pins") or {}
         self.modem_profile = profile
-        self.smsc = smsc or Smsc(inbox_dir=inbox)
+        from auxilio.emulator import radio
+
+        self.smsc = smsc or Smsc(deliver_s=radio.preset(timing).sms_deliver_s, inbox_dir=inbox)
         self._own_smsc = smsc is None
         self.modem_server = ModemServer()
         self.modem = attach(
