@@ -41,7 +41,10 @@ _FAILOVER_MS = const(30000)  # up but no broker session this long: try the next 
 _PENALTY_MS = const(300000)  # a benched bearer is skipped this long
 _RETURN_MS = const(5000)  # a preferred bearer must stay up this long before we go back
 _SWITCH_MS = const(300)  # link reported down this long on a switch (session redials)
-_LINGER_MS = const(2000)  # stay awake after the outbox empties (queued downlinks arrive)
+# Stay awake this long after the outbox empties. Downlinks queued for our persistent
+# session arrive right after CONNACK, before the PUBACK that emptied the outbox, so
+# this only covers one more round trip.
+_LINGER_MS = const(500)
 _PSM_AFTER_ALERT_S = const(300)  # no PSM this long after an alert (attending ACK)
 _SMS_RETRY_MS = const(5000)  # a refused or impossible SMS is retried this often
 _TRACK = const(4)  # alerts tracked for the SMS budget at once (oldest kept first)

@@ -413,6 +413,10 @@ class EmulatedModem:
         self.sms_sent: list[tuple[str, str]] = []
         self.garbage_out = 0
         self.trace: list[tuple[float, str, bytes]] | None = None  # set to [] to record the UART
+        # One snapshot of the books per PSM entry, plus the UART's busy window of the
+        # cycle that ended there (what the MCU spent awake talking to the modem).
+        self.cycles: list[dict[str, Any]] = []
+        self._uart_first: float | None = None
         if powered:
             self.power = "on"
             self.echo = False
@@ -494,16 +498,19 @@ class EmulatedModem:
     def mark(self) -> dict[str, Any]:
         """A snapshot of the books, for differences over a scenario (figures)."""
         with self.server.lock if self.server else _nolock():
-            self._account(time.monotonic())
-            return {
-                "t": time.monotonic(),
-                "seconds": dict(self.seconds),
-                "commands": collections.Counter(self.commands),
-                "bytes": dict(self.bytes),
-                "airtime_s": self.airtime_s,
-                "gnss_s": self.gnss_seconds,
-                "timeline": len(self.timeline),
-            }
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
+        self._account(time.monotonic())
+        return {
+            "t": time.monotonic(),
+            "seconds": dict(self.seconds),
+            "commands": collections.Counter(self.commands),
+            "bytes": dict(self.bytes),
+            "airtime_s": self.airtime_s,
+            "gnss_s": self.gnss_seconds,
+            "sms": len(self.sms_sent),
+        }
 
     # -------------------------------------------------------- power, pins ----
 
@@ -735,6 +742,12 @@ class EmulatedModem:
                 self._psm_enter()
 
     def _psm_enter(self) -> None:
+        snap = self._snapshot()
+        snap["uart_first"] = self._uart_first
+        snap["uart_last"] = self._last_uart
+        self.cycles.append(snap)
+        del self.cycles[:-1000]
+        self._uart_first = None
         self.power = "psm"
         self.psm_entries += 1
         self._data = None
@@ -845,6 +858,8 @@ class EmulatedModem:
             return
         if self.trace is not None:
             self.trace.append((time.monotonic(), "in", data))
+        if self._uart_first is None:
+            self._uart_first = time.monotonic()  # the MCU is awake and talking (PSM or not)
         if self.power not in ("on",):
             return  # off, booting, PSM (UART dead), hung (firmware stuck)
         self._last_uart = time.monotonic()
