@@ -73,14 +73,16 @@ class LteRig:
         lte: dict | None = None,
         sms: dict | None = None,
         wait_boot: bool = True,
+        fast: bool = True,
         **overrides: Any,
     ) -> DeviceProc:
+        """Deploy and boot. fast: the shortened LTE_FAST timers (False: the firmware's own)."""
         self.cfg = make_root(
             self.root,
             self.mq.url,
             board=self.board,
             modem=self.profile,
-            tunables={**LTE_FAST, **(tunables or {})},
+            tunables={**(LTE_FAST if fast else {}), **(tunables or {})},
             lte={"apn": "iot.auxilio.test", **(lte or {})},
             sms={"to": C4_NUMBER, "budget_s": 3, **(sms or {})},
             **overrides,
