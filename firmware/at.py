@@ -19,7 +19,9 @@
 #
 # RAM budget: ~0.9 KB per engine: 64-byte read chunk, LINE_MAX line buffer,
 # 48-byte command copy (echo check), at most INFO_MAX information lines of
-# the pending command (small bytes objects), one Lock, one Event.
+# the pending command (small bytes objects), one Lock, one Event. Bytecode:
+# 4.7 KB as .mpy, ~9 KB of heap once imported (32-bit wasm port; 11 KB on the
+# 64-bit unix port); none when frozen into the firmware image.
 
 import asyncio
 from time import ticks_diff, ticks_ms

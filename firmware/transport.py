@@ -22,7 +22,9 @@
 # alert (so "attending" reaches the wearer promptly).
 #
 # RAM budget: ~0.4 KB: one MAX_FRAME copy buffer, 3 x TRACK small arrays, the
-# bearer list. Bytecode ~4 KB as .mpy; imported only when a board has a modem.
+# bearer list. Bytecode: 3.9 KB as .mpy, 6-10 KB of heap once imported (64-bit
+# unix / 32-bit wasm ports), none when frozen; imported only when a board has
+# a modem (a Wi-Fi-only board gets the bare WifiTransport).
 
 import asyncio
 from array import array

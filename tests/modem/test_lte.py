@@ -12,9 +12,12 @@ import time
 import pytest
 from auxilio.emulator import radio
 from auxilio.protocol import codec
+from auxilio.testing.mosquitto import free_port
 
 from tests.firmware.fwkit import wait_until
-from tests.modem.ltekit import C4_NUMBER, DEVICE_MSISDN, fault_bits
+from tests.firmware.mqtt_harness import broker as mqtt_broker_with
+from tests.firmware.test_mqtt_client import tls_files  # noqa: F401 (fixture)
+from tests.modem.ltekit import C4_NUMBER, DEVICE_MSISDN, LteRig, fault_bits
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +186,28 @@ def test_button_fails_over_from_wifi_to_lte_and_back(lte_rig) -> None:
     n = len(rig.heartbeats())
     rig.wait_heartbeat(lambda h: h in rig.heartbeats()[n:] and h["bearer"] == "wifi", 40)
     assert hb["counter"] > 0
+
+
+def test_tls_over_the_modem_socket(tls_files, tmp_path) -> None:  # noqa: F811
+    """The same MQTT session, TLS with the pinned CA, over the module's own TCP socket."""
+
+    port = free_port()
+    tls = mqtt_broker_with(
+        f"listener {port} 127.0.0.1\n"
+        f"certfile {tls_files['server.pem']}\nkeyfile {tls_files['server.key']}\n"
+    )
+    try:
+        rig = LteRig(tls, tmp_path / "tls", "bg95")
+        try:
+            rig.root.mkdir(parents=True)
+            (rig.root / "ca.pem").write_bytes(tls_files["ca.pem"].read_bytes())
+            rig.start(broker=f"mqtts://127.0.0.1:{port}", tls_ca="ca.pem")
+            alert = rig.alert()
+            rig.wait_state("acked", alert["counter"])
+            # The module carried TLS records, not MQTT in clear.
+            sent = b"".join(b for _, d, b in rig.modem.trace if d == "in")
+            assert b"MQTT" not in sent and rig.modem.commands["QISEND"] > 3
+        finally:
+            rig.close()
+    finally:
+        tls.close()
