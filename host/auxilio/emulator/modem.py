@@ -1481,9 +1481,12 @@ class EmulatedModem:
             ]
         )
 
-    def _f_simcom_cip_cpof(self, op: str, a: list[str]) -> None:
+    def _c_power_off(self, op: str, a: list[str]) -> None:
+        """AT+CPOF (SIM7600) / AT+QPOWD (BG95): OK, then the power-down URC, then off."""
         self._reply()
         self.server.call_later(0.05, self._power_down)
+
+    _f_simcom_cip_cpof = _c_power_off
 
     # ---------------------------------------------------- Quectel BG95 (QI) ----
 
@@ -1570,9 +1573,7 @@ class EmulatedModem:
             ]
         )
 
-    def _f_quectel_qi_qpowd(self, op: str, a: list[str]) -> None:
-        self._reply()
-        self.server.call_later(0.05, self._power_down)
+    _f_quectel_qi_qpowd = _c_power_off
 
     def _f_quectel_qi_qccid(self, op: str, a: list[str]) -> None:
         if not self.sim_present:
