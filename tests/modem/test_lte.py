@@ -211,3 +211,23 @@ def test_tls_over_the_modem_socket(tls_files, tmp_path) -> None:  # noqa: F811
             rig.close()
     finally:
         tls.close()
+
+
+def test_no_signal_is_reported_as_no_service(lte_rig) -> None:
+    rig = lte_rig("sim7600", board="button-s3", scenario="no-signal")
+    rig.start(role="button", heartbeat_s=2)
+    rig.wait_heartbeat(lambda h: fault_bits(h) == 4, 40, "a heartbeat with no_service")
+    assert rig.status()["modem"]["rssi"] is None  # CSQ 99: unknown, not a number
+    rig.modem.set_scenario("registered")
+    wait_until(lambda: rig.status()["modem"]["state"] == "ready", 40, "attached once in coverage")
+
+
+def test_edrx_keeps_the_session_up_instead_of_psm(lte_rig) -> None:
+    rig = lte_rig("bg95")
+    rig.start(heartbeat_s=3, lte={"low_power": "edrx"})
+    n = len(rig.heartbeats())
+    rig.wait_heartbeat(lambda h: h in rig.heartbeats()[n + 2 :], 30, "two more heartbeats")
+    m = rig.modem
+    assert m.commands["CEDRXS"] == 1 and m.commands["CPSMS"] == 0
+    assert m.psm_entries == 0 and m.status()["sockets"] == [0]  # one session, never closed
+    assert m.commands["QIOPEN"] == 1
