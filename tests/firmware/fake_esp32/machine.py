@@ -88,3 +88,30 @@ class Timer:
     def init(self, period=0, mode=0, callback=None):
         CALLS.append(("timer", period))
         callback(self)
+
+
+import io  # noqa: E402
+
+
+class UART(io.IOBase):
+    """A silent modem UART: records the configuration and what the firmware writes."""
+
+    ALL = []
+
+    def __init__(self, n, baudrate=115200, tx=None, rx=None, rxbuf=256, timeout=0):
+        self.cfg = (n, baudrate, tx, rx, rxbuf, timeout)
+        self.written = bytearray()
+        UART.ALL.append(self)
+        CALLS.append(("uart", n, baudrate, tx, rx))
+
+    def write(self, buf, n=-1):
+        self.written += bytes(buf)
+        return len(buf)
+
+    def readinto(self, buf, n=-1):
+        return None
+
+    def ioctl(self, req, arg):
+        if req == 3:  # MP_STREAM_POLL: writable, nothing to read
+            return arg & 4
+        return -1
