@@ -367,8 +367,10 @@ class Modem:
         self._fix = None  # (lat_e7, lon_e7, acc_m, ticks_ms)
         self._gnss_last = None
         self._lp_done = False
-        self._cid_busy = False  # the modem may still hold socket 0 open
-        self._tasks = False
+        # The modem may still hold socket 0 open: True at first, because the MCU may
+        # have rebooted (watchdog, soft reset) while the modem kept its connection.
+        self._cid_busy = True
+        self._tasks = None
         self.fails = 0
         # Counters (modem-check, heartbeat faults, tests).
         self.bringups = 0
@@ -793,9 +795,10 @@ class Modem:
     async def run(self):
         """Bring the modem up and keep it up; never returns."""
         if not self._tasks:  # run() restarted after a crash: the helpers still run
-            self._tasks = True
-            asyncio.create_task(self._keep(self.at.run))
-            asyncio.create_task(self._keep(self._sockets))
+            self._tasks = [
+                asyncio.create_task(self._keep(self.at.run)),
+                asyncio.create_task(self._keep(self._sockets)),
+            ]
         while True:
             try:
                 ok = await self._bring_up()
@@ -1081,6 +1084,13 @@ class Modem:
             return False
         self._fix = (got[0], got[1], got[2], ticks_ms())  # never logged: a location
         return True
+
+    def close(self):
+        """Stop the helper tasks (the Device is being stopped); the modem stays powered."""
+        for t in self._tasks or ():
+            t.cancel()
+        self._tasks = None
+        self._drop_socket()
 
     # ------------------------------------------------------------ report ----
 

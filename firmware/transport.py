@@ -146,19 +146,24 @@ class Transport:
                 await asyncio.sleep_ms(500)
 
     async def run(self):
-        for link in self.links:
-            asyncio.create_task(self._keep(link.run))
+        kids = [asyncio.create_task(self._keep(link.run)) for link in self.links]
         m = self.modem
         if m is not None and m not in self.links:
-            asyncio.create_task(self._keep(m.run))  # SMS-only modem
-        while True:
-            try:
-                self._choose()
-                self._power()
-                await self._sms()
-            except Exception as e:  # noqa: BLE001
-                self.log("transport: %r" % e)
-            await asyncio.sleep_ms(_TICK_MS)
+            kids.append(asyncio.create_task(self._keep(m.run)))  # SMS-only modem
+        try:
+            while True:
+                try:
+                    self._choose()
+                    self._power()
+                    await self._sms()
+                except Exception as e:  # noqa: BLE001
+                    self.log("transport: %r" % e)
+                await asyncio.sleep_ms(_TICK_MS)
+        finally:  # the Device is stopped (soft reset): its bearer tasks go with it
+            for k in kids:
+                k.cancel()
+            if m is not None:
+                m.close()
 
     def _usable(self, i, now):
         link = self.links[i]

@@ -79,6 +79,7 @@ class HostHal:
         self.on_reset = None  # set by app: reboots the Device object in place
         self.transport = None
         self._pins = None
+        self._uart = None
         if channel is not None:
             channel.register(index, self)
 
@@ -196,7 +197,14 @@ class HostHal:
     def modem_port(self, pins, baud):
         from hal import wire
 
-        return wire.uart(_env("AUXILIO_HAL_MODEM"), self.index)
+        old = self._uart
+        if old is not None:  # a soft reset rebuilds the Device: one wire at a time
+            try:
+                old.close()
+            except (OSError, AttributeError):
+                pass
+        self._uart = wire.uart(_env("AUXILIO_HAL_MODEM"), self.index)
+        return self._uart
 
     def modem_pin(self, pins, name):
         if pins.get(name) is None:

@@ -29,6 +29,7 @@ DATA_COMMANDS = {
     "bg95": ("QIACT", "QIOPEN", "QISEND", "QIRD"),
 }
 GNSS_COMMANDS = {"sim7080g": "CGNSINF", "sim7600": "CGPSINFO", "bg95": "QGPSLOC"}
+CLOSE_COMMANDS = {"sim7080g": "CACLOSE", "sim7600": "CIPCLOSE", "bg95": "QICLOSE"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -52,7 +53,10 @@ def test_alert_over_emulated_lte_is_acked(lte_rig, profile: str) -> None:
     assert at["timeouts"] == base["timeouts"], (base, at)
     # The profile's command set, against the emulated module's grammar.
     m = rig.modem
-    assert dict(m.errors) == {}, (dict(m.errors), rig.uart())
+    # Only the first close of a socket 0 the modem may have kept open from before this
+    # boot is allowed to be refused (nothing was open): every other template was accepted.
+    close = CLOSE_COMMANDS[profile]
+    assert set(m.errors) <= {close} and m.errors[close] <= 1, (dict(m.errors), rig.uart())
     for name in DATA_COMMANDS[profile] + (GNSS_COMMANDS[profile],):
         assert m.commands[name] > 0, (name, dict(m.commands))
     assert m.power_ons == 1  # probed before pulsing: PWRKEY once, never toggled back off
@@ -150,7 +154,9 @@ def test_garbage_and_a_modem_reboot_mid_session_do_not_lose_the_alert(lte_rig) -
     alert = rig.alert(timeout=60)
     rig.wait_state("acked", alert["counter"], timeout=60)
     at = rig.status()["modem"]["at"]
-    assert at["garbage"] >= 1 and at["stray"] >= 1
+    # Counted somewhere: garbage if idle, unexpected/stray if a command was pending (an
+    # injected "OK" mid-command is indistinguishable from the real one; the retry covers it).
+    assert at["garbage"] + at["stray"] + at["unexpected"] >= 1, at
     assert rig.procs[0].alive()
 
 
@@ -231,3 +237,15 @@ def test_edrx_keeps_the_session_up_instead_of_psm(lte_rig) -> None:
     assert m.commands["CEDRXS"] == 1 and m.commands["CPSMS"] == 0
     assert m.psm_entries == 0 and m.status()["sockets"] == [0]  # one session, never closed
     assert m.commands["QIOPEN"] == 1
+
+
+def test_soft_reset_rebuilds_the_transport_without_leaking_the_old_one(lte_rig) -> None:
+    rig = lte_rig("sim7080g")
+    rig.start()
+    rig.ctl.send("reset")  # the Device object is rebuilt in place (control op)
+    rig.peer.wait("BOOT", 2, timeout=60)
+    alert = rig.alert()
+    rig.wait_state("acked", alert["counter"])
+    assert rig.modem.power_ons == 1  # the modem stayed on: probed, not toggled
+    at = rig.status()["modem"]["at"]
+    assert at["garbage"] == 0 and at["stray"] == 0, at  # one reader on the UART, not two
