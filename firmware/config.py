@@ -236,6 +236,10 @@ class Config:
         if self.low_power not in ("psm", "edrx", "off"):
             raise ConfigError(w + ": lte.low_power must be psm, edrx or off")
         self.sms_to = _str(sms, "to", w + " sms", False)  # the C4's SMS number (E.164)
+        if self.sms_to is not None and not (
+            self.sms_to[0] == "+" and self.sms_to[1:].isdigit() and 8 <= len(self.sms_to) <= 16
+        ):
+            raise ConfigError(w + ": sms.to must be an E.164 number like +525512345678")
         budget = sms.get("budget_s", _SMS_BUDGET_S)
         if not isinstance(budget, int) or budget < 1 or budget > 3600:
             raise ConfigError(w + ": sms.budget_s must be an integer in 1..3600")

@@ -130,6 +130,16 @@ def measure(
     from auxilio.testing.peer import AckPeer
 
     say = progress or (lambda _m: None)
+    from auxilio.emulator.boards import load_board as _load
+
+    name = profile or modems.board_profile(_load(board).data)
+    if name is None:
+        raise UsageError(f"board {board} has no modem to measure")
+    if not (modems.load_profile(name).get("network") or {}).get("psm"):
+        raise UsageError(
+            f"the {name} profile has no PSM: heartbeat cycles are booked from one PSM entry "
+            "to the next, so there is nothing to measure (a mains-powered board?)"
+        )
     broker = None
     if broker_url is None:
         from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
