@@ -80,7 +80,7 @@ def _alerts(mq, tmp: Path) -> dict:  # noqa: ANN001
     out: dict = {}
     rtt_ms = radio.LTE_M.uplink_ms + radio.LTE_M.downlink_ms
     # Session up (awake after an alert): press -> acked on the device's own clock.
-    rig = LteRig(mq, tmp / "awake", timing=radio.LTE_M)
+    rig = LteRig(mq, tmp / "awake", timing=radio.LTE_M, quiet=True)
     try:
         rig.start(
             fast=False, tunables={"psm_after_alert_s": 600, "gnss_every_s": 0}, heartbeat_s=3600
@@ -99,7 +99,7 @@ def _alerts(mq, tmp: Path) -> dict:  # noqa: ANN001
     out["network_rtt_ms"] = rtt_ms
     out["alert_acked_awake_over_rtt"] = round(out["alert_acked_awake_ms_p50"] / rtt_ms, 2)
     # From PSM: each alert wakes the module, checks the link, connects and publishes.
-    rig = LteRig(mq, tmp / "psm", timing=radio.LTE_M)
+    rig = LteRig(mq, tmp / "psm", timing=radio.LTE_M, quiet=True)
     costs = []
     try:
         rig.start(
@@ -123,7 +123,7 @@ def _alerts(mq, tmp: Path) -> dict:  # noqa: ANN001
 
 
 def _sms(mq, tmp: Path) -> dict:  # noqa: ANN001
-    rig = LteRig(mq, tmp / "sms", timing=radio.LTE_M, scenario="data-down")
+    rig = LteRig(mq, tmp / "sms", timing=radio.LTE_M, scenario="data-down", quiet=True)
     try:
         rig.start(fast=False, wait_boot=False, sms={"budget_s": 20}, tunables={"gnss_every_s": 0})
         wait_until(lambda: rig.status()["modem"]["fault"] == "data_down", 60, "data down")

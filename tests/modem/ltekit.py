@@ -46,9 +46,11 @@ class LteRig:
         profile: str = "sim7080g",
         board: str = "bracelet-c3",
         timing: str | radio.Timing = radio.FAST,
+        quiet: bool = False,
         **modem_kw: Any,
     ) -> None:
         self.mq = mq
+        self.quiet = quiet  # benches: no output tails on close
         self.tmp = tmp
         self.profile = profile
         self.board = board
@@ -156,6 +158,8 @@ class LteRig:
         self.ctl.close()
         self.srv.close()
         self.smsc.close()
+        if self.quiet:
+            return
         print("--- device output (tail) ---\n" + self.output()[-3000:])
         print("--- UART (tail) ---\n" + self.uart())
 

@@ -1270,6 +1270,17 @@ class EmulatedModem:
 
         self._expect_data(n, got)
 
+    def _activate_pdp(self, result_urc: Callable[[bool], str]) -> None:
+        """A PDP activation whose result comes later as a URC (CNACT, NETOPEN)."""
+        ok = self._data_ok()
+        delay = self._radio() + self.timing.pdp_s
+
+        def done() -> None:
+            self.pdp = ok and self._data_ok()
+            self._urc(result_urc(self.pdp))
+
+        self.server.call_later(delay, done)
+
     def _gnss_fix(self) -> radio.Fix | None:
         now = time.monotonic()
         if self.gnss_on_at is None or now - self.gnss_on_at < self.timing.gnss_ttff_s:
@@ -1303,14 +1314,7 @@ class EmulatedModem:
             return
         self._reply()
         if on:
-            ok = self._data_ok()
-            delay = self._radio() + self.timing.pdp_s
-
-            def done() -> None:
-                self.pdp = ok and self._data_ok()
-                self._urc(f"+APP PDP: 0,{'ACTIVE' if self.pdp else 'DEACTIVE'}")
-
-            self.server.call_later(delay, done)
+            self._activate_pdp(lambda up: f"+APP PDP: 0,{'ACTIVE' if up else 'DEACTIVE'}")
         else:
             self.pdp = False
             self._drop_all("deactivate")
@@ -1412,14 +1416,7 @@ class EmulatedModem:
             self._reply([], "+IP ERROR: Network is already opened")
             return
         self._reply()
-        ok = self._data_ok()
-        delay = self._radio() + self.timing.pdp_s
-
-        def done() -> None:
-            self.pdp = ok and self._data_ok()
-            self._urc(f"+NETOPEN: {0 if self.pdp else 1}")
-
-        self.server.call_later(delay, done)
+        self._activate_pdp(lambda up: f"+NETOPEN: {0 if up else 1}")
 
     def _f_simcom_cip_netclose(self, op: str, a: list[str]) -> None:
         self.pdp = False
