@@ -335,7 +335,7 @@ class Device:
             status |= codec.STATUS_DISCREET
         fault = getattr(self.transport, "fault", None)
         if fault is not None:
-            status |= (fault() & 7) << 4  # modem fault, bits 4-6 (proposed SPEC §8.3, issue 12)
+            status |= (fault() & 7) << 4  # SPEC §8.3: the modem fault code, bits 4-6
         depth = self.outbox.depth()
         fw = cfg.fw
         hb = cfg.heartbeat_s if cfg.heartbeat_s < 0xFFFF else 0xFFFF

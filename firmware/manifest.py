@@ -17,6 +17,7 @@
 include("$(PORT_DIR)/boards/manifest.py")  # the port's own frozen modules (_boot, asyncio, ...)
 
 module("auxcodec.py", base_path="../protocol")  # the one codec (protocol/auxcodec.py)
+module("auxsms.py", base_path="../protocol")  # SMS bodies (SPEC §10.4), LTE boards
 for _name in (
     "app",
     "config",

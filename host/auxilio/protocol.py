@@ -1,4 +1,5 @@
-"""Host access to the shared codec (protocol/auxcodec.py), which devices run unchanged."""
+"""Host access to the shared protocol modules (protocol/auxcodec.py, protocol/auxsms.py),
+which devices run unchanged."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from types import ModuleType
 from auxilio.paths import protocol_dir
 
 
-def _load_codec() -> ModuleType:
-    # The codec is a top-level MicroPython-compatible module, not part of this
-    # package; load that one file so host and device execute the same bytes.
-    name = "auxcodec"
+def _load(name: str) -> ModuleType:
+    # The protocol modules are top-level MicroPython-compatible modules, not part
+    # of this package; load those files so host and device execute the same bytes.
     if name in sys.modules:
         return sys.modules[name]
-    path = protocol_dir() / "auxcodec.py"
+    path = protocol_dir() / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -24,7 +24,8 @@ def _load_codec() -> ModuleType:
     return module
 
 
-codec = _load_codec()
+codec = _load("auxcodec")
+sms = _load("auxsms")  # SPEC §10.4 bodies; imports auxcodec, loaded just above
 FrameError = codec.FrameError
 Keys = codec.Keys
 encode = codec.encode

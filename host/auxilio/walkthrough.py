@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from auxilio.i18n import both, register
 from auxilio.paths import find_micropython, protocol_dir
-from auxilio.protocol import FrameError, codec
+from auxilio.protocol import FrameError, codec, sms
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +217,11 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         write(f"  {label:<{width}}  {value}")
-    sms = codec.sms_encode(frame)
+    body = sms.sms_encode(frame)
     write(f"  {both('Trama')}: {n} {both('bytes')} (≤ 64)")
-    write(f"  {both('Cuerpo del SMS (base64)')}: {len(sms)} {both('caracteres')} (≤ 160)")
-    write(f"    {sms}")
-    result.check("alert_fits_budget", n <= 64 and len(sms) <= 160)
+    write(f"  {both('Cuerpo del SMS (base64)')}: {len(body)} {both('caracteres')} (≤ 160)")
+    write(f"    {body}")
+    result.check("alert_fits_budget", n <= 64 and len(body) <= 160)
     result.check("payload_encrypted", frame[16 : n - 16] != plain)
     say("Quien mira el broker ve la carga cifrada, no la ubicación.", indent="  ")
     write("")

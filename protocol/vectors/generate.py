@@ -83,6 +83,7 @@ def _hb(**kw: object) -> dict:
         "fw": "0.1.0",
         "status": 0,
         "interval_s": 900,
+        "modem_fault": "none",
     }
     d.update(kw)
     return d
@@ -228,8 +229,22 @@ VALID: list[tuple[str, str, bytes, dict]] = [
                 outbox=255,
                 fw="255.255.255",
                 status=0x0F,
+                modem_fault="other",
                 interval_s=65535,
             ),
+        ),
+    ),
+    (
+        "heartbeat_modem_sim_missing",
+        "HEARTBEAT from an LTE bracelet whose SIM is gone: modem_fault sim_missing (§8.3)",
+        S_BRACELET,
+        _fields(
+            "HEARTBEAT",
+            DEV_BRACELET,
+            31,
+            TS,
+            clock_synced=True,
+            **_hb(bearer="none", rssi=None, modem_fault="sim_missing"),
         ),
     ),
     (
@@ -661,13 +676,14 @@ def _config_unknown_key() -> tuple[str, str, bytes, bytes, dict]:
 def _heartbeat_reserved_bits() -> tuple[str, str, bytes, bytes, dict]:
     hb = codec.encode(_valid_fields("heartbeat_typical"), S_BRACELET)
     body = bytearray(hb[:-16])
-    body[23] = 0xF5  # status: reserved bits 4-7 set, mains + charging
+    body[23] = 0xB5  # status: reserved bit 7, fault 3 (denied), mains + charging
     frame = _sign(S_BRACELET, bytes(body))
     fields = codec.decode(frame, S_BRACELET)
-    assert fields["status"] == 0x05
+    assert (fields["status"], fields["modem_fault"]) == (0x05, "denied")
     return (
         "heartbeat_reserved_status_bits",
-        "HEARTBEAT with status 0xF5 from a future sender: decodes as 0x05 (§8.3)",
+        "HEARTBEAT with status 0xB5 from a future sender: status 0x05, modem_fault denied, "
+        "the reserved bit 7 dropped (§8.3)",
         S_BRACELET,
         frame,
         fields,

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from auxilio.protocol import codec
+from auxilio.protocol import codec, sms
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOCOL = REPO / "protocol"
@@ -193,7 +193,7 @@ def _sizes() -> dict[str, dict[str, int]]:
         t = v["fields"]["type"]
         if t == "CONFIG":
             t = f"CONFIG_{len(frame) - codec.OVERHEAD}B_payload"
-        sizes[t] = {"raw": len(frame), "base64": len(codec.sms_encode(frame))}
+        sizes[t] = {"raw": len(frame), "base64": len(sms.sms_encode(frame))}
     return dict(sorted(sizes.items()))
 
 

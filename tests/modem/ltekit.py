@@ -165,5 +165,7 @@ class LteRig:
 
 
 def fault_bits(hb: dict) -> int:
-    """The modem fault code in HEARTBEAT status bits 4-6 (proposed SPEC §8.3, issue 12)."""
-    return (hb["status"] >> 4) & 7
+    """The modem fault code of a decoded HEARTBEAT (SPEC §8.3 status bits 4-6, §9)."""
+    from auxilio.protocol import codec
+
+    return codec.MODEM_FAULTS.index(hb["modem_fault"])

@@ -45,6 +45,16 @@ RESET_CAUSE = [
 DISPOSITION = ["received", "attending", "time_nak", "rejected"]
 REASON = ["none", "revoked", "retired", "replay", "policy", "malformed", "collision"]
 CANCEL_REASON = ["gesture", "remote"]
+MODEM_FAULT = [
+    "none",
+    "sim_missing",
+    "sim_locked",
+    "denied",
+    "no_service",
+    "not_responding",
+    "data_down",
+    "other",
+]  # §9
 
 # §8 payload layouts: (field, struct code, decoder kind, unknown sentinel or None)
 _LOC = [
@@ -185,6 +195,9 @@ def _payload(ftype: str, fields: dict) -> bytes:
             out += struct.pack(">B", TYPE_CODES[v])
         elif isinstance(kind, list):
             out += struct.pack(">B", kind.index(v))
+        elif name == "status" and ftype == "HEARTBEAT":  # §8.3: with the modem fault
+            fault = MODEM_FAULT.index(fields.get("modem_fault", "none"))
+            out += struct.pack(">B", v | fault << 4)
         else:
             out += struct.pack(">" + fmt, sentinel if v is None else v)
     return out
@@ -302,8 +315,9 @@ def decode(frame: bytes, secret: bytes) -> dict:
         elif name in DOMAIN and not DOMAIN[name][0] <= v <= DOMAIN[name][1]:
             raise Reject("bad_payload")
         fields[name] = v
-    if ftype == "HEARTBEAT":
-        fields["status"] &= 0x0F  # §8.3: bits 4-7 reserved, ignored on receipt
+    if ftype == "HEARTBEAT":  # §8.3: flags, modem fault in bits 4-6, bit 7 dropped
+        fields["modem_fault"] = MODEM_FAULT[(fields["status"] >> 4) & 7]
+        fields["status"] &= 0x0F
     if ftype == "ACK" and (fields["disposition"] == "rejected") != (fields["reason"] != "none"):
         raise Reject("bad_payload")  # §8.9: a reason exactly when rejected
     return fields

@@ -77,6 +77,8 @@ def fields(draw: st.DrawFn, ftype: str | None = None) -> dict:
             out[name] = draw(PAYLOAD_FIELDS["battery"])
         else:
             out[name] = draw(PAYLOAD_FIELDS[name])
+    if t == "HEARTBEAT":
+        out["modem_fault"] = draw(st.sampled_from(ref.MODEM_FAULT))
     return out
 
 

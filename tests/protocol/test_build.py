@@ -72,6 +72,7 @@ def test_build_layout_and_stale_files(tmp_path: Path) -> None:
         "app/hal/pins.mpy",
         "app/main.mpy",
         "auxcodec.mpy",
+        "auxsms.mpy",
         "boot.py",
         "main.py",
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from auxilio.protocol import FrameError, codec
+from auxilio.protocol import FrameError, codec, sms
 
 from tests.conftest import PROTOCOL, run_micropython
 from tests.protocol import reference as ref
@@ -16,7 +16,7 @@ FRAME = bytes.fromhex(
     "01010612345678000000076929d830138c387608f9ba805817d58094d4e55223b03514"
     "8b25bbd8b3ae56ba0bed0a9b1ae4b1cf"
 )
-BODY = codec.sms_encode(FRAME)
+BODY = sms.sms_encode(FRAME)
 
 
 def _ack(**kw: object) -> dict:
@@ -84,7 +84,7 @@ SMS_CASES = [
     (BODY.rstrip("="), False),  # padding missing (this body ends with no padding? see below)
     (BODY[:-1] + "*", False),  # outside the alphabet
     (BODY + "=", False),
-    (codec.sms_encode(b"\x01\x02")[:-2] + "x=", False),  # non-zero bits after the last byte
+    (sms.sms_encode(b"\x01\x02")[:-2] + "x=", False),  # non-zero bits after the last byte
     ("", False),
     ("====", False),
 ]
@@ -92,7 +92,7 @@ SMS_CASES = [
 
 def _strict(body: str) -> bool:
     try:
-        codec.sms_decode(body)
+        sms.sms_decode(body)
     except FrameError as e:
         assert e.reason == "bad_encoding"
         return False
@@ -104,18 +104,18 @@ def test_sms_bodies_decode_strictly_on_cpython() -> None:
         if body == BODY.rstrip("=") and "=" not in BODY:
             continue  # this body needs no padding: nothing to remove
         assert _strict(body) is ok, repr(body)
-    assert codec.sms_decode(BODY + "\r\n") == FRAME
+    assert sms.sms_decode(BODY + "\r\n") == FRAME
 
 
 def test_sms_bodies_decode_strictly_on_micropython() -> None:
     cases = [c for c in SMS_CASES if not (c[0] == BODY.rstrip("=") and "=" not in BODY)]
     script = (
-        "import json, auxcodec as codec\n"
+        "import json, auxcodec as codec, auxsms as sms\n"
         f"cases = json.loads({json.dumps(json.dumps([b for b, _ in cases]))})\n"
         "out = []\n"
         "for b in cases:\n"
         "    try:\n"
-        "        codec.sms_decode(b)\n"
+        "        sms.sms_decode(b)\n"
         "        out.append(True)\n"
         "    except codec.FrameError as e:\n"
         "        out.append(e.reason)\n"

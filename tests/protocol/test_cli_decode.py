@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from auxilio.cli import main
-from auxilio.protocol import codec
+from auxilio.protocol import sms
 
 from tests.protocol.vectors import INVALID, VALID
 
@@ -38,8 +38,8 @@ def test_decode_invalid_vector_one_line_exit_2(v: dict, capsys: pytest.CaptureFi
 def test_decode_real_process_valid_and_sms() -> None:
     r = _auxilio("decode", "--secret", SPEC["secret_hex"], SPEC["frame_hex"])
     assert r.returncode == 0 and json.loads(r.stdout) == SPEC["fields"]
-    sms = codec.sms_encode(bytes.fromhex(SPEC["frame_hex"]))
-    r = _auxilio("decode", "--sms", "--secret", SPEC["secret_hex"], sms)
+    body = sms.sms_encode(bytes.fromhex(SPEC["frame_hex"]))
+    r = _auxilio("decode", "--sms", "--secret", SPEC["secret_hex"], body)
     assert r.returncode == 0 and json.loads(r.stdout) == SPEC["fields"]
 
 

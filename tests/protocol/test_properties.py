@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from auxilio.protocol import FrameError, codec
+from auxilio.protocol import FrameError, codec, sms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,9 +178,9 @@ def test_every_uplink_fits_one_sms(ftype: str) -> None:
     @given(f=fields(ftype), secret=SECRETS)
     def check(f: dict, secret: bytes) -> None:
         frame = codec.encode(f, secret)
-        body = codec.sms_encode(frame)
+        body = sms.sms_encode(frame)
         assert len(body) <= 160 and body.isascii() and "\n" not in body
-        assert codec.sms_decode(body) == frame
+        assert sms.sms_decode(body) == frame
         if ftype in ("ALERT", "TEST"):
             assert len(frame) <= 64
         if ftype == "HEARTBEAT":
@@ -191,7 +191,7 @@ def test_every_uplink_fits_one_sms(ftype: str) -> None:
 
 def test_sms_decode_rejects_garbage_with_frame_error() -> None:
     with pytest.raises(FrameError) as info:
-        codec.sms_decode("not base64 at all!")
+        sms.sms_decode("not base64 at all!")
     assert info.value.reason == "bad_encoding"
 
 

@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.sms:
-            from auxilio.protocol import codec
+            from auxilio.protocol import sms
 
-            frame = codec.sms_decode(args.frame)
+            frame = sms.sms_decode(args.frame)
         else:
             frame = _unhex(args.frame, "frame")
             if frame is None:

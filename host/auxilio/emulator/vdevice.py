@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.boards import Board, load_board
-from auxilio.build import HOST_ONLY
+from auxilio.build import HOST_ONLY, PROTOCOL_MODULES
 from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
@@ -79,8 +79,9 @@ def firmware_files(fw: Path | None = None) -> dict[str, bytes | Path]:
             rel = path.relative_to(fw).as_posix()
             if rel not in HOST_ONLY:
                 files[rel] = path
-    if "auxcodec.py" not in files and "auxcodec.mpy" not in files:
-        files["auxcodec.py"] = protocol_dir() / "auxcodec.py"
+    for name in PROTOCOL_MODULES:
+        if name not in files and name.replace(".py", ".mpy") not in files:
+            files[name] = protocol_dir() / name
     return files
 
 
