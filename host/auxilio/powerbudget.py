@@ -130,7 +130,7 @@ def measure(
     from auxilio.testing.peer import AckPeer
 
     say = progress or (lambda _m: None)
-    from auxilio.emulator.boards import load_board as _load
+    from auxilio.boards import load_board as _load
 
     name = profile or modems.board_profile(_load(board).data)
     if name is None:
@@ -156,7 +156,7 @@ def measure(
     vd = None
     peer = None
     try:
-        from auxilio.emulator.boards import load_board
+        from auxilio.boards import load_board
 
         b = load_board(board)
         cfg = new_identity(b.role, broker_url)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from auxilio import powerbudget
 from auxilio.emulator import radio
-from auxilio.emulator.boards import load_board
+from auxilio.boards import load_board
 from auxilio.protocol import codec
 
 from tests.conftest import run_micropython

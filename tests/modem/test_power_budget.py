@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from auxilio import powerbudget
-from auxilio.emulator.boards import load_board
+from auxilio.boards import load_board
 from auxilio.errors import UsageError
 
 AUXILIO = str(Path(sys.executable).parent / "auxilio")

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from auxilio import modems, powerbudget
-    from auxilio.emulator.boards import load_board
+    from auxilio.boards import load_board
 
     hb = powerbudget.parse_interval(args.heartbeat)
     board = load_board(args.board).data
