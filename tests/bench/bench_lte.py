@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from auxilio import powerbudget
-from auxilio.emulator import radio
 from auxilio.boards import load_board
+from auxilio.emulator import radio
 from auxilio.protocol import codec
 
 from tests.conftest import run_micropython
