@@ -73,7 +73,7 @@ def test_sms_fallback_when_data_is_down(lte_rig, profile: str) -> None:
     rig.ctl.hold(2300)
     sms = rig.smsc.wait(timeout=30, sender=DEVICE_MSISDN)[0]
     assert sms.to == C4_NUMBER
-    frame = sms.sms_decode(sms.text)
+    frame = smsbody.sms_decode(sms.text)
     got = codec.decode(frame, rig.secret)  # verifies the tag with the device key
     assert got["type"] == "ALERT" and got["device"] == rig.dev
     assert rig.ctl.matching(ev="state", name="queued", counter=got["counter"])

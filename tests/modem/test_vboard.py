@@ -37,7 +37,7 @@ def test_virtual_bracelet_alert_over_lte_then_sms_when_data_fails(virtual_board,
         mark = vd.mark()
         vd.hold()
         sms = vd.smsc.wait(timeout=60)[0]  # 20 s budget (the default), then the SMS
-        frame = codec.decode(sms.sms_decode(sms.text), secret)
+        frame = codec.decode(smsbody.sms_decode(sms.text), secret)
         assert frame["type"] == "ALERT" and frame["counter"] > alert["counter"]
         vd.wait_event(ev="haptic", pattern="sms", since=mark, timeout=10)
     finally:
