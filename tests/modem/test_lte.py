@@ -12,6 +12,7 @@ import time
 import pytest
 from auxilio.emulator import radio
 from auxilio.protocol import codec
+from auxilio.protocol import sms as smsbody
 from auxilio.testing.mosquitto import free_port
 
 from tests.firmware.fwkit import wait_until

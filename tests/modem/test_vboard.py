@@ -9,6 +9,7 @@ import time
 import pytest
 from auxilio.emulator.admin import AdminClient
 from auxilio.protocol import codec
+from auxilio.protocol import sms as smsbody
 
 from tests.emulator.peer import AckPeer
 from tests.emulator.test_cli import Emulator, cli_env, run_cli  # noqa: F401 (fixture)
