@@ -158,3 +158,20 @@ def test_sqlite_reads_wait_for_no_writer(store: Store, registry_url: str) -> Non
     writer.execute("ROLLBACK")
     writer.close()
     assert got == [(2, 2)] and time.monotonic() - t0 < 5
+
+
+def test_a_pipe_resumes_after_its_watermark_and_ids_are_never_reused(
+    store: Store, registry: Any
+) -> None:
+    """The forwarder reads a pipe's pending records after the last id it took; that is only
+    safe if an id is never handed out again, even once every record was dropped."""
+    _commit(store, [1, 2], T0, event=False)
+    first = store.forward_pending(T0 + 1, 10)
+    store.forward_done([p["id"] for p in first], T0 + 2, keep=True)
+    assert store.forward_pending(T0 + 3, 10, after=first[-1]["id"]) == []
+    store.forward_drop_before(T0 + 100)  # past the resend window: the table is empty
+    assert _rows(registry, "forward_outbox") == []
+    _commit(store, [3], T0 + 101, event=False)
+    again = store.forward_pending(T0 + 102, 10, after=first[-1]["id"])
+    assert [p["key"] for p in again] == [f"alert:{LABEL}:1:3"]
+    assert again[0]["id"] > first[-1]["id"]

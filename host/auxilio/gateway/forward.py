@@ -24,11 +24,9 @@ import logging
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 from auxilio.errors import AuxilioError, UsageError
 from auxilio.gateway import records as R
@@ -150,37 +148,65 @@ class JsonlSink(Sink):
 
 
 class WebhookSink(Sink):
-    """POST each record as JSON with an Idempotency-Key header; 2xx confirms it."""
+    """POST each record as JSON with an Idempotency-Key header; 2xx confirms it.
+
+    One persistent HTTP/1.1 connection (reopened after any failure): a new TCP
+    connection and urllib's machinery per record cost the forwarder most of a
+    core under load, and it shares the hot commit's GIL.
+    """
 
     name = "webhook"
 
     def __init__(self, url: str) -> None:
-        self.url = url
-
-    def send(self, body: str, key: str) -> None:
-        req = urllib.request.Request(
-            self.url,
-            data=body.encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Idempotency-Key": key},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=POST_TIMEOUT_S) as resp:
-                if not 200 <= resp.status < 300:
-                    raise SinkError(f"HTTP {resp.status}")
-        except urllib.error.HTTPError as exc:
-            # 4xx other than "not there right now" refuses this one record; the
-            # sink itself is up, so later records are still tried (never parked).
-            down = exc.code >= 500 or exc.code in (404, 408, 425, 429)
-            raise SinkError(f"HTTP {exc.code}", down=down) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise SinkError(type(getattr(exc, "reason", exc)).__name__) from None
-
-    def describe(self) -> str:
         from urllib.parse import urlsplit
 
-        u = urlsplit(self.url)
-        return f"webhook {u.scheme}://{u.hostname}{':' + str(u.port) if u.port else ''}{u.path}"
+        self.url = url
+        u = urlsplit(url)
+        self._https = u.scheme == "https"
+        self._host = u.hostname or ""
+        self._port = u.port
+        self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
+        import http.client
+
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=POST_TIMEOUT_S)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def send(self, body: str, key: str) -> None:
+        data = body.encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        try:
+            conn = self._connection()
+            conn.request("POST", self._path, body=data, headers=headers)
+            resp = conn.getresponse()
+            resp.read()  # the connection is reusable only once the body is consumed
+            status = resp.status
+            if resp.will_close:
+                self._drop()
+        except (OSError, ValueError) as exc:  # http.client errors are OSError/HTTPException
+            self._drop()
+            raise SinkError(type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001 - http.client.HTTPException and kin
+            self._drop()
+            raise SinkError(type(exc).__name__) from None
+        if not 200 <= status < 300:
+            # 4xx other than "not there right now" refuses this one record; the
+            # sink itself is up, so later records are still tried (never parked).
+            down = status >= 500 or status in (404, 408, 425, 429)
+            raise SinkError(f"HTTP {status}", down=down)
+
+    def describe(self) -> str:
+        port = f":{self._port}" if self._port else ""
+        return f"webhook {'https' if self._https else 'http'}://{self._host}{port}{self._path}"
 
 
 class ForwardWorker:
@@ -197,6 +223,8 @@ class ForwardWorker:
         failing_after_s: float = FAILING_AFTER_S,
         retry_min_s: float = RETRY_MIN_S,
         crash: CrashHook | None = None,
+        mark: Callable[[list[int], float, bool], None] | None = None,
+        drop: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -210,6 +238,14 @@ class ForwardWorker:
         self._failing_event_at = 0.0
         self.retry_min_s = retry_min_s
         self.killed = False
+        self._after = 0  # a pipe's watermark: ids up to it are delivered
+        # Marking delivered records: by default its own transaction; the gateway
+        # passes its own, so the marks ride on its group commit and the hot commit
+        # never waits for this thread's hold on SQLite's write lock.
+        self._mark = mark or self.store.forward_done
+        self._drop = drop or self.store.forward_drop_before
+        self._unmarked: set[int] = set()  # delivered, mark not yet committed
+        self._unmarked_lock = threading.Lock()
         self._delay = retry_min_s
         self._erased_at = -JSONL_ERASE_EVERY_S  # time.monotonic() of the last erase
         self._round_at = 0.0  # time.monotonic() of the last round's start
@@ -241,6 +277,11 @@ class ForwardWorker:
         self._stop.set()
         self._wake.set()
         self.join()
+
+    def marked(self, ids: list[int]) -> None:
+        """The marks for these records are committed (see `mark`)."""
+        with self._unmarked_lock:
+            self._unmarked.difference_update(ids)
 
     def kill(self) -> None:
         self.killed = True
@@ -294,15 +335,21 @@ class ForwardWorker:
                 self.sink.check()
             except SinkGone:
                 n = self.store.forward_unmark_since(now - JSONL_RESEND_S)
+                self._after = 0
                 log.error("gateway: %d recently written record(s) will be sent again", n)
                 raise
-        pending = self.store.forward_pending(now, FETCH)
+        # A pipe never fails one record and not the next: everything up to the last
+        # id it took is delivered (or kept for resending), so start after it.
+        pending = self.store.forward_pending(now, FETCH, self._after if pipe else 0)
+        with self._unmarked_lock:
+            if self._unmarked:
+                pending = [p for p in pending if p["id"] not in self._unmarked]
         if not pending:
             self.backlog = 0
             self._health(now, ok=True)
             if pipe and time.monotonic() - self._erased_at >= JSONL_ERASE_EVERY_S:
                 self._erased_at = time.monotonic()
-                self.store.forward_drop_before(now - JSONL_RESEND_S)
+                self._drop(now - JSONL_RESEND_S)
             return False
         delivered: list[int] = []
         error: SinkError | None = None
@@ -311,6 +358,7 @@ class ForwardWorker:
                 self.sink.send_many([(p["body"], p["key"]) for p in pending])
             except SinkGone:
                 n = self.store.forward_unmark_since(now - JSONL_RESEND_S)
+                self._after = 0
                 log.error("gateway: %d recently written record(s) will be sent again", n)
                 raise
             delivered = [p["id"] for p in pending]
@@ -334,7 +382,11 @@ class ForwardWorker:
             self._crash("before_mark")
             if self._stop.is_set() and self.killed:
                 return False  # a killed process marks nothing
-            self.store.forward_done(delivered, self.clock(), keep=pipe)
+            with self._unmarked_lock:
+                self._unmarked.update(delivered)
+            self._mark(delivered, self.clock(), pipe)
+            if pipe:
+                self._after = max(self._after, delivered[-1])
             self.stats["forwarded"] += len(delivered)
             self._delivered = len(delivered)
         self.backlog, _oldest = self.store.forward_backlog()

@@ -139,6 +139,8 @@ class Gateway:
                 clock=clock,
                 on_fatal=self._fatal_error,
                 crash=self._crash,
+                mark=self._queue_marks,
+                drop=self._queue_drop,
                 **kw,
             )
         self.summary = Summary(self.stats)
@@ -146,6 +148,10 @@ class Gateway:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._pending_acked: list[tuple[int, int, int, float]] = []
+        # Forward marks from the forwarder thread, committed by this one (one writer).
+        self._marks: list[tuple[list[int], float, bool]] = []
+        self._drop_before: float | None = None
+        self._marks_lock = threading.Lock()
         # mid of an in-flight publish -> what to record when the broker confirms it.
         self._inflight: dict[int, tuple[str, Any]] = {}
         self._ack_payload = bytearray(codec.MAX_FRAME)
@@ -311,17 +317,17 @@ class Gateway:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
-        if self._pending_acked:
-            try:
-                self.store.commit(Batch(acked=self._take_acked()))
-            except Exception:  # noqa: BLE001 - bookkeeping only; the alerts themselves are durable
-                log.warning("gateway: could not record the last acked_at times")
         try:
             self._client.disconnect()
         except Exception:  # noqa: BLE001 - shutting down anyway
             pass
         if self.forwarder is not None:
-            self.forwarder.close()
+            self.forwarder.close()  # its last round queues its marks here
+        if self._pending_acked or self._marks:
+            try:
+                self.store.commit(Batch(acked=self._take_acked(), forwarded=self._take_marks()))
+            except Exception:  # noqa: BLE001 - bookkeeping only; the alerts themselves are durable
+                log.warning("gateway: could not record the last acked_at and forward marks")
         if self._stop_metrics is not None:
             self._stop_metrics()
 
@@ -444,8 +450,10 @@ class Gateway:
                 if batch:
                     self._process(batch)
                     last_batch = time.monotonic()
+                elif self._marks or self._drop_before is not None:  # the forwarder's
+                    self._commit_bookkeeping()
                 elif self._pending_acked and time.monotonic() - last_batch >= ACKED_FLUSH_S:
-                    self._commit_retrying(Batch(acked=self._take_acked()))
+                    self._commit_bookkeeping()
                 now = self.clock()
                 if now - last_tick >= SUPERVISION_TICK_S:
                     last_tick = now
@@ -487,6 +495,38 @@ class Gateway:
     def _take_acked(self) -> list[tuple[int, int, int, float]]:
         acked, self._pending_acked = self._pending_acked, []
         return acked
+
+    def _queue_marks(self, ids: list[int], at: float, keep: bool) -> None:
+        """The forwarder's marks (its thread): committed with this thread's next batch."""
+        with self._marks_lock:
+            self._marks.append((ids, at, keep))
+
+    def _queue_drop(self, before: float) -> None:
+        with self._marks_lock:
+            self._drop_before = before
+
+    def _take_marks(self) -> list[tuple[list[int], float, bool]]:
+        with self._marks_lock:
+            marks, self._marks = self._marks, []
+        return marks
+
+    def _take_drop(self) -> float | None:
+        with self._marks_lock:
+            before, self._drop_before = self._drop_before, None
+        return before
+
+    def _marks_committed(self, marks: list[tuple[list[int], float, bool]]) -> None:
+        if marks and self.forwarder is not None:
+            self.forwarder.marked([i for ids, _at, _keep in marks for i in ids])
+
+    def _commit_bookkeeping(self) -> None:
+        batch = Batch(
+            acked=self._take_acked(),
+            forwarded=self._take_marks(),
+            forward_drop_before=self._take_drop(),
+        )
+        self._commit_retrying(batch)
+        self._marks_committed(batch.forwarded)
 
     def _commit_retrying(self, batch: Batch) -> None:
         delay = COMMIT_RETRY_MIN_S
@@ -535,6 +575,7 @@ class Gateway:
         p.observe(turn)
         for _attempt in range(3):
             batch = p.build(turn, self._take_acked())
+            batch.forwarded = self._take_marks()
             turn.dead_committed = len(turn.dead)
             if batch.alerts:
                 self._crash("before_commit")
@@ -543,6 +584,8 @@ class Gateway:
             except Conflicts as conflicts:
                 # Names the window had not seen were taken: decide again (SPEC §12.2).
                 self._pending_acked.extend(batch.acked)
+                with self._marks_lock:
+                    self._marks[:0] = batch.forwarded
                 p.redecide(turn, conflicts)
                 continue
             except Exception:
@@ -551,6 +594,7 @@ class Gateway:
                 self.verifier.forget()
                 raise
             p.committed(turn)
+            self._marks_committed(batch.forwarded)
             if batch.alerts:
                 self._crash("after_commit")
             if batch.forward and self.forwarder is not None:

@@ -39,6 +39,9 @@ class Batch:
     acked: list[tuple[int, int, int, float]] = field(default_factory=list)  # key + at
     cancels: list[tuple[int, int, int, float]] = field(default_factory=list)  # key of ref + at
     dead: list[dict[str, Any]] = field(default_factory=list)  # dead_letters rows
+    # Forward records the sink confirmed: (ids, at, keep), as Store.forward_done takes them.
+    forwarded: list[tuple[list[int], float, bool]] = field(default_factory=list)
+    forward_drop_before: float | None = None  # a pipe's kept records past their window
 
     def __bool__(self) -> bool:
         return bool(
@@ -49,6 +52,8 @@ class Batch:
             or self.acked
             or self.cancels
             or self.dead
+            or self.forwarded
+            or self.forward_drop_before is not None
         )
 
 
@@ -124,6 +129,11 @@ class Store:
                 conn.execute(insert(self.t.events), batch.events)
             if batch.dead:
                 conn.execute(insert(self.t.dead_letters), batch.dead)
+            for ids, at, keep in batch.forwarded:
+                self._forward_done_in(conn, ids, at, keep)
+            if batch.forward_drop_before is not None:
+                f = self.t.forward_outbox
+                conn.execute(f.delete().where(f.c.forwarded_at < _utc(batch.forward_drop_before)))
 
     def _conflicts(self, conn: Connection, batch: Batch) -> Conflicts:
         keys = [(a["device_id"], a["key_epoch"], a["counter"]) for a in batch.alerts]
@@ -372,8 +382,11 @@ class Store:
 
     # ------------------------------------------------------- forwarding ---
 
-    def forward_pending(self, now: float, limit: int) -> list[dict[str, Any]]:
+    def forward_pending(self, now: float, limit: int, after: int = 0) -> list[dict[str, Any]]:
         """Undelivered forward records due for an attempt, oldest first, each with its body.
+
+        after: skip ids up to this one (a pipe's delivered records are kept for
+        its resend window, and a range on the key skips them without a scan).
 
         An alert's record is not stored as JSON (it would cost the hot commit a
         second encoding of the same fields): it is built here from the alert row.
@@ -381,7 +394,7 @@ class Store:
         f, a = self.t.forward_outbox, self.t.alerts
         with self.reader.connect() as conn:
             if conn.dialect.name == "sqlite":
-                return _pending_sqlite(conn, now, limit)
+                return _pending_sqlite(conn, now, limit, after)
             q = (
                 select(
                     f.c.id,
@@ -409,7 +422,7 @@ class Store:
                         ),
                     )
                 )
-                .where(f.c.forwarded_at.is_(None), f.c.next_attempt_at <= _utc(now))
+                .where(f.c.id > after, f.c.forwarded_at.is_(None), f.c.next_attempt_at <= _utc(now))
                 .order_by(f.c.id)
                 .limit(limit)
             )
@@ -449,23 +462,26 @@ class Store:
         """
         if not ids:
             return
-        f = self.t.forward_outbox
         with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                self._forward_done_sqlite(conn, ids, at, keep)
-                return
-            linked = conn.execute(
-                select(f.c.device_id, f.c.key_epoch, f.c.counter).where(
-                    f.c.id.in_(ids), f.c.counter.is_not(None), f.c.key.like("alert:%")
-                )
-            ).all()
-            if linked:
-                self._stamp(conn, "forwarded_at", [(d, e, c, at) for d, e, c in linked])
-            done = f.c.id.in_(ids) & f.c.forwarded_at.is_(None)
-            if keep:
-                conn.execute(update(f).where(done).values(forwarded_at=at, last_error=None))
-            else:
-                conn.execute(f.delete().where(done))
+            self._forward_done_in(conn, ids, at, keep)
+
+    def _forward_done_in(self, conn: Connection, ids: list[int], at: float, keep: bool) -> None:
+        if conn.dialect.name == "sqlite":
+            self._forward_done_sqlite(conn, ids, at, keep)
+            return
+        f = self.t.forward_outbox
+        linked = conn.execute(
+            select(f.c.device_id, f.c.key_epoch, f.c.counter).where(
+                f.c.id.in_(ids), f.c.counter.is_not(None), f.c.key.like("alert:%")
+            )
+        ).all()
+        if linked:
+            self._stamp(conn, "forwarded_at", [(d, e, c, at) for d, e, c in linked])
+        done = f.c.id.in_(ids) & f.c.forwarded_at.is_(None)
+        if keep:
+            conn.execute(update(f).where(done).values(forwarded_at=at, last_error=None))
+        else:
+            conn.execute(f.delete().where(done))
 
     def _forward_done_sqlite(self, conn: Connection, ids: list[int], at: float, keep: bool) -> None:
         """forward_done on the DBAPI cursor, inside the caller's transaction (BEGIN IMMEDIATE).
@@ -692,11 +708,11 @@ _PENDING_SQL = (
     " a.type, a.payload, a.received_at, a.pressed_at, a.lost, a.disposition"
     " FROM forward_outbox f LEFT JOIN alerts a ON f.body IS NULL AND a.device_id = f.device_id"
     " AND a.key_epoch = f.key_epoch AND a.counter = f.counter"
-    " WHERE f.forwarded_at IS NULL AND f.next_attempt_at <= ? ORDER BY f.id LIMIT ?"
+    " WHERE f.id > ? AND f.forwarded_at IS NULL AND f.next_attempt_at <= ? ORDER BY f.id LIMIT ?"
 )
 
 
-def _pending_sqlite(conn: Connection, now: float, limit: int) -> list[dict[str, Any]]:
+def _pending_sqlite(conn: Connection, now: float, limit: int, after: int) -> list[dict[str, Any]]:
     """forward_pending on SQLite: one SELECT on the driver cursor, outside any transaction
     (no lock: the connection is read-only and in autocommit), bodies built as text.
 
@@ -708,7 +724,7 @@ def _pending_sqlite(conn: Connection, now: float, limit: int) -> list[dict[str, 
     """
     cur = conn.connection.dbapi_connection.cursor()
     try:
-        cur.execute(_PENDING_SQL, (_sqlite_time(now), limit))
+        cur.execute(_PENDING_SQL, (after, _sqlite_time(now), limit))
         rows = cur.fetchall()
     finally:
         cur.close()

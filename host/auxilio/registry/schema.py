@@ -217,6 +217,9 @@ def _define_v4_tables(metadata: MetaData) -> None:
         Column("attempts", Integer, nullable=False, default=0),
         Column("last_error", String(200)),
         Column("forwarded_at", UTCDateTime),  # set only while a pipe's resend window runs
+        # Ids are never reused (SQLite would reuse them once the table empties):
+        # the forwarder resumes after the last id a pipe took.
+        sqlite_autoincrement=True,
     )
     # Inbound messages the gateway could not use: acknowledged to the broker (so
     # they are never redelivered forever) and kept here with the reason.
