@@ -133,6 +133,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rk.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
     rk.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
 
+    sim = sub.add_parser(
+        "set-sim",
+        parents=[common],
+        help="record the SIM's phone number: the C4 takes a device's SMS alerts only from it",
+    )
+    sim.add_argument("device")
+    sim.add_argument("number", nargs="?", help="E.164, like +525512340000")
+    sim.add_argument("--clear", action="store_true", help="forget the number (SIM removed)")
+
     im = sub.add_parser("import-csv", parents=[common], help="import devices and assignments")
     im.add_argument("file", help="CSV file ('-' for stdin)")
     im.add_argument(
@@ -308,6 +317,7 @@ def _show(args: argparse.Namespace, registry: Any) -> int:
         ("Estado", _(STATE_LABEL[rec.state])),
         ("Época de clave", str(rec.key_epoch)),
         ("Latido (s)", str(rec.heartbeat_s) if rec.heartbeat_s else "—"),
+        ("SIM", rec.msisdn or "—"),
         ("Asignación", _assignment_text(a)),
         (
             "Vigencia",
@@ -381,6 +391,15 @@ def _rekey(args: argparse.Namespace, registry: Any) -> int:
     return _done(args, registry, args.device)
 
 
+def _set_sim(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.errors import UsageError
+
+    if args.clear == (args.number is not None):
+        raise UsageError("set-sim needs a NUMBER, or --clear")
+    registry.set_msisdn(args.device, None if args.clear else args.number, actor=_actor(args))
+    return _done(args, registry, args.device)
+
+
 def _import(args: argparse.Namespace, registry: Any) -> int:
     from auxilio.errors import UsageError
     from auxilio.registry import csvio
@@ -434,6 +453,7 @@ _HANDLERS = {
     "revoke": _state("revoked"),
     "retire": _state("retired"),
     "rekey": _rekey,
+    "set-sim": _set_sim,
     "import-csv": _import,
     "export-csv": _export,
 }

@@ -77,6 +77,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="trust this host's clock even if the kernel reports it unsynchronised",
     )
+    p.add_argument(
+        "--sms-inbox",
+        metavar="DIR",
+        help="take SMS alerts from a gammu-smsd 'files' inbox (a USB modem at the C4)",
+    )
+    p.add_argument(
+        "--sms-http",
+        metavar="HOST:PORT",
+        help="take SMS alerts from an aggregator's inbound webhook (POST, bearer token)",
+    )
+    p.add_argument(
+        "--sms-token-file",
+        metavar="FILE",
+        help="the webhook's bearer token (one line; required with --sms-http)",
+    )
     p.add_argument("--json", action="store_true", help="status: print JSON")
 
 
@@ -102,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if retention < 0:
         raise UsageError("--retention-days must be 0 (keep) or more")
     sink = make_sink(fwd[0] if fwd else None, fwd[1] if len(fwd) > 1 else None)
+    sms_sources = _sms_sources(args)
     key = load_private_key(args.keys)
     registry = open_registry(args.registry)
     _gateway_logging(args.verbose)
@@ -116,12 +132,31 @@ def run(args: argparse.Namespace) -> int:
         clock_state=ClockState(True if args.assume_clock_synced else None),
         retention_days=retention,
         metrics=args.metrics,
+        sms_sources=sms_sources,
     )
     try:
         gw.run()
     finally:
         registry.close()
     return 0
+
+
+def _sms_sources(args: argparse.Namespace) -> list:
+    from auxilio.errors import UsageError
+    from auxilio.gateway.sms import GammuInbox, HttpSmsSource
+
+    sources: list = []
+    if args.sms_inbox:
+        sources.append(GammuInbox(args.sms_inbox))
+    if args.sms_http:
+        if not args.sms_token_file:
+            raise UsageError("--sms-http needs --sms-token-file (the webhook's bearer token)")
+        try:
+            token = open(args.sms_token_file).read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.sms_token_file}: {exc.strerror}") from None
+        sources.append(HttpSmsSource(args.sms_http, token))
+    return sources
 
 
 def _gateway_logging(verbose: int) -> None:

@@ -62,9 +62,11 @@ _STAT = {
 class Uplink:
     topic: str
     raw: bytes
-    mid: int
+    mid: int  # the MQTT message id (-1 for a frame that came as an SMS)
     verdict: V.Verdict | None = None
     decision: D.Decision | None = None
+    via: str = "mqtt"  # mqtt | sms: the path that delivered this copy
+    sms: Any = None  # the InboundSms it came in (gateway/sms.py)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Turn:
     dead: list[dict[str, Any]] = field(default_factory=list)
     dead_committed: int = 0  # dead letters already in a committed batch
     hold: set[int] = field(default_factory=set)  # mids not to PUBACK: redelivered after resync
+    sms: list[Any] = field(default_factory=list)  # every InboundSms of the turn (told when done)
     restored: list[int] = field(default_factory=list)  # devices this turn brought back
 
 
@@ -168,6 +171,43 @@ class Pipeline:
                 self.reject(turn, "other", topic, payload, "bad_topic")
         return turn
 
+    def add_sms(self, turn: Turn, messages: list[Any]) -> None:
+        """SMS bodies (SPEC §10.4) as uplinks of this turn, once the sender is the device's SIM."""
+        from auxilio.gateway.sms import MAX_BODY
+        from auxilio.phone import e164
+        from auxilio.protocol import FrameError, sms
+
+        for m in messages:
+            turn.sms.append(m)
+            self.stats["sms_received"] += 1
+            topic = f"sms:{m.sender}"[:256]
+            raw = m.text.encode("utf-8", "replace")
+            sender = e164(m.sender)
+            if len(m.text) > MAX_BODY:
+                m.outcome = "sms_too_long"
+            elif sender is None:
+                m.outcome = "sms_bad_sender"
+            else:
+                try:
+                    frame = sms.sms_decode(m.text)
+                    device = codec.check_frame(frame)[2]
+                except FrameError as exc:
+                    m.outcome = "sms_" + exc.reason
+                else:
+                    rec = self.store.registry.get_device(device)
+                    if rec is None or rec.msisdn != sender:
+                        # Not the SIM registered for the device the frame names.
+                        m.outcome = "sms_unknown_number"
+                    elif rec.state in D.REJECTED_STATES:
+                        # Out of service: refused at the door (kept as a dead letter).
+                        m.outcome = "sms_device_" + rec.state
+                    else:
+                        up = Uplink(codec.topic(self.prefix, device, "up"), bytes(frame), -1)
+                        up.via, up.sms = "sms", m
+                        turn.uplinks.append(up)
+                        continue
+            self.reject(turn, "sms", topic, raw, m.outcome)
+
     def reject(self, turn: Turn, source: str, topic: str, payload: bytes, reason: str) -> None:
         """Count a message the gateway cannot use and keep it as a dead letter (rate-limited)."""
         self.stats[f"drop_{reason}"] += 1
@@ -182,7 +222,11 @@ class Pipeline:
         for up in turn.uplinks:
             try:
                 up.verdict = self.verifier.verify(
-                    V.topic_device(up.topic, self.prefix), up.raw, turn.now, synced
+                    V.topic_device(up.topic, self.prefix),
+                    up.raw,
+                    turn.now,
+                    synced,
+                    sms=up.via == "sms",
                 )
             except DBAPIError as exc:
                 # The registry failed a device lookup: transient. Hold the message
@@ -213,7 +257,9 @@ class Pipeline:
 
     def _drop(self, turn: Turn, up: Uplink) -> None:
         v = up.verdict
-        self.reject(turn, "uplink", up.topic, up.raw, v.reason)
+        if up.sms is not None:
+            up.sms.outcome = "sms_" + v.reason
+        self.reject(turn, up.via if up.sms else "uplink", up.topic, up.raw, v.reason)
         who = codec.device_str(v.device.id) if v.device else up.topic[:80]
         self.warn.warning((who, v.reason), "gateway: %s: frame dropped (%s)", who, v.reason)
 
@@ -252,7 +298,11 @@ class Pipeline:
                 for u in turn.uplinks:
                     if u.verdict.device is dev:
                         u.verdict = self.verifier.verify(
-                            V.topic_device(u.topic, self.prefix), u.raw, turn.now, synced
+                            V.topic_device(u.topic, self.prefix),
+                            u.raw,
+                            turn.now,
+                            synced,
+                            sms=u.via == "sms",
                         )
                 continue
             dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
@@ -377,6 +427,9 @@ class Pipeline:
             self.stats[_STAT[dec.action]] += 1
             if dec.action == D.STORE and v.test:
                 self.stats["test"] += 1
+            if u.sms is not None:
+                u.sms.outcome = "sms_" + _STAT[dec.action]
+                self.stats[u.sms.outcome] += 1
             who = codec.device_str(dev.id)
             if dec.action == D.REPLAY:
                 self.warn.warning(
@@ -428,7 +481,7 @@ class Pipeline:
                 "gw_seal": self.sealer.seal(dev.id, dev.key_epoch, v.counter, u.raw),
                 "received_at": now,
                 "disposition": dec.disposition,
-                "via": "mqtt",
+                "via": u.via,
                 "test": v.test,
                 "lost": dev.state == "lost",
             }

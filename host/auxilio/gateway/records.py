@@ -17,6 +17,7 @@ Record schema (one JSON object; documented in the README):
               bearer, pressed_at)
   lost        true when the device is marked lost (the C4 decides what to do)
   disposition for alerts, the disposition sent to the device ("received"); null for events
+  via         for alerts, the path that delivered it first: "mqtt" or "sms"
   detail      free text (empty today)
 Only verified frames are ever forwarded; TEST frames and frames with the test
 flag never are. Delivery is at-least-once: consumers dedup on "key".
@@ -70,6 +71,7 @@ def alert_record(
     at: float,
     lost: bool,
     disposition: str,
+    via: str = "mqtt",
 ) -> dict[str, Any]:
     dev = codec.device_str(device)
     pressed = fields.get("pressed_at")
@@ -86,6 +88,7 @@ def alert_record(
         "fields": fields,
         "lost": lost,
         "disposition": disposition,
+        "via": via,
         "detail": "",
     }
 

@@ -96,6 +96,7 @@ class Gateway:
         metrics: str | None = None,
         crash: CrashHook | None = None,
         forward_options: dict[str, Any] | None = None,
+        sms_sources: list[Any] | None = None,
     ) -> None:
         self.registry = registry
         self.store = Store(registry)
@@ -145,6 +146,10 @@ class Gateway:
             )
         self.summary = Summary(self.stats)
         self._inbox: list[tuple[str, bytes, int, int]] = []
+        # SMS ingest (gateway/sms.py): sources deliver from their own threads.
+        self.sms_sources = {s.name: s for s in sms_sources or []}
+        self._sms: list[Any] = []
+        self._sms_lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._pending_acked: list[tuple[int, int, int, float]] = []
@@ -309,6 +314,8 @@ class Gateway:
         self.connect(connect_attempts)
         if self.forwarder is not None:
             self.forwarder.start()
+        for source in self.sms_sources.values():
+            source.start(self._deliver_sms)
         self._worker = threading.Thread(target=self._work, name="gateway", daemon=True)
         self._worker.start()
         return self
@@ -321,6 +328,8 @@ class Gateway:
             self._client.disconnect()
         except Exception:  # noqa: BLE001 - shutting down anyway
             pass
+        for source in self.sms_sources.values():
+            source.close()
         if self.forwarder is not None:
             self.forwarder.close()  # its last round queues its marks here
         if self._pending_acked or self._marks:
@@ -447,8 +456,18 @@ class Gateway:
             try:
                 link_ok = self._net()
                 batch, self._inbox = self._inbox, []
-                if batch:
-                    self._process(batch)
+                with self._sms_lock:
+                    sms, self._sms = self._sms, []
+                if batch or sms:
+                    try:
+                        self._process(batch, sms)
+                    except Exception:
+                        # Nothing of this turn was committed: every SMS comes back next turn.
+                        for m in sms:
+                            m.outcome = ""
+                        with self._sms_lock:
+                            self._sms[:0] = sms
+                        raise
                     last_batch = time.monotonic()
                 elif self._marks or self._drop_before is not None:  # the forwarder's
                     self._commit_bookkeeping()
@@ -549,9 +568,16 @@ class Gateway:
                 self._stop.wait(delay)
                 delay = min(delay * 2, COMMIT_RETRY_MAX_S)
 
-    def _process(self, msgs: list[tuple[str, bytes, int, int]]) -> None:
+    def _deliver_sms(self, sms: Any) -> None:
+        """A source's thread hands one SMS over; the worker takes it with its next turn."""
+        with self._sms_lock:
+            self._sms.append(sms)
+
+    def _process(self, msgs: list[tuple[str, bytes, int, int]], sms: list[Any] = ()) -> None:
         p = self.pipeline
         turn = p.route(msgs, self.clock())
+        if sms:
+            p.add_sms(turn, list(sms))
         p.verify(turn)
         p.refresh(turn)
         p.decide(turn)
@@ -567,6 +593,12 @@ class Gateway:
         for _topic, _payload, mid, qos in msgs:
             if qos > 0 and mid not in turn.hold:
                 self._client.ack(mid, qos)
+        for m in turn.sms:  # committed (or refused, and kept as a dead letter): tell the source
+            if not m.outcome:  # undecided (the registry failed a lookup): next turn
+                self._deliver_sms(m)
+                continue
+            ok = m.outcome.startswith(("sms_stored", "sms_duplicate"))
+            self.sms_sources[m.source].done(m, ok)
         if turn.hold:
             self._resync()
 

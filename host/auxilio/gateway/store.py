@@ -410,6 +410,7 @@ class Store:
                     a.c.received_at,
                     a.c.lost,
                     a.c.disposition,
+                    a.c.via,
                 )
                 .select_from(
                     f.outerjoin(
@@ -439,6 +440,7 @@ class Store:
                         r["received_at"].timestamp(),
                         bool(r["lost"]),
                         r["disposition"] or "received",
+                        r["via"] or "mqtt",
                     ),
                     separators=(",", ":"),
                 )
@@ -705,7 +707,7 @@ class Store:
 
 _PENDING_SQL = (
     "SELECT f.id, f.key, f.body, f.attempts, f.created_at, f.device_id, f.key_epoch, f.counter,"
-    " a.type, a.payload, a.received_at, a.pressed_at, a.lost, a.disposition"
+    " a.type, a.payload, a.received_at, a.pressed_at, a.lost, a.disposition, a.via"
     " FROM forward_outbox f LEFT JOIN alerts a ON f.body IS NULL AND a.device_id = f.device_id"
     " AND a.key_epoch = f.key_epoch AND a.counter = f.counter"
     " WHERE f.id > ? AND f.forwarded_at IS NULL AND f.next_attempt_at <= ? ORDER BY f.id LIMIT ?"
@@ -745,6 +747,7 @@ def _pending_sqlite(conn: Connection, now: float, limit: int, after: int) -> lis
         pressed,
         lost,
         disp,
+        via,
     ) in rows:
         if body is None:
             label = labels.get(dev)
@@ -758,7 +761,8 @@ def _pending_sqlite(conn: Connection, now: float, limit: int, after: int) -> lis
                 + ('"' + _iso_text(pressed) + '"' if pressed else "null")
                 + ',"fields":' + (payload or "{}")
                 + ',"lost":' + ("true" if lost else "false")
-                + ',"disposition":' + json.dumps(disp or "received") + ',"detail":""}'
+                + ',"disposition":' + json.dumps(disp or "received")
+                + ',"via":' + json.dumps(via or "mqtt") + ',"detail":""}'
             )  # fmt: skip
         at = dt.datetime.fromisoformat(created).replace(tzinfo=dt.timezone.utc)
         out.append({"id": fid, "key": key, "body": body, "attempts": attempts, "created_at": at})

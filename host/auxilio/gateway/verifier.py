@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # a frame may be at most this far behind / ahead of server time.
 CLOCK_BEHIND_S = 40
 CLOCK_AHEAD_S = 20
+# SMS is store-and-forward: an operator SMSC may hold a message for minutes, so a
+# frame that came as an SMS may be this much older (SPEC §10.4; the counter
+# window still stops replays).
+CLOCK_BEHIND_SMS_S = 900
 
 # Drop reasons that are not the codec's (SPEC §11 codes come from FrameError.reason).
 DOWNLINK_ON_UPLINK = "downlink_on_uplink"
@@ -127,7 +131,12 @@ class Verifier:
             self.devices.pop(device_id, None)
 
     def verify(
-        self, topic_dev: str | None, frame: bytes, now: float, clock_synced: bool = True
+        self,
+        topic_dev: str | None,
+        frame: bytes,
+        now: float,
+        clock_synced: bool = True,
+        sms: bool = False,
     ) -> Verdict:
         """Verify one uplink; an accepted counter (SPEC §12.2 rules 3-4) is consumed here.
 
@@ -167,7 +176,8 @@ class Verifier:
         )
         if clock_synced and flags & codec.FLAG_CLOCK_SYNCED:
             skew = ts - now
-            v.clock_skewed = skew < -CLOCK_BEHIND_S or skew > CLOCK_AHEAD_S
+            behind = CLOCK_BEHIND_SMS_S if sms else CLOCK_BEHIND_S
+            v.clock_skewed = skew < -behind or skew > CLOCK_AHEAD_S
         if v.window == disposition.NEW and (v.heartbeat or not v.clock_skewed):
             # Accepted (disposition.decide agrees): the counter is consumed.
             dev.high_water, dev.window = replay.mark(dev.high_water, dev.window, counter)

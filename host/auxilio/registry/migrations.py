@@ -123,6 +123,11 @@ def _m4_c4_integrity(conn: Connection) -> None:
         v4.tables[name].create(conn)
 
 
+def _m5_device_msisdn(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE devices ADD COLUMN msisdn VARCHAR(20)"))
+    conn.execute(text("CREATE UNIQUE INDEX uq_devices_msisdn ON devices (msisdn)"))
+
+
 # Ordered: index i holds the migration that produces version i + 1. Never edit a
 # released migration; append a new one and bump schema.LATEST_VERSION.
 MIGRATIONS: list[Callable[[Connection], None]] = [
@@ -130,6 +135,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _m2_mqtt_password,
     _m3_audit_append_only,
     _m4_c4_integrity,
+    _m5_device_msisdn,
 ]
 assert len(MIGRATIONS) == LATEST_VERSION
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.types import DateTime, TypeDecorator
 
 # The schema version this code writes; migrations.py brings older files up to it.
-LATEST_VERSION = 4
+LATEST_VERSION = 5
 
 KINDS = ("bracelet", "button")
 STATES = ("spare", "assigned", "lost", "revoked", "retired")
@@ -111,6 +111,10 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
         # v2: mosquitto password hash ($7$ PBKDF2-SHA512); the plaintext goes only
         # to the provisioning file, never into the registry.
         device_cols.append(Column("mqtt_password_hash", String(200)))
+    if version >= 5:
+        # v5 (SMS ingest, issue 12): the device's SIM number (E.164). An SMS is taken
+        # only from the number registered for the device its frame names.
+        device_cols.append(Column("msisdn", String(20), unique=True))
     Table("devices", metadata, *device_cols)
 
     Table(

@@ -85,6 +85,7 @@ class DeviceRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     mqtt_password_hash: str | None = field(default=None, repr=False)
+    msisdn: str | None = None  # the SIM's number (E.164), for SMS ingest
 
     @property
     def label(self) -> str:
@@ -102,6 +103,7 @@ class DeviceRecord:
             "state": self.state,
             "key_epoch": self.key_epoch,
             "heartbeat_s": self.heartbeat_s,
+            "sim": self.msisdn,
             "config_seq": self.config_seq,
             "high_water": self.high_water,
             "last_seen": _iso(self.last_seen),
@@ -497,6 +499,28 @@ class Registry:
             )
             self._audit(conn, v.actor(actor), "mqtt-password", device_id, "")
 
+    def set_msisdn(self, device_id: int | str, msisdn: str | None, actor: str) -> None:
+        """Record (or clear) the device's SIM number; the C4 takes SMS only from it."""
+        from auxilio.phone import e164
+
+        device_id = v.device_id(device_id)
+        number = None
+        if msisdn is not None:
+            number = e164(msisdn)
+            if number is None:
+                raise UsageError(f"{msisdn!r} is not a phone number (E.164, like +525512340000)")
+        with self.engine.begin() as conn:
+            self._lock_device(conn, device_id)
+            try:
+                conn.execute(
+                    schema.devices.update()
+                    .where(schema.devices.c.id == device_id)
+                    .values(msisdn=number, updated_at=utcnow())
+                )
+            except IntegrityError:
+                raise RegistryError(f"{number} is already another device's SIM") from None
+            self._audit(conn, v.actor(actor), "set-sim", device_id, number or "cleared")
+
     def set_heartbeat(self, device_id: int | str, heartbeat_s: int | None, actor: str) -> int:
         """Record a new heartbeat interval to push by CONFIG; returns the new config_seq."""
         device_id = v.device_id(device_id)
@@ -730,6 +754,7 @@ def _record(row: Any) -> DeviceRecord:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         mqtt_password_hash=m.get("mqtt_password_hash"),
+        msisdn=m.get("msisdn"),
     )
 
 
