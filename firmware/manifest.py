@@ -20,17 +20,20 @@ module("auxcodec.py", base_path="../protocol")  # the one codec (protocol/auxcod
 module("auxsms.py", base_path="../protocol")  # SMS bodies (SPEC §10.4), LTE boards
 for _name in (
     "app",
+    "at",
     "config",
     "counter_store",
     "device",
     "feedback",
     "gesture",
+    "modem",
     "mqtt",
     "outbox",
     "power",
     "selftest",
     "session",
     "supervision",
+    "transport",
     "wifi",
 ):
     module(_name + ".py")
