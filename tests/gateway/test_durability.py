@@ -198,10 +198,10 @@ def test_poison_frame_dropped_after_retries_others_flow(
     _c, poison = sim.frame("ALERT")
     real = gateway.verifier.verify
 
-    def verify(topic_dev: Any, frame: bytes, now: float, synced: bool = True) -> Any:
+    def verify(topic_dev: Any, frame: bytes, *args: Any, **kwargs: Any) -> Any:
         if frame == poison:
             raise ValueError("bug triggered by this frame")
-        return real(topic_dev, frame, now, synced)
+        return real(topic_dev, frame, *args, **kwargs)
 
     monkeypatch.setattr(gateway.verifier, "verify", verify)
     sim.publish(poison)
