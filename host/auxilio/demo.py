@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.emulator.control import ControlServer
+from auxilio.emulator.roots import device_config, micropython_with_firmware, write_device_root
 from auxilio.i18n import _, register
 from auxilio.protocol import codec
 
@@ -75,15 +75,12 @@ def _wait(
     ctl: ControlServer, pred: Callable[[dict[str, Any]], bool], timeout: float, since: int = 0
 ) -> tuple[float, dict[str, Any]] | None:
     """The first control event after `since` matching pred, as (time, event), or None."""
-    try:
-        ev = ctl.wait_event(pred, timeout=timeout, since=since)
-    except TimeoutError:
-        return None
-    return ev["t"], ev
+    ev = ctl.next_event(pred, timeout=timeout, since=since)
+    return (ev["t"], ev) if ev is not None else None
 
 
 def _start_broker(stack: ExitStack) -> tuple[Any, str]:
-    from auxilio.testing.mosquitto import Mosquitto, free_port, mosquitto_binary
+    from auxilio.broker.mosquitto import Mosquitto, free_port, mosquitto_binary
 
     if mosquitto_binary() is not None:
         return stack.enter_context(Mosquitto()), "mosquitto"
@@ -92,57 +89,6 @@ def _start_broker(stack: ExitStack) -> tuple[Any, str]:
 
     sys.stderr.write(EMBEDDED_NOTE + "\n")
     return stack.enter_context(EmbeddedBroker(port=free_port())), "amqtt"
-
-
-def _firmware_available() -> str | None:
-    from auxilio.paths import find_micropython, firmware_dir
-
-    mp = find_micropython()
-    if mp and (firmware_dir() / "app.py").exists():
-        return mp
-    return None
-
-
-def _make_root(
-    root: Path,
-    role: str,
-    board: str,
-    device: int,
-    secret: bytes,
-    broker_url: str,
-    counter_floor: int,
-) -> None:
-    from auxilio.boards import load_board
-    from auxilio.emulator.vdevice import firmware_files
-
-    root.mkdir(parents=True)
-    for name, src in firmware_files().items():
-        if name in ("main.py", "boot.py"):
-            continue  # app.run_fleet is the entry point here
-        dst = root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(src, Path):
-            shutil.copyfile(src, dst)
-        else:
-            dst.write_bytes(src)
-    (root / "board.json").write_text(json.dumps(load_board(board).device_data()))
-    (root / "data").mkdir()
-    label = codec.device_str(device)
-    cfg = {
-        "device": label,
-        "secret": secret.hex(),
-        "role": role,
-        "broker": broker_url,
-        "username": label,
-        "password": "demo",
-        "tls_ca": None,
-        "wifi": {"ssid": "demo", "password": "demo"},
-        "prefix": codec.DEFAULT_PREFIX,
-        "counter_floor": counter_floor,  # SPEC §12.1: from the registry, for a known secret
-    }
-    fd = os.open(root / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(cfg, f)
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -198,7 +144,7 @@ def run_demo(once: bool = True) -> dict[str, Any]:
             summary["error"] = "gateway did not connect to the broker"
             return summary
 
-        mp = _firmware_available()
+        mp = micropython_with_firmware()
         summary["devices"] = "firmware/micropython" if mp else "cpython-simulator"
         if mp:
             _say(quiet, _("Dispositivos: firmware real bajo micropython"))
@@ -274,7 +220,15 @@ def _run_firmware(
     for d in devices:
         root = tmp / f"dev{d['index']}"
         floor = registry.counter_floor(d["device"])
-        _make_root(root, d["role"], d["board"], d["device"], d["secret"], broker_url, floor)
+        cfg = device_config(
+            d["device"],
+            d["secret"],
+            d["role"],
+            broker_url,
+            password="demo",
+            counter_floor=floor,  # SPEC §12.1: from the registry, for a known secret
+        )
+        write_device_root(root, cfg, d["board"], firmware=True)
         roots.append(str(root))
     script = f"import sys\nsys.path.insert(0, {roots[0]!r})\nimport app\napp.run_fleet({roots!r})\n"
     env = {**os.environ, "AUXILIO_HAL_CONTROL": f"127.0.0.1:{ctl.port}"}

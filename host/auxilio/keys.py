@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from auxilio.errors import AuxilioError, NotFoundError, UsageError
+from auxilio.private import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def init_keys(directory: str | os.PathLike[str] | None = None) -> tuple[Path, Pa
     if priv_path.exists() or pub_path.exists():
         raise UsageError(f"gateway keys already exist in {d}; refusing to overwrite")
     try:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(d)
     except OSError as exc:
         raise UsageError(f"cannot create keys directory {d}: {exc.strerror}") from None
     key = X25519PrivateKey.generate()
@@ -145,13 +146,9 @@ def init_keys(directory: str | os.PathLike[str] | None = None) -> tuple[Path, Pa
     # O_EXCL: never clobber a key that appeared meanwhile; 0600 from creation on,
     # so the private key is never readable by others, not even for an instant.
     try:
-        fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private(priv_path, pem, exclusive=True)
     except FileExistsError:
         raise UsageError(f"{priv_path} already exists; refusing to overwrite") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
     pub_path.write_text(public_key_text(key.public_key()) + "\n")
     log.info("gateway keypair created in %s (fingerprint %s)", d, fingerprint(key.public_key()))
     return priv_path, pub_path

@@ -142,16 +142,16 @@ def measure(
         )
     broker = None
     if broker_url is None:
-        from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
+        from auxilio.broker.mosquitto import Mosquitto, mosquitto_binary
 
         if mosquitto_binary() is None:
             raise AuxilioError("measuring needs mosquitto (apt-get install mosquitto) or --broker")
         broker = Mosquitto()
         broker.start()
         broker_url = broker.url
-    from auxilio.emulator.vdevice import parse_broker_url
+    from auxilio.broker.url import parse_broker_url
 
-    host, port, _ = parse_broker_url(broker_url)
+    upstream = parse_broker_url(broker_url)
     tmp = tempfile.TemporaryDirectory(prefix="auxilio-power-")
     vd = None
     peer = None
@@ -172,7 +172,7 @@ def measure(
             lte_timing=timing,
             name=f"power-{int(time.time())}",
         )
-        peer = AckPeer(host, port, {vd.device: bytes.fromhex(cfg["secret"])})
+        peer = AckPeer(upstream.host, upstream.port, {vd.device: bytes.fromhex(cfg["secret"])})
         say(f"measuring {beats} heartbeat cycles of the {board} firmware over emulated {timing}")
         vd.start()
         assert vd.modem is not None

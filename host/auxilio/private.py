@@ -1,9 +1,11 @@
 """Files only their owner may read: secrets, provisioning files, registries, flash images.
 
-Created mode 0600 from the start (never created open and tightened after, which
-leaves a window), and tightened if an older copy was more open. Writes go to a
-temp file beside the target and are renamed over it, so a reader (a broker on
-SIGHUP, a device being provisioned) never sees half a file.
+The one private-file writer of the host tools. Files are created mode 0600
+from the start (never created open and tightened after, which leaves a
+window), and tightened if an older copy was more open. `write_private`
+writes to a temp file beside the target and renames it over, so a reader (a
+broker on SIGHUP, a device being provisioned) never sees half a file;
+`exclusive=True` instead refuses to replace anything (keys, provisioning files).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 PRIVATE = 0o600
+PRIVATE_DIR = 0o700
 
 
 def open_private(path: str | os.PathLike[str], mode: str = "wb") -> IO:
@@ -23,17 +26,50 @@ def open_private(path: str | os.PathLike[str], mode: str = "wb") -> IO:
     return os.fdopen(fd, mode)
 
 
-def write_private(path: str | os.PathLike[str], data: bytes | str, mode: int = PRIVATE) -> None:
-    """Atomically replace path with data, mode 0600 (or `mode`), fsynced."""
+def write_private(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    mode: int = PRIVATE,
+    *,
+    exclusive: bool = False,
+) -> None:
+    """Write `data` to `path`, mode 0600 (or `mode`), fsynced.
+
+    Default: atomically replace whatever is there. ``exclusive``: create the
+    file, FileExistsError if it exists (O_EXCL: never clobber a key or a
+    provisioning file that appeared meanwhile).
+    """
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, p)
+    raw = data.encode() if isinstance(data, str) else data
+    target = p if exclusive else p.with_name(f".{p.name}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(target, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    os.chmod(target, mode)  # the umask may have narrowed a wider `mode` (an ACL: 0644)
+    if not exclusive:
+        os.replace(target, p)
+
+
+def ensure_private(path: str | os.PathLike[str]) -> None:
+    """Create an empty 0600 file if there is none (never truncating one), else tighten it."""
+    p = Path(path)
+    if not p.exists():
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, PRIVATE))
+    tighten(p)
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """A directory (and its missing parents) that only its owner may enter: 0700 when created."""
+    p = Path(path)
+    p.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    return p
 
 
 def tighten(path: str | os.PathLike[str]) -> None:

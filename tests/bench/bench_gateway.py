@@ -387,18 +387,25 @@ def firmware_round_trip(
     on the device's clock ("rtt", "sent") and on arrival at the controller
     ("rtt_observed", "sent_observed").
     """
-    from auxilio.demo import ControlServer, _firmware_available, _make_root, _wait
+    from auxilio.emulator.control import ControlServer
+    from auxilio.emulator.roots import device_config, micropython_with_firmware, write_device_root
 
-    mp = _firmware_available()
+    mp = micropython_with_firmware()
     if mp is None:
         return None
     dev = _roles(secrets)["firmware"]
     root = tmp / "fw0"
-    _make_root(root, "button", "button-s3", dev, secrets[dev], broker.url, 1)
-    cfg = json.loads((root / "config.json").read_text())
+    cfg = device_config(dev, secrets[dev], "button", broker.url, password="bench", counter_floor=1)
     cfg["hold_ms"] = FIRMWARE_HOLD_MS
-    (root / "config.json").write_text(json.dumps(cfg))
+    write_device_root(root, cfg, "button-s3", firmware=True)
     ctl = ControlServer()
+
+    def _wait(
+        ctl: ControlServer, match: Any, timeout: float, since: int = 0
+    ) -> tuple[float, dict[str, Any]] | None:
+        ev = ctl.next_event(match, timeout=timeout, since=since)
+        return (ev["t"], ev) if ev is not None else None
+
     script = f"import sys\nsys.path.insert(0, {str(root)!r})\nimport app\napp.run_fleet([{str(root)!r}])\n"
     env = {**os.environ, "AUXILIO_HAL_CONTROL": f"127.0.0.1:{ctl.port}"}
     proc = subprocess.Popen(

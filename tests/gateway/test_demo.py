@@ -37,9 +37,9 @@ def test_demo_once_cli_every_alert_acked_and_attended() -> None:
 def test_run_demo_on_embedded_broker_when_mosquitto_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import auxilio.testing.mosquitto
+    import auxilio.broker.mosquitto
 
-    monkeypatch.setattr(auxilio.testing.mosquitto, "mosquitto_binary", lambda: None)
+    monkeypatch.setattr(auxilio.broker.mosquitto, "mosquitto_binary", lambda: None)
     summary = run_demo(once=True)
     assert summary["broker"] == "amqtt"
     assert summary["ok"] is True, summary

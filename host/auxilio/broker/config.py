@@ -20,6 +20,7 @@ from typing import Any
 
 from auxilio.broker.passwords import hash_password, new_password
 from auxilio.errors import UsageError
+from auxilio.private import write_private
 from auxilio.protocol import codec
 
 log = logging.getLogger(__name__)
@@ -163,18 +164,6 @@ def render_conf(
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, data: str, mode: int) -> None:
-    # Write beside, then rename: a mosquitto reloading on SIGHUP never reads half a file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def _gateway_credentials(path: Path, user: str) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
@@ -262,15 +251,15 @@ def write_config(
         files.devices.append(rec.label)
 
     url = f"mqtt://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
-    _write_atomic(
+    write_private(
         files.gateway, json.dumps({**gw, "url": url, "prefix": prefix}, indent=2) + "\n", 0o600
     )
-    _write_atomic(
+    write_private(
         files.operator, json.dumps({**op, "url": url, "prefix": prefix}, indent=2) + "\n", 0o600
     )
-    _write_atomic(files.passwd, "\n".join(lines) + "\n", 0o600)
-    _write_atomic(files.acl, render_acl(prefix, gateway_user), 0o644)
-    _write_atomic(
+    write_private(files.passwd, "\n".join(lines) + "\n", 0o600)
+    write_private(files.acl, render_acl(prefix, gateway_user), 0o644)
+    write_private(
         files.conf,
         render_conf(
             directory,

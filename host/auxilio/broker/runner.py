@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from auxilio.broker.mosquitto import mosquitto_binary
 from auxilio.errors import AuxilioError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,6 @@ EMBEDDED_NOTE = (
     "and anonymous without per-device ACLs unless given an `auxilio broker config` "
     "directory. Production needs mosquitto or a clustered broker."
 )
-
-
-def mosquitto_binary() -> str | None:
-    """The mosquitto executable, if installed (Debian puts it in /usr/sbin)."""
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
 
 
 def run_mosquitto(conf: str | Path) -> int:

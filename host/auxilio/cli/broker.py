@@ -93,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from auxilio.broker import runner
+    from auxilio.broker.mosquitto import mosquitto_binary
 
     conf = Path(args.dir) / "mosquitto.conf"
-    if args.embedded or runner.mosquitto_binary() is None:
+    if args.embedded or mosquitto_binary() is None:
         # Enforce the generated users and ACL when they exist; else an open demo broker.
         has_config = (Path(args.dir) / "passwd").is_file()
         return runner.run_embedded(args.bind, args.port, args.dir if has_config else None)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
+
+from auxilio.private import write_private
 
 DEFAULT_BOARD = "bracelet-c3"
 
@@ -171,9 +172,7 @@ def _run_board(args: argparse.Namespace) -> int:
     if config is None and args.broker and args.firmware is not None:
         config = new_identity(board.role, args.broker)
         identity_file = image.with_suffix(".identity.json")
-        fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=1)
+        write_private(identity_file, json.dumps(config, indent=1))
     vd = VirtualDevice(
         board,
         image,
@@ -273,9 +272,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
             info["registry"] = f"{added} devices added to {args.registry}"
         if args.manifest or not args.registry:
             manifest = Path(args.manifest) if args.manifest else fleet.workdir / "manifest.json"
-            fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(fleet.manifest(), f, indent=1)
+            write_private(manifest, json.dumps(fleet.manifest(), indent=1))
             info["manifest"] = str(manifest)
         admin = AdminServer(name, fleet, info)
         _print(args, info)

@@ -25,6 +25,7 @@ from auxilio.emulator.fleet import VirtualFleet
 from auxilio.emulator.vdevice import VirtualDevice
 from auxilio.errors import ConnectionFailed, NotFoundError, UsageError
 from auxilio.paths import runtime_dir
+from auxilio.private import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class AdminServer:
         self._server.listen(8)
         self.port = self._server.getsockname()[1]
         self.path = state_file(name)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         if self.path.exists():
             old = _read_state(self.path)
             if old and _pid_alive(int(old.get("pid", 0))):
@@ -66,9 +67,7 @@ class AdminServer:
         data = dict(
             info, name=name, pid=os.getpid(), admin=f"127.0.0.1:{self.port}", token=self.token
         )
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+        write_private(self.path, json.dumps(data))
         self._closed = False
         threading.Thread(target=self._accept, name="vb-admin", daemon=True).start()
 

@@ -115,6 +115,15 @@ class ControlServer:
                     raise TimeoutError(f"no control event matching {fields or match}")
                 self._cond.wait(min(left, 0.25))
 
+    def next_event(
+        self, match: Callable[[Event], bool], timeout: float = 30.0, since: int = 0
+    ) -> Event | None:
+        """Like wait_event, but None after `timeout` (for callers that report, not raise)."""
+        try:
+            return self.wait_event(match, timeout=timeout, since=since)
+        except TimeoutError:
+            return None
+
     # -- plumbing -----------------------------------------------------------------
 
     def _accept(self) -> None:

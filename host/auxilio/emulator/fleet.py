@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.boards import Board, load_board
+from auxilio.broker.url import parse_broker_url
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import micropython_binary
 from auxilio.emulator.netem import BrokerProxy
-from auxilio.emulator.vdevice import firmware_files, new_identity, parse_broker_url
+from auxilio.emulator.roots import copy_firmware, random_config, write_device_root
 from auxilio.errors import AuxilioError, UsageError
 from auxilio.procs import die_with_parent
 
@@ -98,21 +99,13 @@ class VirtualFleet:
 
     def prepare(self) -> None:
         """Write the shared firmware and one root per device with a fresh identity."""
-        host, port, _tls = parse_broker_url(self.broker_url)
-        self.proxy = BrokerProxy(host, port)
+        upstream = parse_broker_url(self.broker_url)
+        self.proxy = BrokerProxy(upstream.host, upstream.port)
         fw_dir = self.workdir / "fw"
         if fw_dir.exists():
             shutil.rmtree(fw_dir)
-        for name, src in firmware_files(self.firmware).items():
-            if name in ("main.py", "main.mpy", "boot.py"):
-                continue  # the fleet runner replaces the single-device entry point
-            dest = fw_dir / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(src, Path):
-                shutil.copyfile(src, dest)
-            else:
-                dest.write_bytes(src)
-        board_json = json.dumps(self.board_def.device_data())
+        copy_firmware(fw_dir, self.firmware)  # shared on sys.path by every interpreter
+        board_data = self.board_def.device_data()
         for i in range(self.count):
             root = self.workdir / "devices" / f"{i:04d}"
             cfg_path = root / "config.json"
@@ -120,17 +113,14 @@ class VirtualFleet:
                 cfg = json.loads(cfg_path.read_text())
                 self._counter_floor(cfg)
             else:
-                cfg = new_identity(self.board_def.role, self.broker_url)
+                cfg = random_config(self.board_def.role, self.broker_url)
             cfg.update(self.overrides)
             if self.heartbeat_s is not None:
                 cfg["heartbeat_s"] = int(self.heartbeat_s)
-            (root / "data").mkdir(parents=True, exist_ok=True)
             deployed = dict(cfg, broker=f"mqtt://127.0.0.1:{self.proxy.port}")
-            _write_private(root / "config.json", json.dumps(deployed))
-            (root / "board.json").write_text(board_json)
-            cfg_out = dict(cfg)
+            write_device_root(root, deployed, board_data)
             interp, dev = divmod(i, self.per_interpreter)
-            self.devices.append(FleetDevice(i, cfg["device"], root, interp, dev, cfg_out))
+            self.devices.append(FleetDevice(i, cfg["device"], root, interp, dev, dict(cfg)))
         self._close_floors()
 
     def _counter_floor(self, cfg: dict[str, Any]) -> None:
@@ -376,10 +366,3 @@ class VirtualFleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Device secrets on disk: owner-only from the first byte."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)

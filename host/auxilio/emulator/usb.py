@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from auxilio.paths import runtime_dir
+from auxilio.private import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,8 @@ def _alive(pid: int) -> bool:
 
 
 def publish(port: VirtualPort) -> Path:
-    d = usb_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = d / f"{port.name}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(port)))
-    os.replace(tmp, path)
+    path = private_dir(usb_dir()) / f"{port.name}.json"
+    write_private(path, json.dumps(asdict(port)))  # atomic: `auxilio ports` never reads half
     return path
 
 

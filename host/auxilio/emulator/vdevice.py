@@ -9,27 +9,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from auxilio.boards import Board, load_board
-from auxilio.build import HOST_ONLY, PROTOCOL_MODULES
+from auxilio.broker.url import parse_broker_url
 from auxilio.emulator.board import DownloadMode, VirtualBoard
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
 from auxilio.emulator.modem import EmulatedModem, ModemServer, attach
 from auxilio.emulator.netem import BrokerProxy
+from auxilio.emulator.roots import VIRTUAL_WIFI, firmware_files, random_config
 from auxilio.emulator.smsc import Smsc
 from auxilio.errors import UsageError
-from auxilio.paths import firmware_dir, protocol_dir
 
 log = logging.getLogger(__name__)
 
-# Files of a firmware tree that go onto the device (sources or mpy-cross output).
-FIRMWARE_SUFFIXES = (".py", ".mpy")
 # The bracelet's alert gesture is a hold of hold_ms (2 s); a little margin over it.
 HOLD_MARGIN_S = 0.3
 # With an emulated modem: the C4's SMS number and the SIM's, unless config.json says.
@@ -37,52 +34,9 @@ EMULATED_C4_SMS = "+525500000000"
 EMULATED_SIM_MSISDN = "+525512340000"
 
 
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """'mqtt://host:port' / 'mqtts://host:port' -> (host, port, tls)."""
-    for scheme, port, tls in (("mqtt://", 1883, False), ("mqtts://", 8883, True)):
-        if url.startswith(scheme):
-            rest = url[len(scheme) :].rstrip("/")
-            host, _, p = rest.partition(":")
-            try:
-                return host or "127.0.0.1", int(p) if p else port, tls
-            except ValueError:
-                break
-    raise UsageError(f"broker must be a URL like mqtt://127.0.0.1:1883, not {url!r}")
-
-
 def new_identity(role: str, broker_url: str, prefix: str = "auxilio") -> dict[str, Any]:
     """A fresh config.json for one device: random id and 32-byte secret (never logged)."""
-    from auxilio.protocol import codec
-
-    device = codec.device_str(secrets.randbelow(0xFFFFFFFE) + 1)
-    return {
-        "device": device,
-        "secret": secrets.token_hex(32),
-        "role": role,
-        "broker": broker_url,
-        "username": device,
-        "password": secrets.token_urlsafe(18),
-        "tls_ca": None,
-        "wifi": {"ssid": "virtual", "password": "virtual"},
-        "prefix": prefix,
-    }
-
-
-def firmware_files(fw: Path | None = None) -> dict[str, bytes | Path]:
-    """Device path -> host file for the firmware tree plus the codec, as deployed on a board."""
-    fw = Path(fw) if fw else firmware_dir()
-    if not (fw / "main.py").exists() and not (fw / "main.mpy").exists():
-        raise UsageError(f"{fw} is not a firmware tree (no main.py)")
-    files: dict[str, bytes | Path] = {}
-    for path in sorted(fw.rglob("*")):
-        if path.is_file() and path.suffix in FIRMWARE_SUFFIXES and "__pycache__" not in path.parts:
-            rel = path.relative_to(fw).as_posix()
-            if rel not in HOST_ONLY:
-                files[rel] = path
-    for name in PROTOCOL_MODULES:
-        if name not in files and name.replace(".py", ".mpy") not in files:
-            files[name] = protocol_dir() / name
-    return files
+    return random_config(role, broker_url, prefix)
 
 
 class VirtualDevice:
@@ -215,8 +169,8 @@ class VirtualDevice:
             files["board.json"] = json.dumps(board, indent=1).encode()
             files.update(modems.device_files(board))
         if self.broker_url:
-            host, port, tls = parse_broker_url(self.broker_url)
-            self.proxy = BrokerProxy(host, port)
+            upstream = parse_broker_url(self.broker_url)
+            self.proxy = BrokerProxy(upstream.host, upstream.port)
         if self.config is None and self.broker_url and self.deploy:
             self.config = new_identity(self.board_def.role, self.broker_url)
         if self.config is not None:
@@ -229,7 +183,7 @@ class VirtualDevice:
                 "broker": self.broker_url,
                 "username": self.config.get("device"),
                 "tls_ca": None,
-                "wifi": {"ssid": "virtual", "password": "virtual"},
+                "wifi": dict(VIRTUAL_WIFI),
                 "prefix": "auxilio",
             }
             if self.modem is not None:
@@ -239,7 +193,7 @@ class VirtualDevice:
             cfg = dict(self.config)
             if self.proxy is not None:
                 # The device's network is the proxy: it forwards to the real broker.
-                scheme = "mqtts" if parse_broker_url(self.broker_url or "")[2] else "mqtt"
+                scheme = parse_broker_url(self.broker_url or "").scheme
                 cfg["broker"] = f"{scheme}://127.0.0.1:{self.proxy.port}"
             files["config.json"] = json.dumps(cfg).encode()
         if files:

@@ -14,6 +14,7 @@ from typing import Any
 from auxilio.broker.passwords import hash_password, new_password
 from auxilio.errors import UsageError
 from auxilio.keys import new_device_secret, seal
+from auxilio.private import write_private
 from auxilio.protocol import codec
 from auxilio.registry import validate as v
 from auxilio.registry.store import Registry
@@ -56,14 +57,9 @@ def check_secret_out(path: str | os.PathLike[str] | None) -> Path | None:
 def write_secret_file(path: Path, data: dict[str, Any]) -> None:
     """Create the provisioning file with mode 0600 from the first byte (O_EXCL)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private(path, json.dumps(data, indent=2) + "\n", exclusive=True)
     except FileExistsError:
         raise UsageError(f"{path} already exists; refusing to overwrite") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def provisioning_fields(

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import StaticPool
 
 from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageError
+from auxilio.private import ensure_private, tighten
 from auxilio.registry import migrations, schema
 from auxilio.registry import validate as v
 
@@ -185,14 +186,10 @@ def _private_sqlite_file(path: str) -> None:
     """Create the registry file 0600, or tighten an existing one (it holds locations)."""
     p = Path(path)
     try:
-        if not p.exists():
-            os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
-        elif p.stat().st_mode & 0o077:
-            os.chmod(p, 0o600)
+        ensure_private(p)
         # SQLite gives the -wal and -shm files the main file's mode; tighten old ones.
         for side in (p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
-            if side.exists() and side.stat().st_mode & 0o077:
-                os.chmod(side, 0o600)
+            tighten(side)
     except OSError as exc:
         raise ConnectionFailed(f"cannot create registry {path}: {exc.strerror}") from None
 

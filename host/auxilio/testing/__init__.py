@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from auxilio.testing.mosquitto import Mosquitto, mosquitto_binary
+from auxilio.broker.mosquitto import Mosquitto, mosquitto_binary
 from auxilio.testing.postgres import postgres_cluster, postgres_url  # noqa: F401
 
 if TYPE_CHECKING:

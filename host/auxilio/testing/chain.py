@@ -26,12 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from auxilio.broker.client import make_client
 from auxilio.broker.config import BrokerFiles, write_config
+from auxilio.broker.mosquitto import Mosquitto, free_port
 from auxilio.broker.url import parse_broker_url, with_credentials
 from auxilio.gateway.clock import ClockState
 from auxilio.gateway.simulator import SimDevice
+from auxilio.private import write_private
 from auxilio.registry import open_registry
 from auxilio.registry.enrol import enrol_device
-from auxilio.testing.mosquitto import Mosquitto, free_port
 
 # How long start_gateway() waits for the gateway to subscribe, and a Login for its CONNACK.
 CONNECT_TIMEOUT_S = 20.0
@@ -196,14 +197,14 @@ class SecureChain:
 
         p = self.dir / "gateway.key"
         if not p.exists():
-            p.write_bytes(
+            write_private(
+                p,
                 self.key.private_bytes(
                     serialization.Encoding.PEM,
                     serialization.PrivateFormat.PKCS8,
                     serialization.NoEncryption(),
-                )
+                ),
             )
-            os.chmod(p, 0o600)
         return p
 
     # --------------------------------------------------------- teardown ---

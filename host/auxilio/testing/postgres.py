@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from auxilio.broker.mosquitto import free_port
 from auxilio.errors import AuxilioError
-from auxilio.testing.mosquitto import free_port
 
 # A fresh cluster starts in about a second here; allow for a busy 2-core machine.
 START_TIMEOUT_S = 60.0
