@@ -127,6 +127,12 @@ class Board:
         m = self.data.get("modem")
         return m if isinstance(m, dict) else None
 
+    @property
+    def roles(self) -> list[str]:
+        """The device kinds this board can be (the keys of its `roles` section)."""
+        r = self.data.get("roles")
+        return sorted(r) if isinstance(r, dict) and r else [self.role]
+
     def device_data(self) -> dict[str, Any]:
         """The board.json a device gets: this file without the host-only sections."""
         return {k: v for k, v in self.data.items() if k not in HOST_ONLY_KEYS}
@@ -235,3 +241,31 @@ def load_board(name: str) -> Board:
         raise UsageError(f"board {name}: vfs partition runs past the end of flash")
     _ = board.usb  # parse it now: a bad VID/PID is an error at load, not mid-flash
     return board
+
+
+def board_for(name: str, kind: str) -> Board:
+    """The board `name` checked for a device of `kind` (enrolment, import, fleets).
+
+    NotFoundError for a board that is not in boards/ (naming the known ones),
+    UsageError for one that cannot be that kind of device (a bracelet on the
+    street button's board would run with the button's gesture and feedback).
+    """
+    board = load_board(name)
+    if kind not in board.roles:
+        raise UsageError(
+            f"board {name} is for a {' or '.join(board.roles)}, not a {kind} "
+            f"(boards for a {kind}: {', '.join(boards_with_role(kind)) or 'none'})"
+        )
+    return board
+
+
+def boards_with_role(kind: str) -> list[str]:
+    """Names of the boards in boards/ that can be this kind of device."""
+    out = []
+    for name in board_names():
+        try:
+            if kind in load_board(name).roles:
+                out.append(name)
+        except AuxilioError:
+            continue  # a broken board file is reported where it is named
+    return out

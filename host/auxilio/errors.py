@@ -4,9 +4,15 @@ from __future__ import annotations
 
 
 class AuxilioError(Exception):
-    """A failure the user can act on; the CLI prints it as one line and exits non-zero."""
+    """A failure the user can act on; the CLI prints it as one line and exits non-zero.
+
+    ``details``: further lines under that one when one mistake has several
+    parts (every bad line of a CSV import), printed indented, never as more
+    ``error:`` lines.
+    """
 
     exit_code = 1
+    details: list[str] = []  # noqa: RUF012 - instances assign their own list
 
 
 class UsageError(AuxilioError):

@@ -101,7 +101,8 @@ def make_fleet(tmp_path: Path, names: list[tuple[str, str]], **config: Any) -> F
     fleet = Fleet(reg)
     for name, kind in names:
         out = tmp_path / f"{name}.json"
-        enrol_device(reg, pub, kind, "esp32-test", actor="test", secret_out=out)
+        board = "bracelet-c3" if kind == "bracelet" else "button-s3"
+        enrol_device(reg, pub, kind, board, actor="test", secret_out=out)
         fleet.creds[name] = json.loads(out.read_text())
     return fleet
 

@@ -123,8 +123,11 @@ def test_assign_case_and_site(registry: Registry) -> None:
     s = registry.current_assignment(k)
     assert (s["site"], s["sector"]) == ("Av. Juárez y Balderas", "Centro-3")
     assert s["lat"] == pytest.approx(19.4342) and s["lon"] == pytest.approx(-99.1459)
-    # Reassigning ends the previous row (history kept).
-    registry.assign_case(b, "PR-2026-00999", actor="t")
+    # Reassigning needs saying so; it ends the previous row (history kept).
+    with pytest.raises(RegistryError, match="--reassign"):
+        registry.assign_case(b, "PR-2026-00999", actor="t")
+    assert registry.current_assignment(b)["case_ref"] == "PR-2026-00123"
+    registry.assign_case(b, "PR-2026-00999", actor="t", reassign=True)
     assert registry.current_assignment(b)["case_ref"] == "PR-2026-00999"
     with registry.engine.connect() as conn:
         rows = conn.execute(

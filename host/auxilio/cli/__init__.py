@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from auxilio import __version__
-from auxilio.errors import AuxilioError
+from auxilio.errors import AuxilioError, ConnectionFailed
 
 # (command, module, one-line help). Add a command by adding a row and a module.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -79,12 +79,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args) or 0)
     except AuxilioError as exc:
         sys.stderr.write(f"error: {exc}\n")
+        for line in exc.details:
+            sys.stderr.write(f"  {line}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        line = database_error(exc)
+        if line is None:
+            raise  # anything else is a bug in Auxilio: keep its traceback
+        sys.stderr.write(f"error: {line}\n")
+        return ConnectionFailed.exit_code
+
+
+# SQLSTATEs (PostgreSQL appendix A) that mean "this login may not write here", not a bug:
+# 42501 insufficient_privilege (a console role's grants), 25006 read_only_sql_transaction.
+_REFUSED_SQLSTATES = ("42501", "25006")
+
+
+def database_error(exc: BaseException) -> str | None:
+    """One line for a registry the environment refuses (read-only, locked, full, gone), else None.
+
+    Only operational errors are mapped (sqlalchemy's OperationalError and the
+    two SQLSTATEs above): an IntegrityError or a ProgrammingError from our own
+    SQL is a bug and must keep its traceback. Any transaction in flight was
+    rolled back, so nothing changed.
+    """
+    import sqlite3
+
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    orig: BaseException = exc
+    if sa_exc is not None and isinstance(exc, sa_exc.DBAPIError):
+        orig = exc.orig if exc.orig is not None else exc
+        sqlstate = getattr(orig, "sqlstate", None)
+        if not isinstance(exc, sa_exc.OperationalError) and sqlstate not in _REFUSED_SQLSTATES:
+            return None
+    elif not isinstance(exc, sqlite3.OperationalError):
+        return None
+    lines = str(orig).strip().splitlines()
+    reason = lines[0] if lines else type(orig).__name__
+    hint = ""
+    if "readonly" in reason or "read-only" in reason or "permission denied" in reason:
+        hint = " (this registry, or this login, may not be written: nothing was changed)"
+    return f"registry: {reason}{hint}"
 
 
 if __name__ == "__main__":

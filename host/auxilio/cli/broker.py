@@ -56,7 +56,7 @@ def _write(args: argparse.Namespace, out: str):  # type: ignore[no-untyped-def]
     from auxilio.broker.config import write_config
     from auxilio.registry import open_registry
 
-    registry = open_registry(args.registry)
+    registry = open_registry(args.registry, create=False)  # it only reads the devices
     try:
         return write_config(
             out,

@@ -112,6 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     asg.add_argument("--sector", help="C4 sector (button)")
     asg.add_argument("--from", dest="valid_from", help="valid from (ISO 8601, default now)")
     asg.add_argument("--to", dest="valid_to", help="valid until (ISO 8601, default open)")
+    asg.add_argument(
+        "--reassign",
+        action="store_true",
+        help="replace the device's current case or site (refused without it)",
+    )
 
     un = sub.add_parser("unassign", parents=[common], help="end the current assignment")
     un.add_argument("device")
@@ -150,6 +155,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     im.add_argument("--pubkey", help="gateway public key file (for enrolling)")
     im.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    im.add_argument(
+        "--reassign",
+        action="store_true",
+        help="rows may replace a device's current case or site (else such rows are refused)",
+    )
 
     ex = sub.add_parser("export-csv", parents=[common], help="export devices and assignments")
     ex.add_argument("file", nargs="?", default="-", help="CSV file (default stdout)")
@@ -217,7 +227,13 @@ def run(args: argparse.Namespace) -> int:
     from auxilio.registry import open_registry
 
     cmd = args.devices_cmd
-    registry = open_registry(args.registry)
+    # Everything that can be checked without the registry is, before it is opened:
+    # a mistake changes nothing, not even by creating an empty registry file.
+    if cmd in _CHECKS:
+        _CHECKS[cmd](args)
+    # Only enrolment may start a registry; every other action needs one that exists
+    # (a mistyped --registry must not leave an empty database behind).
+    registry = open_registry(args.registry, create=cmd in _CREATES)
     try:
         return _HANDLERS[cmd](args, registry)
     finally:
@@ -230,14 +246,28 @@ def _public_key(args: argparse.Namespace) -> Any:
     return keys.load_public_key(args.pubkey or keys.keys_dir(args.keys_dir) / keys.PUBLIC_KEY_FILE)
 
 
-def _add(args: argparse.Namespace, registry: Any) -> int:
-    from auxilio.registry.enrol import check_secret_out, enrol_device
+def _check_add(args: argparse.Namespace) -> None:
+    from auxilio.boards import board_for
+    from auxilio.registry.enrol import check_secret_out
+
+    board_for(args.board, args.kind)
+    check_secret_out(args.secret_out)
+    args.public_key = _public_key(args)
+
+
+def _check_rekey(args: argparse.Namespace) -> None:
+    from auxilio.registry.enrol import check_secret_out
 
     check_secret_out(args.secret_out)
-    pub = _public_key(args)
+    args.public_key = _public_key(args)
+
+
+def _add(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.registry.enrol import enrol_device
+
     e = enrol_device(
         registry,
-        pub,
+        args.public_key,
         args.kind,
         args.board,
         device_id=args.device,
@@ -347,11 +377,21 @@ def _assign(args: argparse.Namespace, registry: Any) -> int:
         raise UsageError("give either --case or --site/--lat/--lon/--sector, not both")
     if args.case:
         registry.assign_case(
-            args.device, args.case, args.valid_from, args.valid_to, actor=_actor(args)
+            args.device,
+            args.case,
+            args.valid_from,
+            args.valid_to,
+            actor=_actor(args),
+            reassign=args.reassign,
         )
     elif all(x is not None for x in site_args):
         registry.assign_site(
-            args.device, *site_args, args.valid_from, args.valid_to, actor=_actor(args)
+            args.device,
+            *site_args,
+            args.valid_from,
+            args.valid_to,
+            actor=_actor(args),
+            reassign=args.reassign,
         )
     else:
         raise UsageError("assign needs --case REF, or --site, --lat, --lon and --sector")
@@ -382,11 +422,10 @@ def _state(target: str) -> Any:
 
 
 def _rekey(args: argparse.Namespace, registry: Any) -> int:
-    from auxilio.registry.enrol import check_secret_out, rekey_device
+    from auxilio.registry.enrol import rekey_device
 
-    check_secret_out(args.secret_out)
     rekey_device(
-        registry, _public_key(args), args.device, actor=_actor(args), secret_out=args.secret_out
+        registry, args.public_key, args.device, actor=_actor(args), secret_out=args.secret_out
     )
     return _done(args, registry, args.device)
 
@@ -400,19 +439,31 @@ def _set_sim(args: argparse.Namespace, registry: Any) -> int:
     return _done(args, registry, args.device)
 
 
-def _import(args: argparse.Namespace, registry: Any) -> int:
+def _check_import(args: argparse.Namespace) -> None:
     from auxilio.errors import UsageError
-    from auxilio.registry import csvio
 
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte-order mark.
+        if args.file == "-":
+            args.text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8-sig") as f:
+                args.text = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{args.file} is not UTF-8 text") from None
+        raise UsageError(
+            f"{args.file} is not UTF-8 text (save it from the spreadsheet as 'CSV UTF-8')"
+        ) from None
     if args.secret_dir and not os.path.isdir(args.secret_dir):
         raise UsageError(f"--secret-dir {args.secret_dir} is not a directory")
-    plan = csvio.read_csv(text, registry, can_enrol=bool(args.secret_dir))
+
+
+def _import(args: argparse.Namespace, registry: Any) -> int:
+    from auxilio.registry import csvio
+
+    text = args.text
+    plan = csvio.read_csv(text, registry, can_enrol=bool(args.secret_dir), reassign=args.reassign)
     pub = _public_key(args) if any(r["existing"] is None for r in plan.rows) else None
     result = csvio.apply_plan(plan, registry, _actor(args), pub, args.secret_dir)
     summary = result.as_dict()
@@ -442,6 +493,11 @@ def _export(args: argparse.Namespace, registry: Any) -> int:
         print(json.dumps({"rows": n, "file": args.file}) if args.json else f"{n} → {args.file}")
     return 0
 
+
+# The actions that may create the registry (its first device).
+_CREATES = ("add", "import-csv")
+# Checks made before the registry is opened.
+_CHECKS = {"add": _check_add, "rekey": _check_rekey, "import-csv": _check_import}
 
 _HANDLERS = {
     "add": _add,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from auxilio.boards import board_for
 from auxilio.errors import AuxilioError, UsageError
 from auxilio.registry import schema
 from auxilio.registry import validate as v
@@ -37,6 +38,10 @@ COLUMNS = [
 ]
 # Largest import accepted in one go (a city's fleet is thousands, not millions).
 MAX_ROWS = 100_000
+# Bad lines listed one by one after the error line; the rest are counted.
+MAX_REPORTED = 50
+# The byte-order mark spreadsheets put at the start of a "CSV UTF-8" export.
+BOM = "\ufeff"
 
 
 def export_rows(registry: Registry) -> list[dict[str, Any]]:
@@ -96,29 +101,67 @@ class ImportResult:
         }
 
 
-def read_csv(text: str, registry: Registry, can_enrol: bool) -> ImportPlan:
-    """Parse and validate every row; raise UsageError naming the first bad line."""
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "device" not in reader.fieldnames:
-        raise UsageError("CSV needs a header row with at least a 'device' column")
+def read_csv(text: str, registry: Registry, can_enrol: bool, reassign: bool = False) -> ImportPlan:
+    """Parse and validate every row; UsageError listing every bad line (nothing applied).
+
+    Spreadsheet exports are accepted as they come: a UTF-8 byte-order mark,
+    `;` or tab separators (Spanish-locale spreadsheets write `;`, with a decimal
+    comma in coordinates), header names in any case. ``reassign``: rows may
+    replace a device's current case or site (else such a row is a bad line).
+    """
+    text = text.removeprefix(BOM)
+    delimiter = _delimiter(text)
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    if reader.fieldnames is None:
+        raise UsageError("CSV is empty (it needs a header row with at least a 'device' column)")
+    reader.fieldnames = [(f or "").strip().lower() for f in reader.fieldnames]
+    if "device" not in reader.fieldnames:
+        raise UsageError(
+            "CSV needs a header row with at least a 'device' column "
+            f"(found: {', '.join(reader.fieldnames) or 'nothing'})"
+        )
     unknown = set(reader.fieldnames) - set(COLUMNS)
     if unknown:
         raise UsageError(f"CSV has unknown column(s): {', '.join(sorted(unknown))}")
     plan = ImportPlan()
     seen: set[int] = set()
-    for line, raw in enumerate(reader, start=2):
-        if line - 1 > MAX_ROWS:
+    bad: list[str] = []
+    for number, raw in enumerate(reader, start=2):
+        if number - 1 > MAX_ROWS:
             raise UsageError(f"CSV has more than {MAX_ROWS} rows")
+        line = reader.line_num  # the file's line (a quoted cell may span lines)
+        if None in raw:
+            bad.append(f"line {line}: more cells than columns in the header")
+            continue
         r = {k: (raw.get(k) or "").strip() for k in COLUMNS}
+        if not any(r.values()):
+            continue  # a blank row, as spreadsheets leave at the end
+        if delimiter == ";":
+            for k in ("lat", "lon"):
+                r[k] = r[k].replace(",", ".")  # decimal comma
         try:
-            plan.rows.append(_validate_row(r, registry, can_enrol, seen))
+            plan.rows.append(_validate_row(r, registry, can_enrol, seen, reassign))
         except AuxilioError as exc:
-            raise UsageError(f"line {line}: {exc}") from None
+            bad.append(f"line {line}: {exc}")
+    if len(bad) == 1:
+        raise UsageError(f"{bad[0]} (nothing was imported)")
+    if bad:
+        err = UsageError(f"{len(bad)} bad lines in the CSV, nothing was imported:")
+        err.details = bad[:MAX_REPORTED]
+        if len(bad) > MAX_REPORTED:
+            err.details.append(f"... and {len(bad) - MAX_REPORTED} more")
+        raise err
     return plan
 
 
+def _delimiter(text: str) -> str:
+    """`,`, `;` or tab: whichever the header row uses most (csv.Sniffer guesses from data)."""
+    header = text.split("\n", 1)[0]
+    return max((",", ";", "\t"), key=header.count)
+
+
 def _validate_row(
-    r: dict[str, str], registry: Registry, can_enrol: bool, seen: set[int]
+    r: dict[str, str], registry: Registry, can_enrol: bool, seen: set[int], reassign: bool
 ) -> dict[str, Any]:
     did = v.device_id(r["device"])
     if did in seen:
@@ -135,7 +178,7 @@ def _validate_row(
     if rec is None:
         if not can_enrol:
             raise UsageError("unknown device (pass --secret-dir to enrol new devices)")
-        out["board"] = v.board(r["board"])
+        out["board"] = board_for(v.board(r["board"]), kind).name
         out["fw_version"] = v.fw_version(r["fw_version"])
     state = r["state"]
     if state and state not in schema.STATES:
@@ -154,14 +197,29 @@ def _validate_row(
         out["lat"] = v.coordinate(r["lat"], "latitude", 90)
         out["lon"] = v.coordinate(r["lon"], "longitude", 180)
         out["sector"] = v.sector(r["sector"])
+    restores = state not in ("revoked", "retired")  # apply_plan skips their assignment
+    if rec is not None and restores and not reassign and ("case_ref" in out or "site" in out):
+        current = registry.current_assignment(did)
+        if current is not None and current["active"] and not _same_place(current, out):
+            held = (
+                f"case {current['case_ref']}"
+                if current["kind"] == "case"
+                else f"site {current['site']!r}"
+            )
+            raise UsageError(
+                f"{rec.label} is already assigned to {held}; pass --reassign to replace it"
+            )
     return out
 
 
-def _same_assignment(current: dict[str, Any] | None, row: dict[str, Any]) -> bool:
-    if current is None:
-        return False
+def _same_place(current: dict[str, Any], row: dict[str, Any]) -> bool:
+    """The row names the device's current case or site (its dates may still change)."""
     keys = ("case_ref",) if "case_ref" in row else ("site", "lat", "lon", "sector")
-    if any(current.get(k) != row.get(k) for k in keys):
+    return all(current.get(k) == row.get(k) for k in keys)
+
+
+def _same_assignment(current: dict[str, Any] | None, row: dict[str, Any]) -> bool:
+    if current is None or not _same_place(current, row):
         return False
     for k in ("valid_from", "valid_to"):
         if row[k] is not None and current.get(k) != row[k]:
@@ -207,7 +265,12 @@ def apply_plan(
             if not _same_assignment(registry.current_assignment(did), row):
                 if "case_ref" in row:
                     registry.assign_case(
-                        did, row["case_ref"], row["valid_from"], row["valid_to"], actor=actor
+                        did,
+                        row["case_ref"],
+                        row["valid_from"],
+                        row["valid_to"],
+                        actor=actor,
+                        reassign=True,  # read_csv refused a replacement without --reassign
                     )
                 else:
                     registry.assign_site(
@@ -219,6 +282,7 @@ def apply_plan(
                         row["valid_from"],
                         row["valid_to"],
                         actor=actor,
+                        reassign=True,
                     )
                 result.assigned.append(label)
                 changed = True

@@ -7,16 +7,20 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auxilio.boards import board_for
 from auxilio.broker.passwords import hash_password, new_password
 from auxilio.errors import UsageError
 from auxilio.keys import new_device_secret, seal
 from auxilio.private import write_private
 from auxilio.protocol import codec
 from auxilio.registry import validate as v
+from auxilio.registry.schema import KINDS
 from auxilio.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -47,19 +51,48 @@ def check_secret_out(path: str | os.PathLike[str] | None) -> Path | None:
     if path is None:
         return None
     p = Path(path)
-    if p.exists():
+    if p.exists() or p.is_symlink():
         raise UsageError(f"{p} already exists; refusing to overwrite a provisioning file")
-    if not p.parent.is_dir():
-        raise UsageError(f"directory {p.parent} does not exist")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(f"directory {parent} does not exist")
+    # access() sees what open() would: modes, read-only mounts, immutable directories (root too).
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"cannot write {p}: directory {parent} is not writable; nothing was enrolled"
+        )
     return p
 
 
-def write_secret_file(path: Path, data: dict[str, Any]) -> None:
-    """Create the provisioning file with mode 0600 from the first byte (O_EXCL)."""
+@contextmanager
+def reserved_secret_file(path: Path | None) -> Iterator[Path | None]:
+    """Hold the provisioning file's name (created empty, 0600) while the registry changes.
+
+    A device enrolled or re-keyed with its secret lost would be locked out, so
+    the file is created first: if that fails, the registry is never touched;
+    if the registry change fails, the empty file goes again.
+    """
+    if path is None:
+        yield None
+        return
     try:
-        write_private(path, json.dumps(data, indent=2) + "\n", exclusive=True)
+        write_private(path, b"", exclusive=True)
     except FileExistsError:
         raise UsageError(f"{path} already exists; refusing to overwrite") from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {path}: {exc.strerror or exc}; nothing was enrolled"
+        ) from None
+    try:
+        yield path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def write_secret_file(path: Path, data: dict[str, Any]) -> None:
+    """Fill the reserved provisioning file (mode 0600, replaced atomically, fsynced)."""
+    write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def provisioning_fields(
@@ -127,20 +160,24 @@ def enrol_device(
     from enrolment: device, role, secret, username, password, key_epoch and
     counter_floor (provisioning_fields).
     """
+    if kind not in KINDS:
+        raise UsageError(f"kind must be one of {', '.join(KINDS)}")
+    board_for(board, kind)  # a board in boards/ that can be this kind of device
     out = check_secret_out(secret_out)
     did = v.device_id(device_id) if device_id is not None else _random_id(registry)
     label = codec.device_str(did)
     secret = new_device_secret()
     password = new_password()
-    registry.add_device(
-        did,
-        kind,
-        board,
-        seal(secret, public_key, did),
-        fw_version=fw_version,
-        actor=actor,
-        mqtt_password_hash=hash_password(password),
-    )
+    with reserved_secret_file(out):
+        registry.add_device(
+            did,
+            kind,
+            board,
+            seal(secret, public_key, did),
+            fw_version=fw_version,
+            actor=actor,
+            mqtt_password_hash=hash_password(password),
+        )
     if out is not None:
         write_secret_file(out, provisioning_fields(registry, did, secret, password))
     else:
@@ -171,11 +208,12 @@ def rekey_device(
     rec = registry.require_device(device_id)
     secret = new_device_secret()
     password = new_password()
-    registry.rekey(
-        rec.id,
-        seal(secret, public_key, rec.id),
-        actor,
-        mqtt_password_hash=hash_password(password),
-    )
+    with reserved_secret_file(out):
+        registry.rekey(
+            rec.id,
+            seal(secret, public_key, rec.id),
+            actor,
+            mqtt_password_hash=hash_password(password),
+        )
     write_secret_file(out, provisioning_fields(registry, rec.id, secret, password))
     return Enrolled(rec.id, rec.label, rec.kind, rec.board, out)

@@ -194,8 +194,35 @@ def _private_sqlite_file(path: str) -> None:
         raise ConnectionFailed(f"cannot create registry {path}: {exc.strerror}") from None
 
 
-def create_registry_engine(u: URL, readonly: bool = False) -> Engine:
-    """An engine for the registry; readonly: consoles, which must never write (DESIGN §1)."""
+def _registry_directory(path: Path) -> None:
+    """Create a new registry's own directory (var/ on first use), but not a missing tree.
+
+    A registry named in a directory whose parent does not exist either
+    (`--registry /nonexistent/dir/x.db`) is a typo, not a request to build
+    the path: nothing is created then.
+    """
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if not parent.parent.is_dir():
+        raise UsageError(
+            f"cannot create registry {path}: directory {parent.parent} does not exist "
+            "(check --registry or $AUXILIO_REGISTRY)"
+        )
+    try:
+        parent.mkdir(exist_ok=True)  # another opener may create it at the same moment
+    except OSError as exc:
+        raise ConnectionFailed(
+            f"cannot create registry directory {parent}: {exc.strerror}"
+        ) from None
+
+
+def create_registry_engine(u: URL, readonly: bool = False, create: bool = True) -> Engine:
+    """An engine for the registry; readonly: consoles, which must never write (DESIGN §1).
+
+    ``create`` False: a SQLite file that is not there is NotFoundError (commands
+    that only read must never leave an empty registry behind).
+    """
     if u.get_backend_name() == "sqlite":
         memory = u.database in (None, "", ":memory:")
         kwargs: dict[str, Any] = {
@@ -208,13 +235,10 @@ def create_registry_engine(u: URL, readonly: bool = False) -> Engine:
                 raise NotFoundError(f"registry {u.database} does not exist")
             # SQLite's own read-only mode: any write fails in the library itself.
             u = u.set(database=f"file:{Path(u.database).resolve()}?mode=ro", query={"uri": "true"})
+        elif not create and not Path(u.database).is_file():
+            raise NotFoundError(f"registry {u.database} does not exist (check --registry)")
         else:
-            try:
-                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConnectionFailed(
-                    f"cannot create registry directory for {u.database}: {exc.strerror}"
-                ) from None
+            _registry_directory(Path(u.database))
             _private_sqlite_file(u.database)
         engine = create_engine(u, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -233,17 +257,21 @@ def create_registry_engine(u: URL, readonly: bool = False) -> Engine:
         ) from None
 
 
-def open_registry(url: str | os.PathLike[str] | None = None, readonly: bool = False) -> Registry:
+def open_registry(
+    url: str | os.PathLike[str] | None = None, readonly: bool = False, create: bool = True
+) -> Registry:
     """Open (creating or migrating as needed) the registry at ``url``.
 
     None -> $AUXILIO_REGISTRY, else the file var/auxilio.db. A plain path is a SQLite
     file; ``sqlite:///…`` and ``postgresql://…`` URLs are accepted. ``readonly``
     (operator consoles): the registry must exist at the current schema version,
-    and nothing can be written through it.
+    and nothing can be written through it. ``create`` False: a SQLite registry
+    must already exist (tools that read, or that write into an existing one).
+    A new SQLite file gets its own directory created, never a missing tree.
     """
     u = resolve_url(url)
     shown = u.render_as_string(hide_password=True)
-    engine = create_registry_engine(u, readonly)
+    engine = create_registry_engine(u, readonly, create)
     try:
         if readonly:
             with engine.connect() as conn:
@@ -552,8 +580,13 @@ class Registry:
         valid_from: dt.datetime | str | None = None,
         valid_to: dt.datetime | str | None = None,
         actor: str = "cli",
+        reassign: bool = False,
     ) -> None:
-        """Link a bracelet to a pseudonymous case reference (never a name)."""
+        """Link a bracelet to a pseudonymous case reference (never a name).
+
+        A bracelet already linked to a case keeps it unless ``reassign``: a
+        silently replaced case would send the next alert to the wrong file.
+        """
         ref = v.case_ref(case_ref)
         self._assign(
             device_id,
@@ -563,6 +596,7 @@ class Registry:
             valid_to,
             actor,
             f"case={ref}",
+            reassign,
         )
 
     def assign_site(
@@ -575,8 +609,12 @@ class Registry:
         valid_from: dt.datetime | str | None = None,
         valid_to: dt.datetime | str | None = None,
         actor: str = "cli",
+        reassign: bool = False,
     ) -> None:
-        """Place a street button at a public site with coordinates and a C4 sector."""
+        """Place a street button at a public site with coordinates and a C4 sector.
+
+        A button already placed keeps its site unless ``reassign`` (moved).
+        """
         values = {
             "kind": "site",
             "site": v.site(site),
@@ -592,6 +630,7 @@ class Registry:
             valid_to,
             actor,
             f"site={values['site']} sector={values['sector']}",
+            reassign,
         )
 
     def _assign(
@@ -603,6 +642,7 @@ class Registry:
         valid_to: dt.datetime | str | None,
         actor: str,
         detail: str,
+        reassign: bool = False,
     ) -> None:
         device_id = v.device_id(device_id)
         actor = v.actor(actor)
@@ -620,6 +660,18 @@ class Registry:
                 )
             if rec.state not in ("spare", "assigned"):
                 raise RegistryError(f"device {rec.label} is {rec.state}; it cannot be assigned")
+            if not reassign:
+                held = self._open_assignment(conn, device_id, now)
+                if held is not None:
+                    what = (
+                        f"case {held['case_ref']}"
+                        if held["kind"] == "case"
+                        else f"site {held['site']!r}"
+                    )
+                    raise RegistryError(
+                        f"device {rec.label} is already assigned to {what}; "
+                        "pass --reassign to replace it (or unassign it first)"
+                    )
             self._end_assignment(conn, device_id, now)
             conn.execute(
                 schema.assignments.insert().values(
@@ -721,6 +773,26 @@ class Registry:
         if row is None:
             raise NotFoundError(f"device {v.codec.device_str(device_id)} not found")
         return _record(row)
+
+    @staticmethod
+    def _open_assignment(
+        conn: Connection, device_id: int, now: dt.datetime
+    ) -> dict[str, Any] | None:
+        """The device's open assignment still in force (not past its valid_to), if any."""
+        a = schema.assignments
+        row = conn.execute(
+            select(a)
+            .where(a.c.device_id == device_id, a.c.ended_at.is_(None))
+            .order_by(a.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        m = dict(row._mapping)
+        end = m["valid_to"]
+        if end is not None and end.tzinfo is None:
+            end = end.replace(tzinfo=dt.timezone.utc)
+        return None if end is not None and end <= now else m
 
     @staticmethod
     def _end_assignment(conn: Connection, device_id: int, now: dt.datetime) -> bool:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 
 from auxilio.errors import UsageError
 from auxilio.protocol import FrameError, codec
 
-CASE_REF_RE = re.compile(r"^[A-Z]{2,4}-\d{4}-\d{3,8}$")
+# ASCII only: `\d` alone would also match Arabic-Indic or full-width digits.
+CASE_REF_RE = re.compile(r"^[A-Z]{2,4}-[0-9]{4}-[0-9]{3,8}$")
 SECTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,39}$")
 BOARD_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 FW_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){1,2}$")
@@ -34,7 +36,16 @@ def device_id(value: int | str) -> int:
 
 
 def case_ref(value: str) -> str:
-    v = (value or "").strip().upper()
+    """The case reference in its one stored form: NFKC-normalised, upper-case ASCII.
+
+    NFKC first, because a reference typed on a phone or with an East Asian input
+    method arrives as full-width characters (`ＰＲ－２０２６－００１２３`): it
+    is the same reference, and it must be stored as the same text C4's own
+    systems hold, or one case would exist twice and never match. Anything
+    still not ASCII after NFKC (other scripts' digits, look-alike letters) is
+    refused rather than guessed at.
+    """
+    v = unicodedata.normalize("NFKC", value or "").strip().upper()
     if not CASE_REF_RE.match(v):
         raise UsageError("case reference must look like PR-2026-00123 (pseudonymous, never a name)")
     return v
