@@ -33,3 +33,30 @@ decode = codec.decode
 device_str = codec.device_str
 device_int = codec.device_int
 topic = codec.topic
+
+# SPEC §11 reason codes in words, for people: `auxilio decode` prints the words,
+# then the code (scripts and the vectors keep matching the code).
+REASON_TEXT = {
+    "truncated": "the frame is shorter than a header and tag, or than its length byte says",
+    "bad_version": "the frame is not protocol version 1",
+    "unknown_type": "the frame type is unknown",
+    "length_mismatch": "the length byte does not fit the frame type",
+    "trailing_bytes": "there are bytes after the end of the frame",
+    "bad_tag": "the tag does not verify: wrong key, or the frame was altered",
+    "bad_flags": "the flags are not valid for this frame",
+    "bad_payload": "a payload field is not valid",
+    "bad_key": "the device secret must be 32 bytes (64 hex digits)",
+    "bad_field": "a field is missing or out of range",
+    "bad_device_id": "the device id is not valid",
+    "bad_encoding": "the SMS body is not base64",
+}
+
+
+def explain(exc: Exception) -> str:
+    """A FrameError as words, its detail, then its code: '... wrong key, or ... (bad_tag)'."""
+    reason = getattr(exc, "reason", None) or "bad_frame"
+    text = REASON_TEXT.get(reason, reason.replace("_", " "))
+    detail = str(exc).partition(": ")[2]
+    if detail and detail not in text:
+        text += ": " + detail
+    return f"{text} ({reason})"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from auxilio.cli import main
-from auxilio.protocol import sms
+from auxilio.protocol import REASON_TEXT, sms
 
 from tests.protocol.vectors import INVALID, VALID
 
@@ -32,7 +32,9 @@ def test_decode_prints_vector_fields(v: dict, capsys: pytest.CaptureFixture[str]
 def test_decode_invalid_vector_one_line_exit_2(v: dict, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "--secret", v["secret_hex"], v["frame_hex"]]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err == f"error: {v['error']}\n"
+    # One line: the reason in words, then its stable SPEC §11 code.
+    assert out == "" and err.count("\n") == 1 and err.endswith(f" ({v['error']})\n")
+    assert err.startswith("error: ") and REASON_TEXT[v["error"]] in err
 
 
 def test_decode_real_process_valid_and_sms() -> None:
@@ -46,7 +48,11 @@ def test_decode_real_process_valid_and_sms() -> None:
 def test_decode_real_process_invalid_exit_2() -> None:
     v = next(v for v in INVALID if v["name"] == "invalid_flipped_ciphertext_bit")
     r = _auxilio("decode", "--secret", v["secret_hex"], v["frame_hex"])
-    assert r.returncode == 2 and r.stderr == "error: bad_tag\n" and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        r.stderr
+        == "error: the tag does not verify: wrong key, or the frame was altered (bad_tag)\n"
+    )
 
 
 BAD_INPUT = {
@@ -75,4 +81,4 @@ def test_bad_input_one_line_nonzero_no_traceback(args: list[str]) -> None:
 
 def test_wrong_key_length_reason() -> None:
     r = _auxilio("decode", "--secret", "00" * 31, SPEC["frame_hex"])
-    assert (r.returncode, r.stderr) == (2, "error: bad_key\n")
+    assert (r.returncode, r.stderr) == (2, f"error: {REASON_TEXT['bad_key']} (bad_key)\n")

@@ -23,5 +23,6 @@ def test_version() -> None:
 def test_truncated_frame_is_one_line_exit_2() -> None:
     r = _auxilio("decode", "--secret", "00" * 32, "0101")
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: truncated"
+    assert r.stderr.startswith("error: the frame is shorter") and r.stderr.count("\n") == 1
+    assert r.stderr.strip().endswith("(truncated)")
     assert "Traceback" not in r.stderr

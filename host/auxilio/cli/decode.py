@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import binascii
 import json
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,20 +13,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sms", action="store_true", help="FRAME is an SMS body (base64)")
 
 
-def _unhex(text: str, what: str) -> bytes | None:
+def _unhex(text: str, what: str) -> bytes:
+    from auxilio.errors import UsageError
+
     try:
         return binascii.unhexlify(text.strip().replace(" ", ""))
     except (binascii.Error, ValueError):
-        sys.stderr.write(f"error: bad_hex: {what} is not valid hex\n")
-        return None
+        raise UsageError(f"the {what} is not valid hex (bad_hex)") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from auxilio.protocol import FrameError, decode
+    from auxilio.errors import UsageError
+    from auxilio.protocol import FrameError, decode, explain
 
     secret = _unhex(args.secret, "secret")
-    if secret is None:
-        return 2
     try:
         if args.sms:
             from auxilio.protocol import sms
@@ -35,11 +34,8 @@ def run(args: argparse.Namespace) -> int:
             frame = sms.sms_decode(args.frame)
         else:
             frame = _unhex(args.frame, "frame")
-            if frame is None:
-                return 2
         fields = decode(frame, secret)
     except FrameError as exc:
-        sys.stderr.write(f"error: {exc.reason}\n")
-        return 2
+        raise UsageError(explain(exc)) from None  # SPEC §11: words, then the stable code
     print(json.dumps(fields, sort_keys=True))
     return 0
