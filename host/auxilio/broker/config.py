@@ -67,6 +67,8 @@ class BrokerFiles:
     operator: Path
     devices: list[str] = field(default_factory=list)  # printed ids with a broker user
     skipped: list[str] = field(default_factory=list)  # in service but no password hash
+    run_as: str | None = None  # the `user` line of mosquitto.conf
+    blocked: Path | None = None  # why run_as became root: a directory mosquitto cannot enter
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,7 @@ class BrokerFiles:
             "operator": str(self.operator),
             "devices": len(self.devices),
             "skipped": self.skipped,
+            "run_as": self.run_as,
         }
 
 
@@ -225,30 +228,18 @@ def write_config(
     except OSError as exc:
         raise UsageError(f"cannot create {directory}: {exc.strerror}") from None
 
-    files = BrokerFiles(
-        directory=directory,
-        conf=directory / CONF_FILE,
-        passwd=directory / PASSWD_FILE,
-        acl=directory / ACL_FILE,
-        gateway=directory / GATEWAY_FILE,
-        operator=directory / OPERATOR_FILE,
-    )
+    files = _files(directory)
+    if run_as is None:
+        # mosquitto started as root drops to its own user, which must then reach
+        # the password file: in a directory it cannot enter (any `mktemp -d`)
+        # mosquitto fails with "Unable to open pwfile". Stay root there.
+        files.blocked = blocked_path(directory / PASSWD_FILE, broker_user(None))
+        if files.blocked is not None:
+            run_as = "root"  # the CLI says so (BrokerFiles.blocked)
+    files.run_as = run_as
     gw = _gateway_credentials(files.gateway, gateway_user)
     op = _gateway_credentials(files.operator, DEFAULT_OPERATOR_USER)
-    lines = [
-        f"{gateway_user}:{hash_password(gw['password'])}",
-        f"{DEFAULT_OPERATOR_USER}:{hash_password(op['password'])}",
-    ]
-    for rec in registry.list_devices():
-        if rec.state not in CONNECTABLE_STATES:
-            continue
-        if not rec.mqtt_password_hash:
-            files.skipped.append(rec.label)
-            continue
-        if rec.label in (gateway_user, DEFAULT_OPERATOR_USER):
-            raise UsageError("gateway/operator user name collides with a device id")
-        lines.append(f"{rec.label}:{rec.mqtt_password_hash}")
-        files.devices.append(rec.label)
+    lines = _password_lines(files, registry, gw, op)
 
     url = f"mqtt://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
     write_private(
@@ -282,6 +273,134 @@ def write_config(
             len(files.skipped),
         )
     return files
+
+
+def _files(directory: Path) -> BrokerFiles:
+    return BrokerFiles(
+        directory=directory,
+        conf=directory / CONF_FILE,
+        passwd=directory / PASSWD_FILE,
+        acl=directory / ACL_FILE,
+        gateway=directory / GATEWAY_FILE,
+        operator=directory / OPERATOR_FILE,
+    )
+
+
+def _password_lines(
+    files: BrokerFiles, registry: Any, gw: dict[str, str], op: dict[str, str]
+) -> list[str]:
+    """The password file: gateway, operator, then every connectable device with a hash."""
+    lines = [
+        f"{gw['username']}:{hash_password(gw['password'])}",
+        f"{op['username']}:{hash_password(op['password'])}",
+    ]
+    for rec in registry.list_devices():
+        if rec.state not in CONNECTABLE_STATES:
+            continue
+        if not rec.mqtt_password_hash:
+            files.skipped.append(rec.label)
+            continue
+        if rec.label in (gw["username"], op["username"]):
+            raise UsageError("gateway/operator user name collides with a device id")
+        lines.append(f"{rec.label}:{rec.mqtt_password_hash}")
+        files.devices.append(rec.label)
+    return lines
+
+
+def refresh_users(out_dir: str | os.PathLike[str], registry: Any) -> BrokerFiles:
+    """Rewrite only the password file of an existing config from the registry (new devices).
+
+    Listeners, TLS and ACL stay as `auxilio broker config` wrote them, and the
+    gateway and operator keep their passwords (from gateway.json and
+    operator.json). Like a full regeneration it drops users added by hand.
+    A running mosquitto needs SIGHUP to apply it (reload_broker).
+    """
+    directory = Path(out_dir).resolve()
+    files = _files(directory)
+    try:
+        gw = json.loads(files.gateway.read_text())
+        op = json.loads(files.operator.read_text())
+        creds = [{"username": str(c["username"]), "password": str(c["password"])} for c in (gw, op)]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"{directory} is not a broker config (no gateway.json/operator.json): "
+            "run `auxilio broker config --out DIR` first"
+        ) from None
+    lines = _password_lines(files, registry, creds[0], creds[1])
+    write_private(files.passwd, "\n".join(lines) + "\n")
+    files.run_as = _conf_user(files.conf)
+    _hand_to_broker_user(files, files.run_as)
+    return files
+
+
+def _conf_user(conf: Path) -> str | None:
+    """The `user` a mosquitto.conf names (None: mosquitto's default)."""
+    try:
+        for line in conf.read_text().splitlines():
+            key, _sep, value = line.strip().partition(" ")
+            if key == "user" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+# The user mosquitto switches to when started as root, unless its config says `user`.
+MOSQUITTO_DEFAULT_USER = "mosquitto"
+# The pid file `auxilio broker run` keeps in the config directory (SIGHUP reloads users).
+PID_FILE = "broker.pid"
+
+
+def broker_user(run_as: str | None) -> str:
+    return run_as or MOSQUITTO_DEFAULT_USER
+
+
+def blocked_path(target: Path, user: str) -> Path | None:
+    """The first directory above `target` that `user` cannot enter, when we run as root.
+
+    None when not root (mosquitto keeps our user), when the user is root or
+    does not exist, or when every directory on the way is searchable by it.
+    """
+    if os.geteuid() != 0 or user == "root":
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    groups = set(os.getgrouplist(user, pw.pw_gid))
+    for d in reversed(Path(target).resolve().parents):
+        try:
+            st = d.stat()
+        except OSError:
+            return d
+        if st.st_uid == pw.pw_uid:
+            bit = 0o100
+        elif st.st_gid in groups:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return d
+    return None
+
+
+def reload_broker(out_dir: str | os.PathLike[str]) -> int | None:
+    """SIGHUP the `auxilio broker run` serving this directory; its pid, or None if none runs."""
+    import signal
+
+    try:
+        pid = int((Path(out_dir) / PID_FILE).read_text().strip())
+        # A stale file may name a pid since reused by another program, which SIGHUP
+        # would kill: signal only a live `auxilio ... broker run` process.
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"broker" not in argv or b"run" not in argv:
+            return None
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def _hand_to_broker_user(files: BrokerFiles, run_as: str | None) -> None:

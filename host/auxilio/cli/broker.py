@@ -26,19 +26,37 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway-user", default="gateway", help="the gateway's MQTT user name")
     p.add_argument(
         "--run-as",
-        help="system user mosquitto drops to when started as root (default: mosquitto)",
+        help="system user mosquitto drops to when started as root (default: mosquitto, or "
+        "root when the directory is not searchable by that user)",
     )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="broker_cmd", metavar="ACTION", required=True)
-    c = sub.add_parser("config", help="write mosquitto.conf, password file and ACL")
+    regen = (
+        "Regenerating rewrites the password file from the registry: users added to it by "
+        "hand (mosquitto_passwd) are removed; the gateway and operator keep their passwords "
+        "(gateway.json, operator.json). A running mosquitto applies new users on SIGHUP "
+        "(`kill -HUP $(cat DIR/broker.pid)` for `auxilio broker run`)."
+    )
+    c = sub.add_parser(
+        "config",
+        help="write mosquitto.conf, password file and ACL",
+        description="Write mosquitto.conf, the password file and the ACL from the registry. "
+        + regen,
+    )
     c.add_argument(
         "--out", default=DEFAULT_BROKER_DIR, help=f"directory (default {DEFAULT_BROKER_DIR})"
     )
     c.add_argument("--json", action="store_true", help="machine-readable output")
     _config_args(c)
-    r = sub.add_parser("run", help="run mosquitto with that config (or an embedded demo broker)")
+    r = sub.add_parser(
+        "run",
+        help="run mosquitto with that config (or an embedded demo broker)",
+        description="Run mosquitto in the foreground with the config in --dir (generated from "
+        "the registry when missing). While it runs, DIR/broker.pid names this process: "
+        "SIGHUP it after `auxilio broker config` to apply new device users.",
+    )
     r.add_argument(
         "--dir",
         default=DEFAULT_BROKER_DIR,
@@ -76,12 +94,24 @@ def _write(args: argparse.Namespace, out: str):  # type: ignore[no-untyped-def]
         registry.close()
 
 
+def _say_run_as(files) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    if files.blocked is not None:
+        print(
+            f"warning: {files.blocked} is not searchable by the mosquitto user, so the broker "
+            "keeps running as root (`chmod o+x` it, or choose with --run-as)",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
     if args.broker_cmd == "config":
         files = _write(args, args.out)
+        _say_run_as(files)
         if args.json:
             print(json.dumps(files.as_dict()))
         else:
@@ -101,5 +131,5 @@ def run(args: argparse.Namespace) -> int:
         has_config = (Path(args.dir) / "passwd").is_file()
         return runner.run_embedded(args.bind, args.port, args.dir if has_config else None)
     if not conf.exists():
-        _write(args, args.dir)
+        _say_run_as(_write(args, args.dir))
     return runner.run_mosquitto(conf)
