@@ -14,23 +14,34 @@ import logging
 import os
 import queue
 import secrets
+import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from auxilio.emulator.fleet import VirtualFleet
-from auxilio.emulator.vdevice import VirtualDevice
+from auxilio.emulator.vdevice import (
+    DROP_PCT,
+    HOLD_S,
+    LATENCY_MS,
+    VirtualDevice,
+    battery_pct,
+    in_range,
+)
 from auxilio.errors import ConnectionFailed, NotFoundError, UsageError
 from auxilio.paths import runtime_dir
 from auxilio.private import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
-# How long `vboard` waits for an answer (a "hold" takes the hold time itself).
+# How long `vboard` waits for an answer beyond the request's own duration (a hold).
 CLIENT_TIMEOUT_S = 30.0
+# How often a request in progress (a hold) checks that its requester is still there.
+HANGUP_POLL_S = 0.1
+# Most events one `vboard events --last N` returns (the controller keeps 100,000).
+EVENTS_MAX = 100_000
 
 
 def state_dir() -> Path:
@@ -103,7 +114,7 @@ class AdminServer:
                     if req.get("cmd") == "events" and req.get("follow"):
                         self._follow(f, req)
                         return
-                    reply = {"ok": True, **(self.handle(req) or {})}
+                    reply = {"ok": True, **(self.handle(req, hangup=_hangup(conn)) or {})}
                 except (UsageError, NotFoundError, ValueError, KeyError, TypeError) as exc:
                     reply = {"ok": False, "error": str(exc)}
                 except TimeoutError as exc:
@@ -159,26 +170,33 @@ class AdminServer:
                 except ValueError:
                     pass
 
-    def handle(self, req: dict[str, Any]) -> dict[str, Any] | None:
+    def _dev(self, req: dict[str, Any]) -> int:
+        """The device index, checked: a single board runs one device, a fleet `count`."""
+        dev = req.get("dev", 0)
+        count = self.target.count if isinstance(self.target, VirtualFleet) else 1
+        if not isinstance(dev, int) or isinstance(dev, bool) or not 0 <= dev < count:
+            which = "a single board has only device 0" if count == 1 else f"0-{count - 1}"
+            raise UsageError(f"--dev {dev} does not exist ({which})")
+        return dev
+
+    def handle(
+        self, req: dict[str, Any], hangup: threading.Event | None = None
+    ) -> dict[str, Any] | None:
+        """One request; `hangup` is set if the requester goes away (a hold then ends)."""
         t = self.target
         cmd = req.get("cmd")
-        dev = int(req.get("dev", 0))
         if cmd == "status":
             return self.status()
+        dev = self._dev(req)
         if cmd == "press":
             t.press(dev)
         elif cmd == "release":
             t.release(dev)
         elif cmd == "hold":
             secs = req.get("seconds")
-            if isinstance(t, VirtualFleet):
-                t.press(dev)
-                time.sleep(float(secs or 2.3))
-                t.release(dev)
-            else:
-                t.hold(None if secs is None else float(secs), dev)
+            t.hold(None if secs is None else in_range(secs, HOLD_S, "hold"), dev, cancel=hangup)
         elif cmd == "battery":
-            t.battery(int(req["pct"]), dev)
+            t.battery(battery_pct(req["pct"]), dev)
         elif cmd == "mains":
             t.mains(bool(req["on"]), dev)
         elif cmd == "tamper":
@@ -186,9 +204,9 @@ class AdminServer:
         elif cmd == "network":
             t.network(bool(req["up"]))
         elif cmd == "latency":
-            t.latency(float(req["ms"]))
+            t.latency(in_range(req["ms"], LATENCY_MS, "latency (ms)"))
         elif cmd == "drop":
-            t.drop(float(req["pct"]))
+            t.drop(in_range(req["pct"], DROP_PCT, "drop (%)"))
         elif cmd == "soft-reset":
             t.soft_reset(dev)
         elif cmd in ("power-cut", "power-restore", "reset"):
@@ -210,8 +228,8 @@ class AdminServer:
                     float(req.get("hdop") or 1.2),
                 )
         elif cmd == "events":
-            evs = t.events() if isinstance(t, VirtualDevice) else t.events()
-            return {"events": evs[-int(req.get("last", 50)) :]}
+            last = int(in_range(req.get("last", 50), (0, EVENTS_MAX), "--last"))
+            return {"events": t.events()[-last:] if last else []}
         else:
             raise UsageError(f"unknown command {cmd!r}")
         return None
@@ -247,6 +265,30 @@ class AdminServer:
                 "connections": t.proxy.connections(),
             },
         }
+
+
+def _hangup(conn: socket.socket) -> threading.Event:
+    """An event set when the peer closes `conn` (Ctrl-C or kill of `auxilio vboard hold`).
+
+    The watcher ends at the first sign of life on the socket: its close, or the
+    peer's next request (peeked, never consumed); `vboard` closes after each call.
+    """
+    gone = threading.Event()
+
+    def watch() -> None:
+        while True:
+            try:
+                ready, _, _ = select.select([conn], [], [], HANGUP_POLL_S)
+                if not ready:
+                    continue
+                if not conn.recv(1, socket.MSG_PEEK):
+                    gone.set()
+            except (OSError, ValueError):
+                gone.set()
+            return
+
+    threading.Thread(target=watch, name="vb-hangup", daemon=True).start()
+    return gone
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,14 @@ from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import micropython_binary
 from auxilio.emulator.netem import BrokerProxy
 from auxilio.emulator.roots import copy_firmware, random_config, write_device_root
+from auxilio.emulator.vdevice import (
+    DROP_PCT,
+    LATENCY_MS,
+    battery_pct,
+    default_hold_s,
+    hold_button,
+    in_range,
+)
 from auxilio.errors import AuxilioError, UsageError
 from auxilio.procs import die_with_parent
 
@@ -225,6 +234,8 @@ class VirtualFleet:
     # -- control ----------------------------------------------------------------
 
     def send(self, index: int, op: str, **fields: Any) -> None:
+        if not 0 <= index < len(self.devices):
+            raise UsageError(f"--dev must be 0-{len(self.devices) - 1} for this fleet, not {index}")
         d = self.devices[index]
         if not self.controls[d.interpreter].send(op, d.dev, **fields):
             raise UsageError(f"fleet device {index} is not connected to its control channel")
@@ -235,8 +246,16 @@ class VirtualFleet:
     def release(self, index: int) -> None:
         self.send(index, "release")
 
+    def hold(
+        self, seconds: float | None = None, index: int = 0, cancel: threading.Event | None = None
+    ) -> None:
+        """Press device `index`, keep it down (default: the alert hold + margin), always release."""
+        if seconds is None:
+            seconds = default_hold_s(self.board_def)
+        hold_button(lambda: self.press(index), lambda: self.release(index), seconds, cancel)
+
     def battery(self, pct: int, index: int = 0) -> None:
-        self.send(index, "battery", pct=int(pct))
+        self.send(index, "battery", pct=battery_pct(pct))
 
     def mains(self, on: bool, index: int = 0) -> None:
         self.send(index, "mains", on=bool(on))
@@ -257,10 +276,12 @@ class VirtualFleet:
                     control.send("link", d.dev, up=bool(up))
 
     def latency(self, ms: float) -> None:
+        ms = in_range(ms, LATENCY_MS, "latency (ms)")
         if self.proxy is not None:
             self.proxy.set_latency(ms)
 
     def drop(self, pct: float) -> None:
+        pct = in_range(pct, DROP_PCT, "drop (%)")
         if self.proxy is not None:
             self.proxy.set_drop(pct)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,61 @@ HOLD_MARGIN_S = 0.3
 # With an emulated modem: the C4's SMS number and the SIM's, unless config.json says.
 EMULATED_C4_SMS = "+525500000000"
 EMULATED_SIM_MSISDN = "+525512340000"
+# What the controls accept (the admin channel and `auxilio vboard` check the same ranges):
+# a battery level is a percentage; segment loss too; a one-way latency above a minute
+# is no network anyone runs; a hold longer than ten minutes is a typo.
+BATTERY_PCT = (0, 100)
+DROP_PCT = (0.0, 100.0)
+LATENCY_MS = (0.0, 60_000.0)
+HOLD_S = (0.0, 600.0)
+
+
+def in_range(value: float | int | str, limits: tuple[float, float], what: str) -> float:
+    """`value` as a number inside `limits` (finite), else UsageError naming the range."""
+    lo, hi = limits
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise UsageError(f"{what} must be between {lo:g} and {hi:g}, not {value}")
+    return v
+
+
+def battery_pct(value: float | int | str) -> int:
+    v = in_range(value, BATTERY_PCT, "battery")
+    if v != int(v):
+        raise UsageError(f"battery must be a whole percentage, not {value}")
+    return int(v)
+
+
+def hold_button(
+    press: Callable[[], None],
+    release: Callable[[], None],
+    seconds: float,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Press, wait `seconds` (or until `cancel` is set), and always release.
+
+    A refused duration never presses; a hold interrupted by an error, a
+    Ctrl-C or a controller that hung up (`cancel`) still releases, so the
+    button is never left down (a bracelet held down raises an ALERT).
+    """
+    seconds = in_range(seconds, HOLD_S, "hold")
+    press()
+    try:
+        if cancel is None:
+            time.sleep(seconds)
+        else:
+            cancel.wait(seconds)
+    finally:
+        release()
+
+
+def default_hold_s(board: Board) -> float:
+    """The board's alert hold (roles.<role>.hold_ms) plus a margin."""
+    roles = board.data.get("roles") or {}
+    return (roles.get(board.role) or {}).get("hold_ms", 2000) / 1000 + HOLD_MARGIN_S
 
 
 def new_identity(role: str, broker_url: str, prefix: str = "auxilio") -> dict[str, Any]:
@@ -244,18 +301,16 @@ class VirtualDevice:
     def release(self, dev: int = 0) -> None:
         self._send("release", dev)
 
-    def hold(self, seconds: float | None = None, dev: int = 0) -> None:
-        """Press, keep it down (default: the board's alert hold + margin), release."""
+    def hold(
+        self, seconds: float | None = None, dev: int = 0, cancel: threading.Event | None = None
+    ) -> None:
+        """Press, keep it down (default: the board's alert hold + margin), always release."""
         if seconds is None:
-            roles = self.board_def.data.get("roles") or {}
-            hold_ms = (roles.get(self.board_def.role) or {}).get("hold_ms", 2000)
-            seconds = hold_ms / 1000 + HOLD_MARGIN_S
-        self.press(dev)
-        time.sleep(seconds)
-        self.release(dev)
+            seconds = default_hold_s(self.board_def)
+        hold_button(lambda: self.press(dev), lambda: self.release(dev), seconds, cancel)
 
     def battery(self, pct: int, dev: int = 0) -> None:
-        self._send("battery", dev, pct=int(pct))
+        self._send("battery", dev, pct=battery_pct(pct))
 
     def mains(self, on: bool, dev: int = 0) -> None:
         self._send("mains", dev, on=bool(on))
@@ -271,10 +326,10 @@ class VirtualDevice:
         self.control.send("link", 0, up=bool(up))
 
     def latency(self, ms: float) -> None:
-        self._need_proxy().set_latency(ms)
+        self._need_proxy().set_latency(in_range(ms, LATENCY_MS, "latency (ms)"))
 
     def drop(self, pct: float) -> None:
-        self._need_proxy().set_drop(pct)
+        self._need_proxy().set_drop(in_range(pct, DROP_PCT, "drop (%)"))
 
     def _need_proxy(self) -> BrokerProxy:
         if self.proxy is None:
