@@ -98,7 +98,7 @@ def test_add_round_trip_and_no_secret_anywhere(cli: Cli, tmp_path: Path, registr
         "--kind",
         "bracelet",
         "--board",
-        "esp32-c3",
+        "bracelet-c3",
         "--fw",
         "1.2.3",
         "--secret-out",
@@ -116,7 +116,7 @@ def test_add_round_trip_and_no_secret_anywhere(cli: Cli, tmp_path: Path, registr
     # SPEC §12.1: a config built from the file starts right (a new key: from counter 1).
     assert (prov["key_epoch"], prov["counter_floor"]) == (1, 1)
     # Without --secret-out (table output): the secret only exists sealed in the registry.
-    cli("devices", "add", "--kind", "button", "--board", "esp32-button")
+    cli("devices", "add", "--kind", "button", "--board", "button-s3")
     cli("devices", "add", "--id", "0938-NKRT", "--kind", "bracelet", "--board", "b", ok=False)
     cli("devices", "add", "--kind", "bracelet", "--board", "b", "--secret-out", str(out), ok=False)
     cli("devices", "list")
@@ -132,7 +132,7 @@ def test_add_round_trip_and_no_secret_anywhere(cli: Cli, tmp_path: Path, registr
         rec = reg.get_device("0938-NKRT")
         assert (rec.kind, rec.board, rec.fw_version, rec.state) == (
             "bracelet",
-            "esp32-c3",
+            "bracelet-c3",
             "1.2.3",
             "spare",
         )
@@ -143,8 +143,8 @@ def test_add_round_trip_and_no_secret_anywhere(cli: Cli, tmp_path: Path, registr
 
 
 def test_assign_and_lifecycle_read_back(cli: Cli, registry_url: str) -> None:
-    cli("devices", "add", "--id", "0938-NKRT", "--kind", "bracelet", "--board", "esp32-c3")
-    btn = _json(cli("devices", "add", "--kind", "button", "--board", "esp32-button", "--json"))[
+    cli("devices", "add", "--id", "0938-NKRT", "--kind", "bracelet", "--board", "bracelet-c3")
+    btn = _json(cli("devices", "add", "--kind", "button", "--board", "button-s3", "--json"))[
         "device"
     ]
     cli(
@@ -230,14 +230,14 @@ def test_csv_export_import_round_trip(cli: Cli, tmp_path: Path, registry_url: st
         "--kind",
         "bracelet",
         "--board",
-        "esp32-c3",
+        "bracelet-c3",
         "--fw",
         "1.0.0",
     )
-    btn = _json(cli("devices", "add", "--kind", "button", "--board", "esp32-button", "--json"))[
+    btn = _json(cli("devices", "add", "--kind", "button", "--board", "button-s3", "--json"))[
         "device"
     ]
-    lost = _json(cli("devices", "add", "--kind", "bracelet", "--board", "esp32-c3", "--json"))[
+    lost = _json(cli("devices", "add", "--kind", "bracelet", "--board", "bracelet-c3", "--json"))[
         "device"
     ]
     cli("devices", "assign", "0938-NKRT", "--case", "PR-2026-00123")
@@ -315,7 +315,7 @@ def test_rekey_a_found_device(cli: Cli, tmp_path: Path, registry_url: str) -> No
         "--kind",
         "bracelet",
         "--board",
-        "esp32-c3",
+        "bracelet-c3",
         "--secret-out",
         str(first),
     )
