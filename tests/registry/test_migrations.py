@@ -108,3 +108,65 @@ def test_v3_alerts_move_to_frame_names_with_the_devices_key_epoch(registry_url: 
         assert {"forward_outbox", "dead_letters", "attend_requests"} <= set(
             inspect(reg.engine).get_table_names()
         )
+
+
+def test_v4_gains_operator_outcomes_kept_apart_and_audited(registry_url: str) -> None:
+    """v6 (issue 9 §1): an `outcomes` table beside what the gateway owns; the database
+    itself audits each row, closes only ALERTs, keeps revisions in order and never
+    lets a row change."""
+    engine = create_registry_engine(resolve_url(registry_url))
+    t = dt.datetime(2026, 1, 1)
+    try:
+        migrations.migrate(engine, target=4)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    'INSERT INTO devices (id, kind, board, state, key_epoch, sealed_secret, config_seq, "window", created_at, updated_at) '
+                    "VALUES (79, 'bracelet', 'b', 'assigned', 1, :s, 0, 0, :t, :t)"
+                ),
+                {"s": b"sealed", "t": t},
+            )
+            for counter, typ in ((1, "ALERT"), (2, "BOOT")):
+                conn.execute(
+                    text(
+                        "INSERT INTO alerts (device_id, key_epoch, counter, type, flags, received_at, test, lost, via) "
+                        "VALUES (79, 1, :c, :ty, 0, :t, false, false, 'mqtt')"
+                    ),
+                    {"c": counter, "ty": typ, "t": t},
+                )
+    finally:
+        engine.dispose()
+    with open_registry(registry_url) as reg:
+        assert reg.schema_version == LATEST_VERSION
+        insp = inspect(reg.engine)
+        assert "outcomes" in insp.get_table_names()
+        assert "ix_alerts_pending" in {i["name"] for i in insp.get_indexes("alerts")}
+        a, o = reg.tables.alerts, reg.tables.outcomes
+        with reg.engine.connect() as conn:
+            ids = dict(conn.execute(select(a.c.type, a.c.id)).all())
+        now = dt.datetime.now(dt.timezone.utc)
+
+        def close(alert_id: int, revision: int) -> None:
+            with reg.engine.begin() as conn:
+                conn.execute(
+                    o.insert().values(
+                        alert_id=alert_id,
+                        revision=revision,
+                        outcome="false_alarm",
+                        note="",
+                        operator="op-1",
+                        closed_at=now,
+                        attended=False,
+                    )
+                )
+
+        close(ids["ALERT"], 1)
+        for bad in ((ids["BOOT"], 1), (ids["ALERT"], 3), (ids["ALERT"], 1)):
+            with pytest.raises(Exception, match="only an ALERT|out of order|unique|UNIQUE"):
+                close(*bad)
+        with pytest.raises(Exception, match="append-only"):
+            with reg.engine.begin() as conn:
+                conn.execute(o.update().values(outcome="resolved"))
+        audit = [r for r in reg.audit_log(10) if r["target"] == f"alert:{ids['ALERT']}"]
+        assert [(r["actor"], r["action"]) for r in audit] == [("op-1", "close")]
+        assert audit[0]["detail"] == "outcome=false_alarm revision=1 unattended"

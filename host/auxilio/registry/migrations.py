@@ -128,6 +128,100 @@ def _m5_device_msisdn(conn: Connection) -> None:
     conn.execute(text("CREATE UNIQUE INDEX uq_devices_msisdn ON devices (msisdn)"))
 
 
+# Outcome rows write their own audit entry, so a console that may write only
+# `outcomes` (registry.roles) still leaves who closed what, and when, in the log.
+_OUTCOME_AUDIT_ACTION = "CASE WHEN NEW.revision = 1 THEN 'close' ELSE 'close-amend' END"
+_OUTCOME_AUDIT_DETAIL = (
+    "'outcome=' || NEW.outcome || ' revision=' || NEW.revision"
+    " || CASE WHEN NEW.attended THEN '' ELSE ' unattended' END"
+)
+_OUTCOME_AUDIT_VALUES = (
+    f"(NEW.closed_at, NEW.operator, {_OUTCOME_AUDIT_ACTION}, 'alert:' || NEW.alert_id,"
+    f" {_OUTCOME_AUDIT_DETAIL})"
+)
+# Only an ALERT is closed, and corrections come in order (1, 2, ...): the
+# database says so, whoever writes (the unique (alert, revision) settles races).
+_OUTCOME_NOT_AN_ALERT = (
+    "NOT EXISTS (SELECT 1 FROM alerts WHERE id = NEW.alert_id AND type = 'ALERT')"
+)
+_OUTCOME_BAD_REVISION = (
+    "NEW.revision <> (SELECT COALESCE(MAX(revision), 0) + 1 FROM outcomes"
+    " WHERE alert_id = NEW.alert_id)"
+)
+
+
+def _m6_outcomes(conn: Connection) -> None:
+    v6 = define(MetaData(), version=6)
+    v6.tables["outcomes"].create(conn)
+    for table, name in (("alerts", "ix_alerts_pending"), ("events", "ix_events_type_device")):
+        next(i for i in v6.tables[table].indexes if i.name == name).create(conn)
+    if conn.dialect.name == "sqlite":
+        for name, when, message in (
+            ("outcomes_only_alerts", _OUTCOME_NOT_AN_ALERT, "only an ALERT has an outcome"),
+            ("outcomes_in_order", _OUTCOME_BAD_REVISION, "outcome revision out of order"),
+        ):
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {name} BEFORE INSERT ON outcomes WHEN {when} "
+                    f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+                )
+            )
+        conn.execute(
+            text(
+                "CREATE TRIGGER outcomes_audit AFTER INSERT ON outcomes BEGIN "
+                "INSERT INTO audit (at, actor, action, target, detail) "
+                f"VALUES {_OUTCOME_AUDIT_VALUES}; END"
+            )
+        )
+        for op in ("UPDATE", "DELETE"):
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER outcomes_no_{op.lower()} BEFORE {op} ON outcomes "
+                    "BEGIN SELECT RAISE(ABORT, 'outcomes are append-only'); END"
+                )
+            )
+        return
+    # PostgreSQL: the console role inserts outcomes and nothing else, so the
+    # trigger that writes the audit row runs with its owner's rights (SECURITY
+    # DEFINER). Its search_path names the registry's schema and then pg_temp
+    # last, so a console cannot shadow `audit` with a temporary table. The
+    # close time is the server's clock, not the console's.
+    schema_name = conn.execute(text("SELECT quote_ident(current_schema())")).scalar_one()
+    conn.execute(
+        text(
+            "CREATE FUNCTION auxilio_outcome_close() RETURNS trigger LANGUAGE plpgsql "
+            f"SECURITY DEFINER SET search_path = {schema_name}, pg_temp AS $$ BEGIN "
+            f"IF {_OUTCOME_NOT_AN_ALERT} THEN "
+            "RAISE EXCEPTION 'only an ALERT has an outcome'; END IF; "
+            f"IF {_OUTCOME_BAD_REVISION} THEN "
+            "RAISE EXCEPTION 'outcome revision out of order' USING ERRCODE = 'unique_violation'; "
+            "END IF; "
+            "NEW.closed_at := now() AT TIME ZONE 'UTC'; "
+            "INSERT INTO audit (at, actor, action, target, detail) "
+            f"VALUES {_OUTCOME_AUDIT_VALUES}; "
+            "RETURN NEW; END; $$"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE TRIGGER outcomes_close BEFORE INSERT ON outcomes "
+            "FOR EACH ROW EXECUTE FUNCTION auxilio_outcome_close()"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE FUNCTION auxilio_outcomes_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'outcomes are append-only'; END; $$ LANGUAGE plpgsql"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE TRIGGER outcomes_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON outcomes "
+            "FOR EACH STATEMENT EXECUTE FUNCTION auxilio_outcomes_append_only()"
+        )
+    )
+
+
 # Ordered: index i holds the migration that produces version i + 1. Never edit a
 # released migration; append a new one and bump schema.LATEST_VERSION.
 MIGRATIONS: list[Callable[[Connection], None]] = [
@@ -136,6 +230,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _m3_audit_append_only,
     _m4_c4_integrity,
     _m5_device_msisdn,
+    _m6_outcomes,
 ]
 assert len(MIGRATIONS) == LATEST_VERSION
 

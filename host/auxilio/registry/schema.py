@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Float,
     ForeignKey,
@@ -24,10 +25,12 @@ from sqlalchemy import (
 from sqlalchemy.types import DateTime, TypeDecorator
 
 # The schema version this code writes; migrations.py brings older files up to it.
-LATEST_VERSION = 5
+LATEST_VERSION = 6
 
 KINDS = ("bracelet", "button")
 STATES = ("spare", "assigned", "lost", "revoked", "retired")
+# What became of an alert, as the operator who closed it judged (v6 `outcomes`).
+OUTCOMES = ("resolved", "false_alarm", "no_contact", "test")
 
 _U64_SIGN = 1 << 63
 _U64_MOD = 1 << 64
@@ -198,7 +201,46 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
         Index("ix_alerts_received_at", metadata.tables["alerts"].c.received_at)
     if version >= 4:
         _define_v4_tables(metadata)
+    if version >= 6:
+        _define_v6_outcomes(metadata)
     return metadata
+
+
+def _define_v6_outcomes(metadata: MetaData) -> None:
+    """v6 (the operator console): operator outcomes, kept apart from what the gateway owns."""
+    alerts, events = metadata.tables["alerts"], metadata.tables["events"]
+    # The console's queue (unattended ALERTs) read every second: a partial index
+    # holds only those rows, so the query never scans the alert history.
+    Index(
+        "ix_alerts_pending",
+        alerts.c.received_at,
+        sqlite_where=(alerts.c.type == "ALERT") & alerts.c.attending_at.is_(None),
+        postgresql_where=(alerts.c.type == "ALERT") & alerts.c.attending_at.is_(None),
+    )
+    # Each device's latest supervision event (device health) without a scan of all events.
+    Index("ix_events_type_device", events.c.type, events.c.device_id, events.c.id)
+    # Operators close alerts here; consoles may write this table and nothing else
+    # (registry.roles on PostgreSQL, an authorizer on SQLite: console.outcomes).
+    # Append-only: a correction is a new row with the next revision, and every
+    # row writes its audit entry through a trigger (migrations._m6_outcomes).
+    Table(
+        "outcomes",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("alert_id", BigInteger, ForeignKey("alerts.id"), nullable=False),
+        Column("revision", Integer, nullable=False),  # 1 = the close; 2, 3 ... corrections
+        Column("outcome", String(16), nullable=False),
+        Column("note", String(500), nullable=False, default=""),
+        Column("operator", String(64), nullable=False),
+        Column("closed_at", UTCDateTime, nullable=False),
+        # Whether the gateway had the alert attended (the wearer told) at the close.
+        Column("attended", Boolean, nullable=False),
+        UniqueConstraint("alert_id", "revision", name="uq_outcomes_alert_revision"),
+        CheckConstraint(
+            "outcome IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")", name="ck_outcomes_outcome"
+        ),
+        CheckConstraint("revision >= 1", name="ck_outcomes_revision"),
+    )
 
 
 def _define_v4_tables(metadata: MetaData) -> None:
@@ -265,3 +307,4 @@ audit = metadata.tables["audit"]
 forward_outbox = metadata.tables["forward_outbox"]
 dead_letters = metadata.tables["dead_letters"]
 attend_requests = metadata.tables["attend_requests"]
+outcomes = metadata.tables["outcomes"]

@@ -321,6 +321,7 @@ class Registry:
             forward_outbox=schema.forward_outbox,
             dead_letters=schema.dead_letters,
             attend_requests=schema.attend_requests,
+            outcomes=schema.outcomes,
             schema_version=migrations.schema_version,
         )
 
