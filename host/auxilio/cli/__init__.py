@@ -26,6 +26,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("gateway", "gateway", "run the C4 gateway: verify, store, ack, forward"),
     ("monitor", "monitor", "live console of alerts and device health"),
     ("attend", "attend", "mark an alert as attended by an operator"),
+    ("close", "close", "record an alert's outcome (resolved, false alarm, ...), audited"),
+    ("report", "report", "programme report: alerts by month and outcome, attend times, devices"),
     ("broker", "broker", "mosquitto config and runner"),
     ("emulate", "emulate", "run virtual boards (real firmware on the unix port)"),
     ("vboard", "vboard", "control a running virtual board (press, battery, power...)"),

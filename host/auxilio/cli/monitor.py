@@ -1,4 +1,4 @@
-"""`auxilio monitor`: live console of alerts, C4 events and device health; `--once` prints one snapshot."""
+"""`auxilio monitor`: the operator console (queue, context, events; attend and close); `--once` prints one snapshot."""
 
 from __future__ import annotations
 
@@ -6,17 +6,24 @@ import argparse
 import getpass
 import os
 
+# Rows per list at most (each refresh reads this many per list).
+MAX_LIMIT = 500
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--registry", default=None, help="registry path or URL (default $AUXILIO_REGISTRY)"
+        "--registry",
+        default=None,
+        help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db); never created",
     )
     p.add_argument(
         "--broker",
         default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
         help="broker of the running gateway (for attend)",
     )
-    p.add_argument("--operator", default=None, help="operator name recorded when attending")
+    p.add_argument(
+        "--operator", default=None, help="operator name for attend and close (default: login name)"
+    )
     p.add_argument(
         "--broker-credentials",
         default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
@@ -24,25 +31,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help='JSON {"username", "password"} for the broker (keeps the password off the command line)',
     )
     p.add_argument("--prefix", default="auxilio", help="topic prefix")
-    p.add_argument("--limit", type=int, default=15, help="rows per table")
+    p.add_argument("--limit", type=int, default=15, help=f"rows per list (1-{MAX_LIMIT})")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from auxilio.broker.url import parse_broker_url, with_credentials
-    from auxilio.monitor import print_once, run_live
-    from auxilio.registry import open_registry
+    import sys
 
-    # Consoles read the registry, never write it (DESIGN §1): attends go to the gateway.
-    registry = open_registry(args.registry, readonly=True)
+    from auxilio.broker.url import parse_broker_url, with_credentials
+    from auxilio.console.outcomes import open_readonly
+    from auxilio.errors import UsageError
+
+    if args.json and not args.once:
+        raise UsageError("--json prints a snapshot: use it with --once")
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}")
+    operator = args.operator or getpass.getuser()
+    if not args.once:
+        from auxilio.registry.validate import actor
+
+        actor(operator)  # recorded with attends and closes: refused before anything starts
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UsageError("the live console needs a terminal; use --once [--json] in scripts")
+        parse_broker_url(args.broker)
+    # Consoles read the registry, never write what the gateway owns (DESIGN §1);
+    # a registry that does not exist is an error, never a new empty file.
+    registry = open_readonly(args.registry)
     try:
         if args.once:
+            from auxilio.console.view import print_once
+
             print_once(registry, args.limit, args.json)
             return 0
-        parse_broker_url(args.broker)
+        from auxilio.console.app import run_live
+        from auxilio.console.outcomes import Closer
+
         broker = with_credentials(args.broker, args.broker_credentials)
-        run_live(registry, broker, args.operator or getpass.getuser(), args.prefix, args.limit)
+        with Closer(args.registry) as closer:
+            run_live(
+                registry,
+                broker,
+                operator,
+                args.prefix,
+                args.limit,
+                closer,
+            )
     finally:
         registry.close()
     return 0
