@@ -157,36 +157,3 @@ def test_gateway_restart_keeps_lost_state_no_duplicate_events(
     sim.send("HEARTBEAT", interval_s=1)
     wait_for(lambda: "SUPERVISION_RESTORED" in _event_types(registry, sim.device), what="RESTORED")
     assert gw2.stats["supervision_lost"] == 0
-
-
-@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
-def test_live_monitor_attend_key(
-    gateway: Any, fleet: Any, registry: Any, registry_url: str, mqtt_broker: Any
-) -> None:
-    """Drive the live console through a pty: 'a' attends the selected (newest) alert, 'q' quits."""
-    from auxilio.testing.console import drive
-
-    sim = fleet.sim()
-    c = sim.send("ALERT")
-    assert sim.wait_ack(c)
-    _out, code = drive(
-        [
-            "monitor",
-            "--registry",
-            registry_url,
-            "--broker",
-            mqtt_broker.url,
-            "--operator",
-            "consola-1",
-        ],
-        steps=[(b"Alertas recientes", b"a")],
-        quit_when=lambda _o: sim.wait_ack(c, n=2, timeout=0.01) is not None,
-    )
-    assert code == 0
-    assert sim.wait_ack(c, n=2)["disposition"] == "attending"
-    a = registry.tables.alerts
-    with registry.engine.connect() as conn:
-        assert (
-            conn.execute(select(a.c.attending_by).where(a.c.device_id == sim.device)).scalar()
-            == "consola-1"
-        )
