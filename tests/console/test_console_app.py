@@ -96,7 +96,7 @@ def test_dispatch_from_the_console_at_80_and_160_columns(chain: Any, local_zone:
 
     async def wide_pending() -> None:
         async with app().run_test(size=(160, 40)) as pilot:
-            screen = await shows(pilot, lambda s: "Plaza Mayor" in s, "rows")
+            screen = await shows(pilot, lambda s: "Plaza Mayor" in s and "mapa" in s, "rows")
             row = line_with(screen, CASE)
             assert BRACELET_AT in row and "SIN ATENDER" in row and ELAPSED.search(row)
             # Wide: the device, its kind, accuracy and fix age, battery and bearer are columns.
@@ -114,7 +114,9 @@ def test_dispatch_from_the_console_at_80_and_160_columns(chain: Any, local_zone:
 
     async def operate_at_80() -> None:
         async with app().run_test(size=(80, 24)) as pilot:
-            screen = await shows(pilot, lambda s: "Plaza Mayor" in s and "q Salir" in s, "rows")
+            screen = await shows(
+                pilot, lambda s: all(x in s for x in ("Plaza Mayor", "mapa", "q Salir")), "rows"
+            )
             row = line_with(screen, CASE)
             assert BRACELET_AT in row and "SIN ATENDER" in row and ELAPSED.search(row)
             row = line_with(screen, SITE[0])
@@ -148,7 +150,8 @@ def test_dispatch_from_the_console_at_80_and_160_columns(chain: Any, local_zone:
             await pilot.press("c")
             screen = await shows(pilot, lambda s: "No atendida" in s, "warning")
             assert f"Cerrar alerta {k_id} ({SITE[0]})" in screen
-            await pilot.press("2", "enter")
+            # Keys of the main screen do nothing in the dialog: no attend, no quit.
+            await pilot.press("a", "q", "2", "enter")
             screen = await shows(
                 pilot, lambda s: "cerrada: falsa alarma" in line_with(s, SITE[0]), "false alarm"
             )

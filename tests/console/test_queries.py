@@ -61,6 +61,7 @@ def test_refresh_is_bounded_and_indexed(seed: Any) -> None:
     # Recent rows come in primary-key order and stop at the LIMIT (no sort of the table).
     plan = _plan(seed.registry, queries.recent_query(t, 15))
     assert "TEMP B-TREE" not in plan, plan
-    # The latest supervision event per device: from the (type, device, id) index only.
-    plan = _plan(seed.registry, queries.latest_of_types_query(t, ("SUPERVISION_LOST",)))
-    assert "COVERING INDEX ix_events_type_device" in plan, plan
+    # Supervision per device: index seeks, never a scan of the event history.
+    plan = _plan(seed.registry, queries.supervision_lost_query(t))
+    assert plan.count("COVERING INDEX ix_events_type_device (type=? AND device_id=?)") == 2, plan
+    assert "SCAN events" not in plan, plan

@@ -186,19 +186,34 @@ class MonitorApp(App[None]):
         self._seen_pending: set[int] | None = None
         self._width_class: bool | None = None
 
+    # Actions that act on the main screen: not while the close dialog is open
+    # (an `a` or `q` typed there must not attend another alert or quit).
+    _MAIN_ACTIONS = frozenset({"attend", "close_alert", "toggle_lower", "quit", "move"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self._MAIN_ACTIONS and isinstance(self.screen, ModalScreen):
+            return False
+        return True
+
     # ---------------------------------------------------------- layout ---
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="summary")
-        alerts = DataTable(id="alerts", cursor_type="row", zebra_stripes=False)
-        yield alerts
-        yield Static("", id="detail")
-        yield DataTable(id="lower", cursor_type="row", show_cursor=False)
-        yield Static("", id="message")
+        # Held by reference: while the close dialog is the active screen, a query
+        # from the app would search the dialog, not the main screen.
+        self.summary_line = Static("", id="summary")
+        self.alerts = DataTable(id="alerts", cursor_type="row", zebra_stripes=False)
+        self.detail = Static("", id="detail")
+        self.lower = DataTable(id="lower", cursor_type="row", show_cursor=False)
+        self.message_line = Static("", id="message")
+        yield self.summary_line
+        yield self.alerts
+        yield self.detail
+        yield self.lower
+        yield self.message_line
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#alerts", DataTable).focus()
+        self.alerts.focus()
         self.action_refresh()
         self.set_interval(self.refresh_s, self.action_refresh)
 
@@ -221,22 +236,24 @@ class MonitorApp(App[None]):
         self.call_from_thread(self._show, snap)
 
     def _show(self, snap: dict[str, Any]) -> None:
+        if not self.is_running:
+            return  # a refresh that finished after the console quit
         self.snap = snap
         width = self.size.width
-        self.query_one("#summary", Static).update(view.summary(snap))
+        self.summary_line.update(view.summary(snap))
         pending = {a["id"] for a in snap["alerts"] if a["state"] == "pending"}
         if self._seen_pending is not None and pending - self._seen_pending:
             self.bell()  # a new alert waiting: the operator may be looking elsewhere
         self._seen_pending = pending
+        table = self.alerts
         self._fill(
-            self.query_one("#alerts", DataTable),
+            table,
             view.columns(view.ALERT_COLUMNS, width),
             snap["alerts"],
             view.alert_style,
             lambda a: f"a{a['id']}",
             width,
         )
-        table = self.query_one("#alerts", DataTable)
         if self.selected is not None and f"a{self.selected}" in table.rows:
             table.move_cursor(row=table.get_row_index(f"a{self.selected}"), scroll=False)
         elif table.row_count:
@@ -247,7 +264,7 @@ class MonitorApp(App[None]):
         else:
             rows, cols, style = snap["events"], view.EVENT_COLUMNS, view.event_style
         self._fill(
-            self.query_one("#lower", DataTable),
+            self.lower,
             view.columns(cols, width),
             rows,
             style,
@@ -292,11 +309,10 @@ class MonitorApp(App[None]):
 
     def _selection_changed(self) -> None:
         lines = view.detail_lines(self.selected_alert(), self.size.width)
-        self.query_one("#detail", Static).update(Text("\n").join(lines))
+        self.detail.update(Text("\n").join(lines))
 
     def action_move(self, step: int) -> None:
-        table = self.query_one("#alerts", DataTable)
-        table.move_cursor(row=max(0, table.cursor_row + step))
+        self.alerts.move_cursor(row=max(0, self.alerts.cursor_row + step))
 
     def action_toggle_lower(self) -> None:
         self.show_devices = not self.show_devices
@@ -305,7 +321,8 @@ class MonitorApp(App[None]):
     # --------------------------------------------------------- actions ---
 
     def message(self, text: str) -> None:
-        self.query_one("#message", Static).update(text)
+        if self.is_running:
+            self.message_line.update(text)
 
     def action_attend(self) -> None:
         a = self.selected_alert()
