@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
-
 from auxilio.console import report, view
 from auxilio.registry import open_registry
+from sqlalchemy import insert, select
 
 # History sizes (stored frames of all types) and what else the registry holds.
 SMALL, LARGE = 2_000, 100_000
