@@ -37,11 +37,12 @@ from sqlalchemy import and_, func, select
 
 from auxilio import timefmt
 from auxilio.console import queries
-from auxilio.console.view import ANSWER_GOAL_S, origin, word
+from auxilio.console.view import ANSWER_GOAL_S, origin
 from auxilio.errors import UsageError
 from auxilio.i18n import _, register
 from auxilio.protocol import codec
 from auxilio.registry.schema import OUTCOMES
+from auxilio.words import word
 
 # Defaults of the command's options.
 DEFAULT_SILENT_DAYS = 7
@@ -398,37 +399,45 @@ def render(rep: dict[str, Any]) -> Group:
             ).format(t=rep["drills"], r=rep["rejected"], u=tot["closed_unattended"])
         ),
     ]
-    s = Table(
-        title=_("Dispositivos asignados sin señal más de {d} días").format(d=rep["silent_days"]),
-        title_justify="left",
-    )
-    for h in ("Dispositivo", "Tipo", "Caso / sitio", "Última señal", "Días"):
-        s.add_column(_(h))
-    for r in rep["silent_devices"]:
-        seen = dt.datetime.fromisoformat(r["last_seen"]) if r["last_seen"] else None
-        s.add_row(
-            r["device"],
-            word(r["kind"]),
-            r["where"],
-            timefmt.stamp(seen) if seen else _("nunca"),
-            "—" if r["silent_days"] is None else f"{r['silent_days']:.1f}",
+
+    def devices(title: str, last: tuple[str, str], rows: list[dict[str, Any]], cells: Any) -> Any:
+        """A device list (device, kind, case or site, then two columns of its own), or 'none'."""
+        if not rows:
+            return Text(title + ": " + _("ninguno"))
+        t = Table(title=title, title_justify="left")
+        for h in ("Dispositivo", "Tipo", "Caso / sitio", *last):
+            t.add_column(_(h))
+        for r in rows:
+            t.add_row(r["device"], word(r["kind"]), r["where"], *cells(r))
+        return t
+
+    def seen(r: dict[str, Any]) -> list[str]:
+        at = r["last_seen"]
+        days = r["silent_days"]
+        return [
+            timefmt.stamp(dt.datetime.fromisoformat(at)) if at else _("nunca"),
+            "—" if days is None else f"{days:.1f}",
+        ]
+
+    parts.append(
+        devices(
+            _("Dispositivos asignados sin señal más de {d} días").format(d=rep["silent_days"]),
+            ("Última señal", "Días"),
+            rep["silent_devices"],
+            seen,
         )
-    b = Table(
-        title=_("Batería baja (menos de {b} %)").format(b=rep["low_battery_below"]),
-        title_justify="left",
     )
-    for h in ("Dispositivo", "Tipo", "Caso / sitio", "Batería", "Leída"):
-        b.add_column(_(h))
-    for r in rep["low_battery"]:
-        b.add_row(
-            r["device"],
-            word(r["kind"]),
-            r["where"],
-            f"{r['battery']} %",
-            timefmt.stamp(dt.datetime.fromisoformat(r["read_at"])),
+    parts.append(
+        devices(
+            _("Batería baja (menos de {b} %)").format(b=rep["low_battery_below"]),
+            ("Batería", "Leída"),
+            rep["low_battery"],
+            lambda r: [
+                f"{r['battery']} %",
+                timefmt.stamp(dt.datetime.fromisoformat(r["read_at"])),
+            ],
         )
-    parts += [s if rep["silent_devices"] else Text(s.title + ": " + _("ninguno"))]
-    parts += [b if rep["low_battery"] else Text(b.title + ": " + _("ninguno"))]
+    )
     return Group(*parts)
 
 

@@ -26,6 +26,7 @@ from auxilio.console import queries
 from auxilio.console.outcomes import outcome_word
 from auxilio.i18n import _, register
 from auxilio.protocol import codec
+from auxilio.words import word
 
 # NENA call answering standard: 90% of calls answered within 10 s. An
 # unattended alert older than this is overdue and stands out.
@@ -52,6 +53,7 @@ register(
         "Estado": "State",
         "Dispositivo": "Device",
         "Tipo": "Kind",
+        "Sector": "Sector",
         "Precisión": "Accuracy",
         "Bat.": "Batt.",
         "Vía": "Via",
@@ -75,13 +77,6 @@ register(
         "correcta": "ok",
         "sin datos": "no data",
         "nunca": "never",
-        "pulsera": "bracelet",
-        "botón": "button",
-        "repuesto": "spare",
-        "asignado": "assigned",
-        "perdido": "lost",
-        "revocado": "revoked",
-        "retirado": "retired",
         "caso {c}": "case {c}",
         "sector {s}": "sector {s}",
         "batería {b} %": "battery {b} %",
@@ -110,16 +105,6 @@ register(
     }
 )
 
-# Registry codes -> the operator's words (the JSON keeps the codes).
-_VALUE_ES = {
-    "bracelet": "pulsera",
-    "button": "botón",
-    "spare": "repuesto",
-    "assigned": "asignado",
-    "lost": "perdido",
-    "revoked": "revocado",
-    "retired": "retirado",
-}
 
 # Why the gateway refused an attend (gateway/attend.py reasons), in the operator's words.
 ATTEND_REASON_ES = {
@@ -200,13 +185,6 @@ EVENT_ALARMS = frozenset(
     {"TAMPER", "SUPERVISION_LOST", "FORWARD_FAILING", "COUNTER_COLLISION", "COUNTER_JUMP"}
 )
 EVENT_WARNINGS = frozenset({"LOW_BATTERY", "POWER", "REJECTED", "LOST_DEVICE"})
-
-
-def word(code: str | None) -> str:
-    """A registry code as the operator's word (unknown codes pass through)."""
-    if not code:
-        return ""
-    return _(_VALUE_ES[code]) if code in _VALUE_ES else code
 
 
 def attend_reason(reason: str) -> str:
