@@ -64,19 +64,23 @@ def run(args: argparse.Namespace) -> int:
 
             print_once(registry, args.limit, args.json)
             return 0
+        import logging
+
         from auxilio.console.app import run_live
         from auxilio.console.outcomes import Closer
+        from auxilio.errors import AuxilioError
 
         broker = with_credentials(args.broker, args.broker_credentials)
-        with Closer(args.registry) as closer:
-            run_live(
-                registry,
-                broker,
-                operator,
-                args.prefix,
-                args.limit,
-                closer,
-            )
+        try:
+            closer: Closer | None = Closer(args.registry)
+        except AuxilioError as exc:  # a console that may only read still monitors and attends
+            logging.getLogger(__name__).warning("monitor: closing alerts unavailable: %s", exc)
+            closer = None
+        try:
+            run_live(registry, broker, operator, args.prefix, args.limit, closer)
+        finally:
+            if closer is not None:
+                closer.dispose()
     finally:
         registry.close()
     return 0

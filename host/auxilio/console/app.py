@@ -372,6 +372,9 @@ class MonitorApp(App[None]):
             ).message()
         except AuxilioError as exc:
             text = f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one line for the operator, the console stays up
+            log.exception("console: closing alert %d failed", alert_id)
+            text = f"error: {type(exc).__name__}: {exc}"
         self.call_from_thread(self.message, text)
         self.call_from_thread(self.action_refresh)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, func, insert, select, text
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from auxilio import timefmt
@@ -37,7 +37,12 @@ from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageE
 from auxilio.i18n import _, register
 from auxilio.registry import open_registry, resolve_url, schema, utcnow
 from auxilio.registry import validate as v
-from auxilio.registry.store import create_registry_engine
+from auxilio.registry.store import (
+    SQLITE_BUSY_TIMEOUT_S,
+    _sqlite_begin,
+    _sqlite_pragmas,
+    create_registry_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +254,19 @@ class Closer:
         open_readonly(url).close()  # missing, too old or too new: one line
         u = resolve_url(url)
         self.sqlite = u.get_backend_name() == "sqlite"
-        if self.sqlite and not Path(u.database or "").is_file():
+        if not self.sqlite:
+            self.engine: Engine = create_registry_engine(u)
+            return
+        if not Path(u.database or "").is_file():
             raise NotFoundError(f"registry {u.database} does not exist")
-        self.engine: Engine = create_registry_engine(u)
-        if self.sqlite:
-            event.listen(self.engine, "connect", _install_authorizer)
+        # The registry's own SQLite engine set-up, without its create-and-tighten
+        # step: a console never creates the gateway's file nor changes its mode.
+        self.engine = create_engine(
+            u, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "connect", _install_authorizer)  # after the pragmas
+        event.listen(self.engine, "begin", _sqlite_begin)
 
     def close_alert(
         self,
