@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = sub.add_parser("gnss", help="emulated GNSS: 'none' or a fixed position LAT LON [HDOP]")
     g.add_argument("where", nargs="+", metavar="none|LAT LON [HDOP]")
+    w = sub.add_parser(
+        "wait",
+        help="wait until the firmware reports a state: connected, or acked/attending/... "
+        "for the last frame queued (past events count)",
+    )
+    w.add_argument("state", metavar="STATE")
+    w.add_argument("--timeout", type=float, default=60.0, help="seconds (60)")
     e = sub.add_parser("events", help="feedback and state events (haptic, led, buzzer, state, log)")
     e.add_argument("--follow", "-f", action="store_true", help="keep streaming new events")
     e.add_argument("--last", type=int, default=50, help="how many past events (50)")
@@ -79,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         for st in running():
             print(json.dumps({k: v for k, v in st.items() if k != "token"}))
+        return 0
+    if args.action == "wait":
+        from auxilio.emulator.waiting import wait_state
+
+        print(json.dumps(wait_state(args.name, args.state, args.timeout)))
         return 0
     client = AdminClient(args.name)
     a = args.action
