@@ -4,7 +4,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test bench chaos lint format firmware vectors clean
+.PHONY: setup system-deps demo test bench chaos lint format firmware vectors catalogue clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,10 @@ format: $(STAMP)
 
 firmware: $(STAMP)
 	$(BIN)/python -m auxilio.build
+
+# Extract the operator-facing strings (Babel), update the .po files, compile the .mo.
+catalogue: $(STAMP)
+	$(BIN)/python -m auxilio.catalogue
 
 # Regenerate protocol/vectors from the codec (a test fails if they drift).
 vectors: $(STAMP)

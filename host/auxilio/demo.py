@@ -25,7 +25,7 @@ from typing import Any
 
 from auxilio.emulator.control import ControlServer
 from auxilio.emulator.roots import device_config, micropython_with_firmware, write_device_root
-from auxilio.i18n import _, register
+from auxilio.i18n import N_, _
 from auxilio.protocol import codec
 
 log = logging.getLogger(__name__)
@@ -46,24 +46,8 @@ DEMO_DEVICES = (
     ),
 )
 
-register(
-    {
-        "Iniciando broker, registro y gateway…": "Starting broker, registry and gateway…",
-        "Dispositivos: firmware real bajo micropython": "Devices: real firmware under micropython",
-        "Dispositivos: simulados en CPython (no hay firmware o micropython)": "Devices: CPython simulated (no firmware or micropython)",
-        "{role} {device}: conectado": "{role} {device}: connected",
-        "{role} {device}: pulsando…": "{role} {device}: pressing…",
-        "{role} {device}: alerta #{counter} verificada, guardada y confirmada en {ms:.1f} ms": "{role} {device}: alert #{counter} verified, stored and acked in {ms:.1f} ms",
-        "{role} {device}: operadora atendiendo (pulso largo)": "{role} {device}: operator attending (long pulse)",
-        "{role} {device}: FALLO: {what}": "{role} {device}: FAILED: {what}",
-        "Listo: todo detenido.": "Done: everything stopped.",
-        "Pulsera": "Bracelet",
-        "Botón": "Button",
-    }
-)
 
-
-ROLE_LABEL = {"bracelet": "Pulsera", "button": "Botón"}
+ROLE_LABEL = {"bracelet": N_("Pulsera"), "button": N_("Botón")}
 
 
 def _who(r: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """One gettext-style function for text that field staff and C4 operators read.
 
-Spanish is the source language; English comes from the built-in catalogue or a
-gettext catalogue dropped in ``AUXILIO_LOCALEDIR``. Select with ``AUXILIO_LANG``
-(``es`` default, ``en``), or ``LANG``.
+Spanish is the source language: every msgid is the Spanish text. English (and any
+later language) lives in a real gettext catalogue, ``auxilio/locale/<lang>/
+LC_MESSAGES/auxilio.po``, extracted with Babel and compiled to the ``.mo`` the
+package ships (``make catalogue``; tests/i18n checks nothing is missing).
+Select with ``AUXILIO_LANG`` (``es`` default, ``en``), or ``LANG``;
+``AUXILIO_LOCALEDIR`` points at another catalogue tree (a translator's).
 """
 
 from __future__ import annotations
@@ -10,48 +13,45 @@ from __future__ import annotations
 import gettext
 import os
 from functools import lru_cache
+from pathlib import Path
 
-# Built-in English catalogue: msgid (Spanish) -> English. A .mo file, when
-# present, takes precedence, so translators never need to touch code.
-_EN: dict[str, str] = {}
-
-
-def register(catalogue: dict[str, str]) -> None:
-    """Add Spanish -> English pairs from a module that owns the strings."""
-    _EN.update(catalogue)
-    _translator.cache_clear()
+DOMAIN = "auxilio"
+LOCALE_DIR = Path(__file__).with_name("locale")
+SOURCE_LANGUAGE = "es"
 
 
 def language() -> str:
-    lang = os.environ.get("AUXILIO_LANG") or os.environ.get("LANG", "es")
-    return "en" if lang.lower().startswith("en") else "es"
+    lang = os.environ.get("AUXILIO_LANG") or os.environ.get("LANG", SOURCE_LANGUAGE)
+    return "en" if lang.lower().startswith("en") else SOURCE_LANGUAGE
 
 
-@lru_cache(maxsize=4)
-def _translator(lang: str) -> gettext.NullTranslations | None:
-    localedir = os.environ.get("AUXILIO_LOCALEDIR")
-    if localedir:
-        try:
-            return gettext.translation("auxilio", localedir, languages=[lang])
-        except OSError:
-            return None
-    return None
+@lru_cache(maxsize=8)
+def translator(lang: str, localedir: str | None = None) -> gettext.NullTranslations:
+    """The catalogue for `lang` (a NullTranslations, i.e. Spanish, when there is none)."""
+    return gettext.translation(
+        DOMAIN, localedir or str(LOCALE_DIR), languages=[lang], fallback=True
+    )
+
+
+def _catalogue() -> gettext.NullTranslations | None:
+    lang = language()
+    if lang == SOURCE_LANGUAGE:
+        return None
+    return translator(lang, os.environ.get("AUXILIO_LOCALEDIR"))
 
 
 def _(msgid: str) -> str:
     """Translate a Spanish source string to the operator's language."""
-    lang = language()
-    if lang == "es":
-        return msgid
-    tr = _translator(lang)
-    if tr is not None:
-        out = tr.gettext(msgid)
-        if out != msgid:
-            return out
-    return _EN.get(msgid, msgid)
+    tr = _catalogue()
+    return msgid if tr is None else tr.gettext(msgid)
+
+
+def N_(msgid: str) -> str:  # noqa: N802 - the gettext convention for "mark, translate later"
+    """Mark a Spanish string for the catalogue where it is defined; `_` translates it where shown."""
+    return msgid
 
 
 def both(msgid: str) -> str:
     """Spanish first, then English, for labels that must carry both."""
-    en = _EN.get(msgid, msgid)
+    en = translator("en", os.environ.get("AUXILIO_LOCALEDIR")).gettext(msgid)
     return msgid if en == msgid else f"{msgid} / {en}"

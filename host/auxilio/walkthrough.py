@@ -16,9 +16,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from auxilio.i18n import both, register
+from auxilio.i18n import N_, both
 from auxilio.paths import find_micropython, protocol_dir
 from auxilio.protocol import FrameError, codec, sms
+
+# Labels written inside f-strings below: marked here, since Babel does not read
+# inside f-strings (auxilio.catalogue).
+_INLINE_LABELS = (
+    N_("posición"),
+    N_("precisión"),
+    N_("batería"),
+    N_("portadora"),
+    N_("contador"),
+    N_("hora"),
+    N_("Trama"),
+    N_("bytes"),
+    N_("Cuerpo del SMS (base64)"),
+    N_("caracteres"),
+    N_("Dispositivo"),
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,65 +47,6 @@ TAMPER_BYTE = 16
 TAMPER_MASK = 0x01
 MICROPYTHON_TIMEOUT_S = 60
 WRAP_AT = 96  # longer bilingual lines print Spanish, then English on the next line
-
-register(
-    {
-        "Recorrido del protocolo Auxilio v1": "Auxilio protocol v1 walk-through",
-        "Clave desechable de esta demostración (no pertenece a ningún dispositivo)": (
-            "Throwaway key for this demo (belongs to no device)"
-        ),
-        "Dispositivo": "Device",
-        "1. La pulsera arma una ALERTA con su posición (datos ficticios)": (
-            "1. The bracelet builds an ALERT with its position (synthetic data)"
-        ),
-        "2. Codifica, cifra la posición (AES-128-CTR) y firma (HMAC-SHA256/128)": (
-            "2. Encode, encrypt the position (AES-128-CTR) and sign (HMAC-SHA256/128)"
-        ),
-        "cabecera": "header",
-        "carga cifrada": "encrypted payload",
-        "etiqueta": "tag",
-        "carga en claro": "plaintext payload",
-        "nunca sale del dispositivo": "never leaves the device",
-        "(versión, tipo, flags, dispositivo, contador, hora, longitud)": (
-            "(version, type, flags, device, counter, time, length)"
-        ),
-        "se omite por --no-micropython.": "skipped because of --no-micropython.",
-        "Trama": "Frame",
-        "bytes": "bytes",
-        "Cuerpo del SMS (base64)": "SMS body (base64)",
-        "caracteres": "characters",
-        "Quien mira el broker ve la carga cifrada, no la ubicación.": (
-            "Anyone watching the broker sees the encrypted payload, not the location."
-        ),
-        "3. El C4 la verifica y descifra (CPython)": "3. The C4 verifies and decrypts it (CPython)",
-        "4. Lo mismo con el mismo códec en MicroPython (micropython real)": (
-            "4. The same with the same codec on MicroPython (real micropython)"
-        ),
-        "micropython no está instalado; se omite esta parte.": (
-            "micropython is not installed; skipping this part."
-        ),
-        "Campos idénticos a CPython": "Fields identical to CPython",
-        "Codificación byte a byte idéntica en ambos entornos": (
-            "Byte-for-byte identical encoding on both runtimes"
-        ),
-        "5. Alguien altera un solo bit de la copia (la latitud cifrada)": (
-            "5. Someone alters a single bit of a copy (the encrypted latitude)"
-        ),
-        "Rechazada en CPython": "Rejected on CPython",
-        "Rechazada en MicroPython": "Rejected on MicroPython",
-        "¡ACEPTADA! Esto es un error grave.": "ACCEPTED! This is a serious bug.",
-        "Todas las comprobaciones pasaron.": "All checks passed.",
-        "Fallaron comprobaciones": "Checks failed",
-        "sí": "yes",
-        "no": "no",
-        "posición": "position",
-        "precisión": "accuracy",
-        "batería": "battery",
-        "portadora": "bearer",
-        "contador": "counter",
-        "hora": "time",
-    }
-)
 
 
 @dataclass
@@ -185,14 +142,14 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
     }
 
     write("═" * 72)
-    say("Recorrido del protocolo Auxilio v1")
+    say(N_("Recorrido del protocolo Auxilio v1"))
     write("═" * 72)
-    say("Clave desechable de esta demostración (no pertenece a ningún dispositivo)", ":")
+    say(N_("Clave desechable de esta demostración (no pertenece a ningún dispositivo)"), ":")
     write(f"  {secret.hex()}")
     write(f"{both('Dispositivo')}: {fields['device']}")
     write("")
 
-    say("1. La pulsera arma una ALERTA con su posición (datos ficticios)")
+    say(N_("1. La pulsera arma una ALERTA con su posición (datos ficticios)"))
     write(
         f"  {both('posición')}: {_deg(DEMO_LAT_E7)}, {_deg(DEMO_LON_E7)}  "
         f"{both('precisión')}: 8 m  {both('batería')}: 76 %  RSSI: -71 dBm  "
@@ -202,7 +159,7 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
     write(f"  {both('contador')}: 1  {both('hora')}: {now} = {stamp} (clock_synced)")
     write("")
 
-    say("2. Codifica, cifra la posición (AES-128-CTR) y firma (HMAC-SHA256/128)")
+    say(N_("2. Codifica, cifra la posición (AES-128-CTR) y firma (HMAC-SHA256/128)"))
     frame = codec.encode(fields, keys)
     n = len(frame)
     plain = codec.pack_payload(codec.ALERT, codec._values_from_fields(codec.ALERT, fields))
@@ -223,10 +180,10 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
     write(f"    {body}")
     result.check("alert_fits_budget", n <= 64 and len(body) <= 160)
     result.check("payload_encrypted", frame[16 : n - 16] != plain)
-    say("Quien mira el broker ve la carga cifrada, no la ubicación.", indent="  ")
+    say(N_("Quien mira el broker ve la carga cifrada, no la ubicación."), indent="  ")
     write("")
 
-    say("3. El C4 la verifica y descifra (CPython)")
+    say(N_("3. El C4 la verifica y descifra (CPython)"))
     decoded = codec.decode(frame, keys)
     same = {k: decoded[k] for k in fields} == fields
     write(
@@ -240,13 +197,13 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
     tampered[TAMPER_BYTE] ^= TAMPER_MASK
     tampered_b = bytes(tampered)
 
-    say("4. Lo mismo con el mismo códec en MicroPython (micropython real)")
+    say(N_("4. Lo mismo con el mismo códec en MicroPython (micropython real)"))
     exe = find_micropython() if use_micropython else None
     mp: dict = {}
     if not use_micropython:
-        say("se omite por --no-micropython.", indent="  ")
+        say(N_("se omite por --no-micropython."), indent="  ")
     elif exe is None:
-        say("micropython no está instalado; se omite esta parte.", indent="  ")
+        say(N_("micropython no está instalado; se omite esta parte."), indent="  ")
     else:
         result.micropython = True
         mp = _on_micropython(exe, secret, frame, tampered_b)
@@ -256,9 +213,9 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
         else:
             same_fields = mp["fields"] == decoded
             same_bytes = mp["encoded"] == frame.hex()
-            say("Campos idénticos a CPython", f": {mark(same_fields)}", indent="  ")
+            say(N_("Campos idénticos a CPython"), f": {mark(same_fields)}", indent="  ")
             say(
-                "Codificación byte a byte idéntica en ambos entornos",
+                N_("Codificación byte a byte idéntica en ambos entornos"),
                 f": {mark(same_bytes)}",
                 indent="  ",
             )
@@ -266,7 +223,7 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
             result.check("micropython_byte_identical", same_bytes)
     write("")
 
-    say("5. Alguien altera un solo bit de la copia (la latitud cifrada)")
+    say(N_("5. Alguien altera un solo bit de la copia (la latitud cifrada)"))
     write(f"  {both('carga cifrada')}: {_hex(tampered_b[16 : n - 16])}")
     try:
         codec.decode(tampered_b, keys)
@@ -275,22 +232,26 @@ def run(write: Callable[[str], None] = print, use_micropython: bool = True) -> W
         reason = exc.reason
     ok = reason == "bad_tag"
     if ok:
-        say("Rechazada en CPython", f": error: {reason}  {mark(ok)}", indent="  ")
+        say(N_("Rechazada en CPython"), f": error: {reason}  {mark(ok)}", indent="  ")
     else:
-        say("¡ACEPTADA! Esto es un error grave.", indent="  ")
+        say(N_("¡ACEPTADA! Esto es un error grave."), indent="  ")
     result.check("cpython_rejects_tampered", ok)
     if mp and "error" not in mp:
         ok = mp["tampered"] == "bad_tag"
         if ok:
-            say("Rechazada en MicroPython", f": error: {mp['tampered']}  {mark(ok)}", indent="  ")
+            say(
+                N_("Rechazada en MicroPython"),
+                f": error: {mp['tampered']}  {mark(ok)}",
+                indent="  ",
+            )
         else:
-            say("¡ACEPTADA! Esto es un error grave.", indent="  ")
+            say(N_("¡ACEPTADA! Esto es un error grave."), indent="  ")
         result.check("micropython_rejects_tampered", ok)
     write("")
 
     if result.ok:
-        say("Todas las comprobaciones pasaron.", f" ({len(result.checks)})")
+        say(N_("Todas las comprobaciones pasaron."), f" ({len(result.checks)})")
     else:
         failed = ", ".join(name for name, ok in result.checks if not ok)
-        say("Fallaron comprobaciones", f": {failed}")
+        say(N_("Fallaron comprobaciones"), f": {failed}")
     return result

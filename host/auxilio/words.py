@@ -6,17 +6,44 @@ and report shows these words, through auxilio.i18n (Spanish first).
 
 from __future__ import annotations
 
-from auxilio.i18n import _, register
+from auxilio.i18n import N_, _
 
-KIND_WORDS = {"bracelet": "pulsera", "button": "botón"}
+KIND_WORDS = {"bracelet": N_("pulsera"), "button": N_("botón")}
 STATE_WORDS = {
-    "spare": "repuesto",
-    "assigned": "asignado",
-    "lost": "perdido",
-    "revoked": "revocado",
-    "retired": "retirado",
+    "spare": N_("repuesto"),
+    "assigned": N_("asignado"),
+    "lost": N_("perdido"),
+    "revoked": N_("revocado"),
+    "retired": N_("retirado"),
 }
-register({es: en for en, es in (KIND_WORDS | STATE_WORDS).items()})
+
+# Audit actions (registry.store, console outcomes, the gateway's attend), as the
+# history in `devices show` names them; the log itself keeps the codes.
+ACTION_WORDS = {
+    "add": N_("alta"),
+    "assign": N_("asignación"),
+    "unassign": N_("fin de asignación"),
+    "spare": N_("vuelta a repuesto"),
+    "mark-lost": N_("marcado como perdido"),
+    "revoked": N_("revocación"),
+    "retired": N_("retiro"),
+    "rekey": N_("cambio de clave"),
+    "mqtt-password": N_("contraseña MQTT"),
+    "set-sim": N_("número de SIM"),
+    "config": N_("configuración"),
+    "attend-request": N_("solicitud de atención"),
+    "attend": N_("atención"),
+    "close": N_("cierre"),
+    "close-amend": N_("corrección del cierre"),
+    "export-csv": N_("exportación CSV"),
+    "import-csv": N_("importación CSV"),
+}
+
+
+def action_word(code: str) -> str:
+    """An audit action as the operator reads it (an unknown code passes through)."""
+    es = ACTION_WORDS.get(code)
+    return _(es) if es else code
 
 
 def word(code: str | None) -> str:

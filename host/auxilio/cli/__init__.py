@@ -16,18 +16,31 @@ from collections.abc import Sequence
 
 from auxilio import __version__
 from auxilio.errors import AuxilioError, ConnectionFailed
+from auxilio.i18n import N_, _
 
 # (command, module, one-line help). Add a command by adding a row and a module.
 COMMANDS: list[tuple[str, str, str]] = [
     ("decode", "decode", "decode and verify one frame given the device secret"),
     ("demo", "demo", "run the end-to-end demo"),
     ("keys", "keys", "gateway keypair: init, show the public key"),
-    ("devices", "devices", "device registry: add, list, show, assign, revoke, ..."),
+    (
+        "devices",
+        "devices",
+        N_("registro de dispositivos: alta, lista, ficha, asignar, revocar, ..."),
+    ),
     ("gateway", "gateway", "run the C4 gateway: verify, store, ack, forward"),
-    ("monitor", "monitor", "live console of alerts and device health"),
-    ("attend", "attend", "mark an alert as attended by an operator"),
-    ("close", "close", "record an alert's outcome (resolved, false alarm, ...), audited"),
-    ("report", "report", "programme report: alerts by month and outcome, attend times, devices"),
+    ("monitor", "monitor", N_("consola en vivo de alertas y salud de los dispositivos")),
+    ("attend", "attend", N_("marca una alerta como atendida por un operador")),
+    (
+        "close",
+        "close",
+        N_("registra el desenlace de una alerta (resuelta, falsa alarma, ...), en la bitácora"),
+    ),
+    (
+        "report",
+        "report",
+        N_("informe del programa: alertas por mes y desenlace, tiempos de atención, dispositivos"),
+    ),
     ("broker", "broker", "mosquitto config and runner"),
     ("emulate", "emulate", "run virtual boards (real firmware on the unix port)"),
     ("vboard", "vboard", "control a running virtual board (press, battery, power...)"),
@@ -60,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"auxilio.cli.{module_name}":
                 continue  # command not built yet
             raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=_(help_text), description=_(help_text))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -12,28 +12,38 @@ import getpass
 import json
 import os
 
+from auxilio.i18n import _
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("alert_id", metavar="ALERT_ID", help="alert id (see `auxilio monitor`)")
     p.add_argument(
-        "--operator", default=None, help="operator name for the audit log (default: login name)"
+        "alert_id", metavar="ALERT_ID", help=_("id de la alerta (ver `auxilio monitor`)")
+    )
+    p.add_argument(
+        "--operator",
+        default=None,
+        help=_("nombre del operador para la bitácora (por omisión: el usuario de la sesión)"),
     )
     p.add_argument(
         "--broker",
         default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
-        help="broker of the running gateway, which signs the ACK",
+        help=_("broker de la pasarela en marcha, que firma el ACK"),
     )
     p.add_argument(
         "--broker-credentials",
         default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
         metavar="FILE",
-        help='JSON {"username", "password"} (operator.json from `auxilio broker config`)',
+        help=_('JSON {"username", "password"} (operator.json de `auxilio broker config`)'),
     )
-    p.add_argument("--prefix", default="auxilio", help="topic prefix")
+    p.add_argument("--prefix", default="auxilio", help=_("prefijo de los temas MQTT"))
     p.add_argument(
-        "--wait", type=float, default=10.0, metavar="S", help="seconds to wait for the gateway"
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help=_("segundos de espera por la pasarela"),
     )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help=_("el resultado en JSON"))
 
 
 def run(args: argparse.Namespace) -> int:

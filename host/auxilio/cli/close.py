@@ -13,33 +13,39 @@ import getpass
 import json
 import os
 
+from auxilio.i18n import _
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from auxilio.registry.schema import OUTCOMES
 
-    p.add_argument("alert_id", metavar="ALERT", help="alert id (see `auxilio monitor`)")
+    p.add_argument("alert_id", metavar="ALERT", help=_("id de la alerta (ver `auxilio monitor`)"))
     p.add_argument(
         "--outcome",
         required=True,
         choices=OUTCOMES,
-        help="resolved (help arrived: an effective report), false_alarm, no_contact, test",
+        help=_("resolved (llegó la ayuda: un reporte efectivo), false_alarm, no_contact, test"),
     )
-    p.add_argument("--note", default="", help="one line for the record (never a name)")
+    p.add_argument("--note", default="", help=_("una línea para el expediente (nunca un nombre)"))
     p.add_argument(
         "--operator",
         default=None,
-        help="who closes it, for the audit log (default $AUXILIO_ACTOR or the login name)",
+        help=_(
+            "quién la cierra, para la bitácora (por omisión $AUXILIO_ACTOR o el usuario de la sesión)"
+        ),
     )
     p.add_argument(
-        "--amend", action="store_true", help="correct the outcome of an alert already closed"
+        "--amend", action="store_true", help=_("corrige el desenlace de una alerta ya cerrada")
     )
     p.add_argument(
         "--registry",
         default=None,
-        help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db); "
-        "on PostgreSQL the console role's login",
+        help=_(
+            "ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db); "
+            "en PostgreSQL, el usuario del rol de consola"
+        ),
     )
-    p.add_argument("--json", action="store_true", help="print the outcome row as JSON")
+    p.add_argument("--json", action="store_true", help=_("el desenlace en JSON"))
 
 
 def run(args: argparse.Namespace) -> int:

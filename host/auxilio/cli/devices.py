@@ -13,66 +13,22 @@ import os
 import sys
 from typing import Any
 
-from auxilio.i18n import _, register
-
-register(
-    {
-        "Dispositivo": "Device",
-        "Tipo": "Kind",
-        "Placa": "Board",
-        "Firmware": "Firmware",
-        "Estado": "State",
-        "Época de clave": "Key epoch",
-        "Última señal": "Last seen",
-        "Asignación": "Assignment",
-        "Vigencia": "Valid",
-        "Sector": "Sector",
-        "Creado": "Created",
-        "Actualizado": "Updated",
-        "Latido (s)": "Heartbeat (s)",
-        "Cuándo": "When",
-        "Quién": "Who",
-        "Acción": "Action",
-        "Detalle": "Detail",
-        "Dispositivos": "Devices",
-        "Historial": "History",
-        "pulsera": "bracelet",
-        "botón": "button",
-        "repuesto": "spare",
-        "asignado": "assigned",
-        "perdido": "lost",
-        "revocado": "revoked",
-        "retirado": "retired",
-        "caso": "case",
-        "sin asignar": "unassigned",
-        "Campo": "Field",
-        "Valor": "Value",
-        "Dispositivo registrado": "Device registered",
-        "Archivo de aprovisionamiento": "Provisioning file",
-        "ninguno: el secreto queda sellado": "none: the secret stays sealed",
-    }
-)
-
-KIND_LABEL = {"bracelet": "pulsera", "button": "botón"}
-STATE_LABEL = {
-    "spare": "repuesto",
-    "assigned": "asignado",
-    "lost": "perdido",
-    "revoked": "revocado",
-    "retired": "retirado",
-}
+from auxilio.i18n import N_, _
+from auxilio.words import action_word, word
 
 
 def _common(json_flag: bool = True) -> argparse.ArgumentParser:
     c = argparse.ArgumentParser(add_help=False)
     c.add_argument(
-        "--registry", help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)"
+        "--registry",
+        help=_("ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db)"),
     )
     c.add_argument(
-        "--actor", help="who is acting, for the audit log (default $AUXILIO_ACTOR or cli:<user>)"
+        "--actor",
+        help=_("quién actúa, para la bitácora (por omisión $AUXILIO_ACTOR o cli:<usuario>)"),
     )
     if json_flag:
-        c.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        c.add_argument("--json", action="store_true", help=_("salida JSON para máquinas"))
     return c
 
 
@@ -80,89 +36,136 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common = _common()
     sub = p.add_subparsers(dest="devices_cmd", metavar="ACTION", required=True)
 
-    a = sub.add_parser("add", parents=[common], help="enrol a device with a new sealed secret")
-    a.add_argument("--id", dest="device", help="printed device id (default: a random free one)")
+    a = sub.add_parser(
+        "add", parents=[common], help=_("da de alta un dispositivo con un secreto nuevo sellado")
+    )
+    a.add_argument(
+        "--id", dest="device", help=_("id impreso del dispositivo (por omisión: uno libre al azar)")
+    )
     a.add_argument("--kind", required=True, choices=["bracelet", "button"])
-    a.add_argument("--board", required=True, help="board name (boards/<name>.json)")
-    a.add_argument("--fw", help="firmware version, e.g. 1.0.0")
-    a.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
-    a.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    a.add_argument("--board", required=True, help=_("nombre de la placa (boards/<nombre>.json)"))
+    a.add_argument("--fw", help=_("versión del firmware, p. ej. 1.0.0"))
+    a.add_argument(
+        "--pubkey",
+        help=_(
+            "archivo de la clave pública de la pasarela (por omisión <dir. de claves>/gateway.pub)"
+        ),
+    )
+    a.add_argument(
+        "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
+    )
     a.add_argument(
         "--secret-out",
         metavar="FILE",
-        help="write the plaintext secret and MQTT password here (mode 0600) for provisioning",
+        help=_(
+            "escribe aquí el secreto y la contraseña MQTT en claro (modo 0600) para aprovisionar"
+        ),
     )
 
-    ls = sub.add_parser("list", parents=[common], help="list devices")
+    ls = sub.add_parser("list", parents=[common], help=_("lista los dispositivos"))
     ls.add_argument("--state", choices=["spare", "assigned", "lost", "revoked", "retired"])
 
-    sh = sub.add_parser("show", parents=[common], help="one device, its assignment and history")
-    sh.add_argument("device", help="printed device id, e.g. 0938-NKRT")
+    sh = sub.add_parser(
+        "show", parents=[common], help=_("un dispositivo, su asignación y su historial")
+    )
+    sh.add_argument("device", help=_("id impreso del dispositivo, p. ej. 0938-NKRT"))
 
     asg = sub.add_parser(
-        "assign", parents=[common], help="assign a case (bracelet) or site (button)"
+        "assign", parents=[common], help=_("asigna un caso (pulsera) o un sitio (botón)")
     )
     asg.add_argument("device")
     asg.add_argument(
-        "--case", help="pseudonymous case reference, e.g. PR-2026-00123 (never a name)"
+        "--case", help=_("referencia seudónima del caso, p. ej. PR-2026-00123 (nunca un nombre)")
     )
-    asg.add_argument("--site", help="public site name (button)")
-    asg.add_argument("--lat", help="latitude (button)")
-    asg.add_argument("--lon", help="longitude (button)")
-    asg.add_argument("--sector", help="C4 sector (button)")
-    asg.add_argument("--from", dest="valid_from", help="valid from (ISO 8601, default now)")
-    asg.add_argument("--to", dest="valid_to", help="valid until (ISO 8601, default open)")
+    asg.add_argument("--site", help=_("nombre público del sitio (botón)"))
+    asg.add_argument("--lat", help=_("latitud (botón)"))
+    asg.add_argument("--lon", help=_("longitud (botón)"))
+    asg.add_argument("--sector", help=_("sector del C4 (botón)"))
+    asg.add_argument(
+        "--from", dest="valid_from", help=_("vigente desde (ISO 8601, por omisión ahora)")
+    )
+    asg.add_argument(
+        "--to", dest="valid_to", help=_("vigente hasta (ISO 8601, por omisión sin fin)")
+    )
     asg.add_argument(
         "--reassign",
         action="store_true",
-        help="replace the device's current case or site (refused without it)",
+        help=_("reemplaza el caso o sitio actual del dispositivo (sin esto se rechaza)"),
     )
 
-    un = sub.add_parser("unassign", parents=[common], help="end the current assignment")
+    un = sub.add_parser("unassign", parents=[common], help=_("termina la asignación actual"))
     un.add_argument("device")
 
     for name, help_text in (
-        ("mark-lost", "mark a device lost (its alerts are still recorded, flagged)"),
-        ("revoke", "revoke a device: its frames are rejected and reported"),
-        ("retire", "retire a device for good"),
+        (
+            "mark-lost",
+            N_("marca un dispositivo como perdido (sus alertas se siguen guardando, señaladas)"),
+        ),
+        ("revoke", N_("revoca un dispositivo: sus tramas se rechazan y se informan")),
+        ("retire", N_("retira un dispositivo para siempre")),
     ):
-        s = sub.add_parser(name, parents=[common], help=help_text)
+        s = sub.add_parser(name, parents=[common], help=_(help_text))
         s.add_argument("device")
-        s.add_argument("--note", help="why (kept in the audit log)")
+        s.add_argument("--note", help=_("por qué (queda en la bitácora)"))
 
     rk = sub.add_parser(
-        "rekey", parents=[common], help="new secret and MQTT password (found, returned, rotated)"
+        "rekey",
+        parents=[common],
+        help=_("secreto y contraseña MQTT nuevos (recuperado, devuelto, rotación)"),
     )
     rk.add_argument("device")
-    rk.add_argument("--secret-out", required=True, metavar="FILE", help="provisioning file (0600)")
-    rk.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
-    rk.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    rk.add_argument(
+        "--secret-out", required=True, metavar="FILE", help=_("archivo de aprovisionamiento (0600)")
+    )
+    rk.add_argument(
+        "--pubkey",
+        help=_(
+            "archivo de la clave pública de la pasarela (por omisión <dir. de claves>/gateway.pub)"
+        ),
+    )
+    rk.add_argument(
+        "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
+    )
 
     sim = sub.add_parser(
         "set-sim",
         parents=[common],
-        help="record the SIM's phone number: the C4 takes a device's SMS alerts only from it",
+        help=_(
+            "registra el número de la SIM: el C4 acepta SMS de alerta del dispositivo solo desde él"
+        ),
     )
     sim.add_argument("device")
-    sim.add_argument("number", nargs="?", help="E.164, like +525512340000")
-    sim.add_argument("--clear", action="store_true", help="forget the number (SIM removed)")
+    sim.add_argument("number", nargs="?", help=_("E.164, como +525512340000"))
+    sim.add_argument("--clear", action="store_true", help=_("olvida el número (SIM retirada)"))
 
-    im = sub.add_parser("import-csv", parents=[common], help="import devices and assignments")
-    im.add_argument("file", help="CSV file ('-' for stdin)")
+    im = sub.add_parser(
+        "import-csv", parents=[common], help=_("importa dispositivos y asignaciones")
+    )
+    im.add_argument("file", help=_("archivo CSV ('-' para la entrada estándar)"))
     im.add_argument(
         "--secret-dir",
-        help="enrol unknown devices, writing <ID>.json provisioning files here (mode 0600)",
+        help=_(
+            "da de alta los dispositivos desconocidos y escribe aquí sus archivos <ID>.json (modo 0600)"
+        ),
     )
-    im.add_argument("--pubkey", help="gateway public key file (for enrolling)")
-    im.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    im.add_argument(
+        "--pubkey", help=_("archivo de la clave pública de la pasarela (para dar de alta)")
+    )
+    im.add_argument(
+        "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
+    )
     im.add_argument(
         "--reassign",
         action="store_true",
-        help="rows may replace a device's current case or site (else such rows are refused)",
+        help=_("las filas pueden reemplazar el caso o sitio actual (si no, se rechazan)"),
     )
 
-    ex = sub.add_parser("export-csv", parents=[common], help="export devices and assignments")
-    ex.add_argument("file", nargs="?", default="-", help="CSV file (default stdout)")
+    ex = sub.add_parser(
+        "export-csv", parents=[common], help=_("exporta dispositivos y asignaciones")
+    )
+    ex.add_argument(
+        "file", nargs="?", default="-", help=_("archivo CSV (por omisión la salida estándar)")
+    )
 
 
 def _actor(args: argparse.Namespace) -> str:
@@ -185,7 +188,7 @@ def _assignment_text(a: dict[str, Any] | None) -> str:
     if a is None:
         return _("sin asignar")
     if a["kind"] == "case":
-        return f"{_('caso')} {a['case_ref']}"
+        return _("caso") + f" {a['case_ref']}"
     return f"{a['site']} ({a['sector']})"
 
 
@@ -208,15 +211,23 @@ def _device_table(rows: list[tuple[Any, dict[str, Any] | None]]) -> Any:
     from rich.table import Table
 
     t = Table(title=_("Dispositivos"))
-    for h in ("Dispositivo", "Tipo", "Placa", "Firmware", "Estado", "Asignación", "Última señal"):
+    for h in (
+        "Dispositivo",
+        "Tipo",
+        "Placa",
+        N_("Firmware"),
+        N_("Estado"),
+        N_("Asignación"),
+        N_("Última señal"),
+    ):
         t.add_column(_(h))
     for rec, a in rows:
         t.add_row(
             rec.label,
-            _(KIND_LABEL[rec.kind]),
+            word(rec.kind),
             rec.board,
             rec.fw_version or "—",
-            _(STATE_LABEL[rec.state]),
+            word(rec.state),
             _assignment_text(a),
             _fmt_time(rec.last_seen),
         )
@@ -293,7 +304,7 @@ def _add(args: argparse.Namespace, registry: Any) -> int:
 
     t = Table(title=_("Dispositivo registrado"), show_header=False)
     t.add_row(_("Dispositivo"), e.label)
-    t.add_row(_("Tipo"), _(KIND_LABEL[e.kind]))
+    t.add_row(_("Tipo"), word(e.kind))
     t.add_row(_("Placa"), e.board)
     t.add_row(
         _("Archivo de aprovisionamiento"),
@@ -341,28 +352,28 @@ def _show(args: argparse.Namespace, registry: Any) -> int:
 
     t = Table(title=rec.label, show_header=False)
     for label, value in (
-        ("Tipo", _(KIND_LABEL[rec.kind])),
+        ("Tipo", word(rec.kind)),
         ("Placa", rec.board),
-        ("Firmware", rec.fw_version or "—"),
-        ("Estado", _(STATE_LABEL[rec.state])),
-        ("Época de clave", str(rec.key_epoch)),
-        ("Latido (s)", str(rec.heartbeat_s) if rec.heartbeat_s else "—"),
+        (N_("Firmware"), rec.fw_version or "—"),
+        (N_("Estado"), word(rec.state)),
+        (N_("Época de clave"), str(rec.key_epoch)),
+        (N_("Latido (s)"), str(rec.heartbeat_s) if rec.heartbeat_s else "—"),
         ("SIM", rec.msisdn or "—"),
-        ("Asignación", _assignment_text(a)),
+        (N_("Asignación"), _assignment_text(a)),
         (
-            "Vigencia",
+            N_("Vigencia"),
             f"{_fmt_time(a['valid_from'])} → {_fmt_time(a['valid_to'])}" if a else "—",
         ),
-        ("Última señal", _fmt_time(rec.last_seen)),
-        ("Creado", _fmt_time(rec.created_at)),
-        ("Actualizado", _fmt_time(rec.updated_at)),
+        (N_("Última señal"), _fmt_time(rec.last_seen)),
+        (N_("Creado"), _fmt_time(rec.created_at)),
+        (N_("Actualizado"), _fmt_time(rec.updated_at)),
     ):
         t.add_row(_(label), value)
     h = Table(title=_("Historial"))
-    for col in ("Cuándo", "Quién", "Acción", "Detalle"):
+    for col in (N_("Cuándo"), N_("Quién"), N_("Acción"), N_("Detalle")):
         h.add_column(_(col))
     for e in history:
-        h.add_row(_fmt_time(e["at"]), e["actor"], e["action"], e["detail"])
+        h.add_row(_fmt_time(e["at"]), e["actor"], action_word(e["action"]), e["detail"])
     con = _console()
     con.print(t)
     con.print(h)
@@ -404,7 +415,7 @@ def _done(args: argparse.Namespace, registry: Any, device: str) -> int:
     if args.json:
         print(json.dumps({**rec.public_dict(), "assignment": _assignment_json(a)}))
     else:
-        print(f"{rec.label}: {_(STATE_LABEL[rec.state])} — {_assignment_text(a)}")
+        print(f"{rec.label}: {word(rec.state)} — {_assignment_text(a)}")
     return 0
 
 

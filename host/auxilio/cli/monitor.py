@@ -6,6 +6,8 @@ import argparse
 import getpass
 import os
 
+from auxilio.i18n import _
+
 # Rows per list at most (each refresh reads this many per list).
 MAX_LIMIT = 500
 
@@ -14,26 +16,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--registry",
         default=None,
-        help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db); never created",
+        help=_(
+            "ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db); nunca se crea"
+        ),
     )
     p.add_argument(
         "--broker",
         default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
-        help="broker of the running gateway (for attend)",
+        help=_("broker de la pasarela en marcha (para atender)"),
     )
     p.add_argument(
-        "--operator", default=None, help="operator name for attend and close (default: login name)"
+        "--operator",
+        default=None,
+        help=_("nombre del operador para atender y cerrar (por omisión: el usuario de la sesión)"),
     )
     p.add_argument(
         "--broker-credentials",
         default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
         metavar="FILE",
-        help='JSON {"username", "password"} for the broker (keeps the password off the command line)',
+        help=_(
+            'JSON {"username", "password"} del broker (la contraseña no va en la línea de órdenes)'
+        ),
     )
-    p.add_argument("--prefix", default="auxilio", help="topic prefix")
-    p.add_argument("--limit", type=int, default=15, help=f"rows per list (1-{MAX_LIMIT})")
-    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    p.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
+    p.add_argument("--prefix", default="auxilio", help=_("prefijo de los temas MQTT"))
+    p.add_argument(
+        "--limit", type=int, default=15, help=_("filas por lista (1-{n})").format(n=MAX_LIMIT)
+    )
+    p.add_argument("--once", action="store_true", help=_("imprime una sola vista y termina"))
+    p.add_argument("--json", action="store_true", help=_("con --once: la vista en JSON"))
 
 
 def run(args: argparse.Namespace) -> int:

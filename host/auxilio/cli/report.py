@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from auxilio.i18n import _
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from auxilio.console.report import DEFAULT_LOW_BATTERY, DEFAULT_SILENT_DAYS
@@ -17,31 +19,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--from",
         dest="start",
         metavar="DATE",
-        help="first day, YYYY-MM-DD or YYYY-MM, local time (default: 11 months before this one)",
+        help=_(
+            "primer día, AAAA-MM-DD o AAAA-MM, hora local (por omisión: 11 meses antes de este)"
+        ),
     )
     p.add_argument(
-        "--to", dest="end", metavar="DATE", help="last day, YYYY-MM-DD or YYYY-MM (default: today)"
+        "--to",
+        dest="end",
+        metavar="DATE",
+        help=_("último día, AAAA-MM-DD o AAAA-MM (por omisión: hoy)"),
     )
     p.add_argument(
         "--silent-days",
         type=int,
         default=DEFAULT_SILENT_DAYS,
         metavar="N",
-        help=f"list assigned devices not heard from for more than N days (default {DEFAULT_SILENT_DAYS})",
+        help=_(
+            "lista los dispositivos asignados sin señal desde hace más de N días (por omisión {n})"
+        ).format(n=DEFAULT_SILENT_DAYS),
     )
     p.add_argument(
         "--low-battery",
         type=int,
         default=DEFAULT_LOW_BATTERY,
         metavar="PCT",
-        help=f"list devices whose latest battery reading is below PCT %% (default {DEFAULT_LOW_BATTERY})",
+        help=_(
+            "lista los dispositivos cuya última batería está por debajo de PCT %% (por omisión {n})"
+        ).format(n=DEFAULT_LOW_BATTERY),
     )
     p.add_argument(
-        "--registry", default=None, help="registry path or URL (default $AUXILIO_REGISTRY)"
+        "--registry",
+        default=None,
+        help=_("ruta o URL del registro (por omisión $AUXILIO_REGISTRY)"),
     )
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="the whole report as JSON")
-    out.add_argument("--csv", action="store_true", help="the monthly table as CSV")
+    out.add_argument("--json", action="store_true", help=_("el informe completo en JSON"))
+    out.add_argument("--csv", action="store_true", help=_("la tabla mensual en CSV"))
 
 
 def run(args: argparse.Namespace) -> int:

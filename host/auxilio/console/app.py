@@ -34,7 +34,7 @@ from textual.widgets.option_list import Option
 from auxilio.console import view
 from auxilio.console.outcomes import NOTE_MAX, OUTCOMES, Closer, outcome_word
 from auxilio.errors import AuxilioError
-from auxilio.i18n import _, register
+from auxilio.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +43,6 @@ REFRESH_S = 1.0
 # Padding DataTable puts around each cell (one column each side), and room kept for the scrollbar.
 _CELL_PAD = 2
 _SCROLLBAR = 0  # none reserved: when rows overflow, the last column gives way
-
-register(
-    {
-        "Atender": "Attend",
-        "Cerrar": "Close",
-        "Dispositivos/eventos": "Devices/events",
-        "Refrescar": "Refresh",
-        "Salir": "Quit",
-        "Cancelar": "Cancel",
-        "Cerrar alerta {id} ({who})": "Close alert {id} ({who})",
-        "Corregir el cierre de la alerta {id}: ahora «{o}» ({op})": "Correct the close of alert {id}: now '{o}' ({op})",
-        "No atendida: la usuaria no ha recibido el aviso de ayuda. Se registrará así.": "Not attended: the wearer has not been told help is coming. It will be recorded so.",
-        "Nota (opcional, nunca un nombre)": "Note (optional, never a name)",
-        "↑/↓ o 1-4 elegir · Intro pasa a la nota · Intro confirma · Esc cancela": "↑/↓ or 1-4 choose · Enter goes to the note · Enter confirms · Esc cancels",
-        "elija un resultado (1-4)": "choose an outcome (1-4)",
-        "no hay alerta seleccionada": "no alert selected",
-        "esta consola no puede cerrar alertas (sin registro de escritura)": "this console cannot close alerts (no outcome writer)",
-        "Alerta {id}: cerrando…": "Alert {id}: closing…",
-    }
-)
 
 
 class CloseScreen(ModalScreen[tuple[str, str] | None]):

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from auxilio import timefmt
 from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageError
-from auxilio.i18n import _, register
+from auxilio.i18n import N_, _
 from auxilio.registry import open_registry, resolve_url, schema, utcnow
 from auxilio.registry import validate as v
 from auxilio.registry.store import (
@@ -54,30 +54,11 @@ _AUDIT_TRIGGER = "outcomes_audit"
 
 # Registry codes -> the operator's words.
 OUTCOME_WORDS = {
-    "resolved": "resuelta",
-    "false_alarm": "falsa alarma",
-    "no_contact": "sin contacto",
+    "resolved": N_("resuelta"),
+    "false_alarm": N_("falsa alarma"),
+    "no_contact": N_("sin contacto"),
     "test": "prueba",
 }
-register(
-    {
-        "resuelta": "resolved",
-        "falsa alarma": "false alarm",
-        "sin contacto": "no contact",
-        "prueba": "test",
-        "alerta {id}: no existe": "alert {id}: no such alert",
-        "fila {id}: es un evento {type}, no una alerta (los eventos no se cierran)": "row {id}: a {type} event, not an alert (events are not closed)",
-        "alerta {id}: ya cerrada como «{outcome}» por {op} ({when}); --amend para corregir": "alert {id}: already closed as '{outcome}' by {op} ({when}); --amend to correct it",
-        "alerta {id}: no está cerrada; ciérrela sin --amend": "alert {id}: not closed yet; close it without --amend",
-        "alerta {id}: otra consola la cerró mientras tanto; vuelva a mirarla": "alert {id}: another console closed it meanwhile; look at it again",
-        "resultado desconocido {o!r}; uno de: {all}": "unknown outcome {o!r}; one of: {all}",
-        "la nota debe tener como mucho {n} caracteres imprimibles en una línea": "the note must be at most {n} printable characters on one line",
-        "el número de alerta debe ser positivo y menor que 2^63": "the alert id must be positive and below 2^63",
-        "alerta {id} cerrada: {outcome} (operadora {op}, {when})": "alert {id} closed: {outcome} (operator {op}, {when})",
-        "alerta {id} corregida: {outcome} (revisión {rev}, operadora {op}, {when})": "alert {id} corrected: {outcome} (revision {rev}, operator {op}, {when})",
-        "cerrada sin atender: la usuaria no recibió el aviso de ayuda": "closed unattended: the wearer was never told help is coming",
-    }
-)
 
 
 def outcome_word(code: str | None) -> str:

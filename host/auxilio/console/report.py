@@ -39,7 +39,7 @@ from auxilio import timefmt
 from auxilio.console import queries
 from auxilio.console.view import ANSWER_GOAL_S, origin
 from auxilio.errors import UsageError
-from auxilio.i18n import _, register
+from auxilio.i18n import N_, _
 from auxilio.protocol import codec
 from auxilio.registry.schema import OUTCOMES
 from auxilio.words import word
@@ -66,40 +66,6 @@ MONTH_FIELDS = (
     "attend_within_goal",
     "false_alarm_rate",
     "cancel_rate",
-)
-
-register(
-    {
-        "Informe del programa {a} – {b} (hora local {o})": "Programme report {a} – {b} (local time {o})",
-        "Mes": "Month",
-        "Alertas": "Alerts",
-        "Resueltas": "Resolved",
-        "Falsas": "False",
-        "Sin contacto": "No contact",
-        "Prueba": "Test",
-        "Abiertas": "Open",
-        "Cancel.": "Cancelled",
-        "Atendidas": "Attended",
-        "p50": "p50",
-        "p90": "p90",
-        "≤{s} s": "≤{s} s",
-        "% falsas": "% false",
-        "% cancel.": "% cancelled",
-        "total": "total",
-        "Reportes efectivos (resueltas): {n}": "Effective reports (resolved): {n}",
-        "Simulacros (marca de prueba): {t} · rechazadas: {r} · cerradas sin atender: {u}": "Drills (test flag): {t} · rejected: {r} · closed unattended: {u}",
-        "Dispositivos asignados sin señal más de {d} días": "Assigned devices silent for more than {d} days",
-        "Batería baja (menos de {b} %)": "Low battery (below {b} %)",
-        "Dispositivo": "Device",
-        "Tipo": "Kind",
-        "Caso / sitio": "Case / site",
-        "Última señal": "Last seen",
-        "Días": "Days",
-        "Batería": "Battery",
-        "Leída": "Read at",
-        "nunca": "never",
-        "ninguno": "none",
-    }
 )
 
 
@@ -361,7 +327,15 @@ def render(rep: dict[str, Any]) -> Group:
 
     outcomes = month_table(
         head,
-        ("Alertas", "Resueltas", "Falsas", "Sin contacto", "Prueba", "Abiertas", "Cancel."),
+        (
+            N_("Alertas"),
+            N_("Resueltas"),
+            N_("Falsas"),
+            N_("Sin contacto"),
+            N_("Prueba"),
+            N_("Abiertas"),
+            N_("Cancel."),
+        ),
         lambda r: [
             str(r[k])
             for k in (
@@ -378,7 +352,7 @@ def render(rep: dict[str, Any]) -> Group:
     goal = _("≤{s} s").format(s=ANSWER_GOAL_S)
     times = month_table(
         None,
-        ("Atendidas", "p50", "p90", goal, "% falsas", "% cancel."),
+        (N_("Atendidas"), N_("p50"), N_("p90"), goal, N_("% falsas"), N_("% cancel.")),
         lambda r: [
             str(r["attended"]),
             _secs(r["attend_p50_s"]),
@@ -405,7 +379,7 @@ def render(rep: dict[str, Any]) -> Group:
         if not rows:
             return Text(title + ": " + _("ninguno"))
         t = Table(title=title, title_justify="left")
-        for h in ("Dispositivo", "Tipo", "Caso / sitio", *last):
+        for h in ("Dispositivo", "Tipo", N_("Caso / sitio"), *last):
             t.add_column(_(h))
         for r in rows:
             t.add_row(r["device"], word(r["kind"]), r["where"], *cells(r))
@@ -422,7 +396,7 @@ def render(rep: dict[str, Any]) -> Group:
     parts.append(
         devices(
             _("Dispositivos asignados sin señal más de {d} días").format(d=rep["silent_days"]),
-            ("Última señal", "Días"),
+            (N_("Última señal"), N_("Días")),
             rep["silent_devices"],
             seen,
         )
@@ -430,7 +404,7 @@ def render(rep: dict[str, Any]) -> Group:
     parts.append(
         devices(
             _("Batería baja (menos de {b} %)").format(b=rep["low_battery_below"]),
-            ("Batería", "Leída"),
+            (N_("Batería"), N_("Leída")),
             rep["low_battery"],
             lambda r: [
                 f"{r['battery']} %",

@@ -24,7 +24,7 @@ from rich.text import Text
 from auxilio import timefmt
 from auxilio.console import queries
 from auxilio.console.outcomes import outcome_word
-from auxilio.i18n import _, register
+from auxilio.i18n import N_, _
 from auxilio.protocol import codec
 from auxilio.words import word
 
@@ -41,145 +41,39 @@ GEO_DECIMALS = 7
 # OpenStreetMap zoom of the map link (18: a street block).
 MAP_ZOOM = 18
 
-register(
-    {
-        "Alertas sin atender": "Unattended alerts",
-        "Alertas recientes": "Recent alerts",
-        "Eventos C4": "C4 events",
-        "Dispositivos": "Devices",
-        "Hace": "Ago",
-        "Caso / sitio": "Case / site",
-        "Ubicación": "Location",
-        "Estado": "State",
-        "Dispositivo": "Device",
-        "Tipo": "Kind",
-        "Sector": "Sector",
-        "Precisión": "Accuracy",
-        "Bat.": "Batt.",
-        "Vía": "Via",
-        "Hora": "Time",
-        "Evento": "Event",
-        "Detalle": "Detail",
-        "Última señal": "Last seen",
-        "Supervisión": "Supervision",
-        "SIN ATENDER": "UNATTENDED",
-        "atendiendo": "attending",
-        "cerrada: {o}": "closed: {o}",
-        "rechazada": "rejected",
-        "prueba": "test",
-        "cancelada": "cancelled",
-        "solicitada…": "requested…",
-        "fallida: {r}": "failed: {r}",
-        "sin ubicación": "no location",
-        "sin asignar": "unassigned",
-        "sitio fijo": "fixed site",
-        "perdida": "lost",
-        "correcta": "ok",
-        "sin datos": "no data",
-        "nunca": "never",
-        "caso {c}": "case {c}",
-        "sector {s}": "sector {s}",
-        "batería {b} %": "battery {b} %",
-        "pulsada {p} · recibida {r}": "pressed {p} · received {r}",
-        "pulsada {p}": "pressed {p}",
-        "recibida {r} (hora de pulsación desconocida)": "received {r} (press time unknown)",
-        "hace {e}": "{e} ago",
-        "ubicación {c} ±{a} m, fijada hace {f} s": "location {c} ±{a} m, fix {f} s old",
-        "ubicación {c}": "location {c}",
-        "coordenadas fijas del sitio {c}": "site's fixed coordinates {c}",
-        "mapa {u}": "map {u}",
-        "sin ubicación: ni fijación ni sitio asignado": "no location: no fix and no assigned site",
-        "atendida por {op} a las {t} (a los {e})": "attended by {op} at {t} ({e} after the press)",
-        "atención solicitada por {op}, esperando a la pasarela": "attend requested by {op}, waiting for the gateway",
-        "atención fallida ({op}): {r}": "attend failed ({op}): {r}",
-        "cerrada por {op} ({t}): {o}": "closed by {op} ({t}): {o}",
-        "cancelada por la usuaria a las {t}: confirme (una cancelación puede ser forzada)": "cancelled by the wearer at {t}: confirm (a cancel may be coerced)",
-        "dispositivo marcado perdido": "device marked lost",
-        "nota: {n}": "note: {n}",
-        "sin atender {n}": "unattended {n}",
-        "vencidas {n}": "overdue {n}",
-        "sin supervisión {n}": "supervision lost {n}",
-        "reenvío FALLANDO": "forwarding FAILING",
-        "ninguna alerta": "no alerts",
-        "alerta {id}": "alert {id}",
-    }
-)
-
 
 # Why the gateway refused an attend (gateway/attend.py reasons), in the operator's words.
 ATTEND_REASON_ES = {
-    "unknown_alert": "alerta desconocida",
-    "not_an_alert": "no es una alerta (evento)",
-    "test_alert": "alerta de prueba",
-    "alert_rejected": "la alerta fue rechazada",
-    "unknown_device": "dispositivo desconocido",
-    "device_revoked": "dispositivo revocado",
-    "device_retired": "dispositivo retirado",
-    "old_key_epoch": "el dispositivo cambió de clave",
-    "not_stored_by_gateway": "registro no creado por la pasarela",
-    "frame_does_not_verify": "la trama guardada no verifica",
-    "frame_does_not_match": "la trama guardada no coincide",
-    "gateway_error": "error en la pasarela",
-    "already_attended": "ya estaba atendida",
+    "unknown_alert": N_("alerta desconocida"),
+    "not_an_alert": N_("no es una alerta (evento)"),
+    "test_alert": N_("alerta de prueba"),
+    "alert_rejected": N_("la alerta fue rechazada"),
+    "unknown_device": N_("dispositivo desconocido"),
+    "device_revoked": N_("dispositivo revocado"),
+    "device_retired": N_("dispositivo retirado"),
+    "old_key_epoch": N_("el dispositivo cambió de clave"),
+    "not_stored_by_gateway": N_("registro no creado por la pasarela"),
+    "frame_does_not_verify": N_("la trama guardada no verifica"),
+    "frame_does_not_match": N_("la trama guardada no coincide"),
+    "gateway_error": N_("error en la pasarela"),
+    "already_attended": N_("ya estaba atendida"),
 }
-register(
-    {
-        "alerta desconocida": "unknown alert",
-        "no es una alerta (evento)": "not an alert (an event)",
-        "alerta de prueba": "test alert",
-        "la alerta fue rechazada": "the alert was rejected",
-        "dispositivo desconocido": "unknown device",
-        "dispositivo revocado": "device revoked",
-        "dispositivo retirado": "device retired",
-        "el dispositivo cambió de clave": "the device was re-keyed",
-        "registro no creado por la pasarela": "row not stored by the gateway",
-        "la trama guardada no verifica": "the stored frame does not verify",
-        "la trama guardada no coincide": "the stored frame does not match",
-        "error en la pasarela": "gateway error",
-        "ya estaba atendida": "already attended",
-        "Alerta {id}: atención enviada; la usuaria recibe el aviso (operadora {op})": "Alert {id}: attend sent; the wearer is being told (operator {op})",
-        "Alerta {id}: atención fallida: {reason}": "Alert {id}: attend failed: {reason}",
-        "Alerta {id}: atención solicitada, sin respuesta de la pasarela todavía": "Alert {id}: attend requested, no answer from the gateway yet",
-        "Alerta {id}: solicitando atención…": "Alert {id}: requesting attend…",
-        "la pasarela no respondió en {s:.0f} s (solicitud {r} en espera)": "the gateway did not answer within {s:.0f} s (request {r} waiting)",
-    }
-)
 
 # C4 event types -> the operator's words; the detail that matters is added by _event_text.
 EVENT_ES = {
-    "TAMPER": "manipulación",
-    "POWER": "alimentación",
-    "LOW_BATTERY": "batería baja",
-    "BOOT": "arranque",
-    "SUPERVISION_LOST": "supervisión perdida",
-    "SUPERVISION_RESTORED": "supervisión restablecida",
-    "FORWARD_FAILING": "reenvío fallando",
-    "FORWARD_RESTORED": "reenvío restablecido",
-    "COUNTER_COLLISION": "colisión de contador",
-    "COUNTER_JUMP": "salto de contador",
-    "REJECTED": "trama rechazada",
-    "LOST_DEVICE": "dispositivo perdido en uso",
+    "TAMPER": N_("manipulación"),
+    "POWER": N_("alimentación"),
+    "LOW_BATTERY": N_("batería baja"),
+    "BOOT": N_("arranque"),
+    "SUPERVISION_LOST": N_("supervisión perdida"),
+    "SUPERVISION_RESTORED": N_("supervisión restablecida"),
+    "FORWARD_FAILING": N_("reenvío fallando"),
+    "FORWARD_RESTORED": N_("reenvío restablecido"),
+    "COUNTER_COLLISION": N_("colisión de contador"),
+    "COUNTER_JUMP": N_("salto de contador"),
+    "REJECTED": N_("trama rechazada"),
+    "LOST_DEVICE": N_("dispositivo perdido en uso"),
 }
-register(
-    {
-        "manipulación": "tamper",
-        "alimentación": "power",
-        "batería baja": "low battery",
-        "arranque": "boot",
-        "supervisión perdida": "supervision lost",
-        "supervisión restablecida": "supervision restored",
-        "reenvío fallando": "forwarding failing",
-        "reenvío restablecido": "forwarding restored",
-        "colisión de contador": "counter collision",
-        "salto de contador": "counter jump",
-        "trama rechazada": "frame rejected",
-        "dispositivo perdido en uso": "lost device in use",
-        "carcasa abierta": "case opened",
-        "carcasa cerrada": "case closed",
-        "sin red eléctrica": "mains lost",
-        "red eléctrica restablecida": "mains restored",
-    }
-)
 # Events that need an operator's eyes (shown in bold red); the rest are information.
 EVENT_ALARMS = frozenset(
     {"TAMPER", "SUPERVISION_LOST", "FORWARD_FAILING", "COUNTER_COLLISION", "COUNTER_JUMP"}
@@ -470,17 +364,17 @@ class Col:
 
 ALERT_COLUMNS = (
     Col("ID", 5, lambda a: str(a["id"])),
-    Col("Hace", 9, elapsed_cell),
+    Col(N_("Hace"), 9, elapsed_cell),
     Col("Dispositivo", 11, lambda a: a["device"], wide=True),
     Col("Tipo", 7, lambda a: word(a["kind"]), wide=True),
-    Col("Caso / sitio", 16, origin),
-    Col("Sector", 10, lambda a: a["sector"] or "", wide=True),
-    Col("Ubicación", 19, location_cell),
-    Col("Precisión", 13, accuracy_cell, wide=True),
-    Col("Bat.", 5, lambda a: "" if a["battery"] is None else f"{a['battery']}%", wide=True),
-    Col("Vía", 5, lambda a: a["bearer"] or "", wide=True),
-    Col("Hora", 10, received_cell, wide=True),
-    Col("Estado", 18, state_text),
+    Col(N_("Caso / sitio"), 16, origin),
+    Col(N_("Sector"), 10, lambda a: a["sector"] or "", wide=True),
+    Col(N_("Ubicación"), 19, location_cell),
+    Col(N_("Precisión"), 13, accuracy_cell, wide=True),
+    Col(N_("Bat."), 5, lambda a: "" if a["battery"] is None else f"{a['battery']}%", wide=True),
+    Col(N_("Vía"), 5, lambda a: a["bearer"] or "", wide=True),
+    Col(N_("Hora"), 10, received_cell, wide=True),
+    Col(N_("Estado"), 18, state_text),
 )
 
 
@@ -511,12 +405,12 @@ def _event_origin(e: dict[str, Any]) -> str:
 
 
 EVENT_COLUMNS = (
-    Col("Hora", 14, lambda e: timefmt.clock(e["_row"]["at"])),
+    Col(N_("Hora"), 14, lambda e: timefmt.clock(e["_row"]["at"])),
     Col("Dispositivo", 11, lambda e: e["device"] or ""),
-    Col("Evento", 28, _event_text),
-    Col("Caso / sitio", 17, _event_origin),
+    Col(N_("Evento"), 28, _event_text),
+    Col(N_("Caso / sitio"), 17, _event_origin),
     Col(
-        "Detalle",
+        N_("Detalle"),
         40,
         lambda e: ", ".join(f"{k}={v}" for k, v in e["detail"].items()),
         wide=True,
@@ -531,14 +425,14 @@ def _supervision(d: dict[str, Any]) -> str:
 DEVICE_COLUMNS = (
     Col("Dispositivo", 11, lambda d: d["device"]),
     Col("Tipo", 7, lambda d: word(d["kind"])),
-    Col("Estado", 9, lambda d: word(d["state"])),
-    Col("Caso / sitio", 16, origin),
+    Col(N_("Estado"), 9, lambda d: word(d["state"])),
+    Col(N_("Caso / sitio"), 16, origin),
     Col(
-        "Última señal",
+        N_("Última señal"),
         14,
         lambda d: timefmt.clock(d["_row"]["last_seen"]) if d["_row"]["last_seen"] else _("nunca"),
     ),
-    Col("Supervisión", 11, _supervision),
+    Col(N_("Supervisión"), 11, _supervision),
 )
 
 
@@ -595,7 +489,7 @@ def detail_lines(a: dict[str, Any] | None, width: int = WIDE_COLUMNS) -> list[Te
         who.append(_("caso {c}").format(c=a["case_ref"]))
     elif a["site"]:
         who.append(
-            a["site"] + (f" ({_('sector {s}').format(s=a['sector'])})" if a["sector"] else "")
+            a["site"] + (" (" + _("sector {s}").format(s=a["sector"]) + ")" if a["sector"] else "")
         )
     else:
         who.append(_("sin asignar"))

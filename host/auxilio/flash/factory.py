@@ -23,19 +23,7 @@ from auxilio.boards import Board
 from auxilio.errors import AuxilioError
 from auxilio.flash import mpremote, report
 from auxilio.flash.link import pulse_reset
-from auxilio.i18n import _, register
-
-register(
-    {
-        "Mire y escuche la placa: ahora vibra el motor.": "Watch and listen: the motor vibrates now.",
-        "Mire la placa: ahora se enciende el LED.": "Watch the board: the LED lights up now.",
-        "Escuche la placa: ahora suena el zumbador.": "Listen to the board: the buzzer sounds now.",
-        "¿Vibró el motor?": "Did the motor vibrate?",
-        "¿Se encendió el LED?": "Did the LED light up?",
-        "¿Sonó el zumbador?": "Did the buzzer sound?",
-        "Pulse el botón y manténgalo un segundo.": "Press the button and hold it for a second.",
-    }
-)
+from auxilio.i18n import N_, _
 
 READY = "AUXREADY"
 RESULT = "AUXTEST "
@@ -45,11 +33,11 @@ FACTORY_COLUMNS = ("port", "serial", "board", "check", "result", "value", "detai
 # output kind -> (prompt while it plays, question afterwards)
 _OUTPUTS = {
     "haptic": (
-        "Mire y escuche la placa: ahora vibra el motor.",
-        "¿Vibró el motor?",
+        N_("Mire y escuche la placa: ahora vibra el motor."),
+        N_("¿Vibró el motor?"),
     ),
-    "led": ("Mire la placa: ahora se enciende el LED.", "¿Se encendió el LED?"),
-    "buzzer": ("Escuche la placa: ahora suena el zumbador.", "¿Sonó el zumbador?"),
+    "led": (N_("Mire la placa: ahora se enciende el LED."), N_("¿Se encendió el LED?")),
+    "buzzer": (N_("Escuche la placa: ahora suena el zumbador."), N_("¿Sonó el zumbador?")),
 }
 STEPS = ("haptic", "led", "buzzer", "button", "battery", "mains", "modem")
 

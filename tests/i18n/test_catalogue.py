@@ -1,0 +1,64 @@
+"""The translation catalogue is complete, shipped compiled, and the one place English lives (issue 9 §4)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from auxilio import catalogue, i18n
+
+HOST = Path(catalogue.__file__).parent
+
+
+def test_every_operator_string_has_its_english() -> None:
+    found = catalogue.extract()
+    assert len(found) > 150  # the console, devices, reports, demo, walkthrough, factory test
+    en = {m.id: m.string for m in catalogue.read("en") if m.id}
+    missing = {msgid: where[0] for msgid, where in found.items() if not en.get(msgid)}
+    assert not missing, f"run `make catalogue` and translate: {missing}"
+    stale = sorted(set(en) - set(found))
+    assert not stale, f"the .po keeps strings the code no longer has; `make catalogue`: {stale}"
+
+
+def test_the_shipped_mo_is_the_compiled_po() -> None:
+    for lang in catalogue.LANGUAGES:
+        mo = catalogue.po_path(lang).with_suffix(".mo")
+        assert mo.read_bytes() == catalogue.compiled(catalogue.read(lang)), (
+            f"{mo} is older than its .po: run `make catalogue`"
+        )
+
+
+def test_no_catalogue_hides_in_the_code() -> None:
+    """English lives in the .po only: no dict of translations registered from a module."""
+    offenders = [
+        str(p.relative_to(HOST))
+        for p in HOST.rglob("*.py")
+        if re.search(r"^from auxilio\.i18n import .*\bregister\b", p.read_text(), re.M)
+    ]
+    assert not offenders
+
+
+@pytest.mark.parametrize(
+    ("lang", "expected"), [("en", "spare"), ("es", "repuesto"), ("en_GB.UTF-8", "spare")]
+)
+def test_the_language_comes_from_the_environment(
+    lang: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUXILIO_LANG", lang)
+    assert i18n._("repuesto") == expected
+    assert i18n.both("repuesto") == "repuesto / spare"
+
+
+def test_an_installed_console_reads_english_from_the_package(tmp_path: Path) -> None:
+    """What `devices show` prints under AUXILIO_LANG=en comes from the shipped .mo."""
+    code = (
+        "import os; os.environ['AUXILIO_LANG'] = 'en';"
+        "from auxilio.words import word; print(word('spare'), word('bracelet'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    assert out.split() == ["spare", "bracelet"]
