@@ -250,6 +250,7 @@ class AdminServer:
         return {
             "mode": "board",
             "state": b.state.value,
+            "uptime_s": b.uptime_s(),
             "boots": b.boots,
             "pty": b.pty.path if b.pty else None,
             "rfc2217": b.rfc2217_url,

@@ -75,8 +75,10 @@ def _child_setup() -> None:
 class State(enum.Enum):
     OFF = "off"  # no power
     RESET = "reset"  # EN held low
-    BOOTING = "booting"  # interpreter running boot.py / main.py
-    RUNNING = "running"  # interpreter at the REPL (or main.py returned)
+    # The names say what a technician sees: the firmware app (boot.py/main.py)
+    # runs for as long as the board is on, so "booting" would be a lie after boot.
+    BOOTING = "app"  # interpreter running boot.py / main.py: the firmware app
+    RUNNING = "repl"  # interpreter at the REPL (mpremote stopped main.py, or it returned)
     DOWNLOAD = "download"  # ROM serial bootloader (IO0 low at reset)
     BOOT_LOOP = "boot_loop"  # no valid bootloader/partition table/app in flash: resets forever
     CRASHED = "crashed"
@@ -143,6 +145,7 @@ class VirtualBoard:
         self.crash_reason: str | None = None
         self.boot_failure: str | None = None  # the last line of a boot loop, while looping
         self.boots = 0  # interpreter starts, for tests and figures
+        self.booted_at: float | None = None  # monotonic time of the last interpreter start
         self.on_crash: Callable[[str], None] | None = None
         # Called by the ROM after each flash write (offset, length): tests cut power here.
         self.on_flash_write: Callable[[int, int], None] | None = None
@@ -617,6 +620,7 @@ class VirtualBoard:
         os.close(slave)
         os.set_blocking(master, False)
         self.boots += 1
+        self.booted_at = time.monotonic()
         self._gate, self._gate_buf = "boot", bytearray()
         with self._rx_lock:
             self._proc, self._ifd = proc, master
@@ -624,6 +628,10 @@ class VirtualBoard:
             pending, self._rx_pending = bytes(self._rx_pending), bytearray()
             if pending:
                 self._write_interp(pending)
+
+    def uptime_s(self) -> float | None:
+        """Seconds since the interpreter last started (None: never powered on)."""
+        return None if self.booted_at is None else round(time.monotonic() - self.booted_at, 1)
 
     def _kill(self) -> None:
         """SIGKILL the interpreter's process group: RAM is gone, the flash file stays."""
