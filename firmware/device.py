@@ -22,7 +22,7 @@ import gesture as gesture_mod
 from config import Config, join
 from counter_store import CounterStore
 from feedback import Feedback
-from outbox import BUSY, SENT, Outbox
+from outbox import Outbox
 from power import PowerWatch
 
 # How long a publish may wait for the broker's PUBACK before it counts as failed.
@@ -79,15 +79,17 @@ class Device:
         self.config_seq = 0
         self._load_settings()
         self.outbox = Outbox(
-            join(data, "outbox.bin"), cfg.outbox_slots, self.keys, self.log, ticks_ms
+            join(data, "outbox.bin"),
+            cfg.outbox_slots,
+            self.keys,
+            self.log,
+            ticks_ms,
+            cfg.retry_base_ms,
+            cfg.retry_cap_ms,
         )
         self.recovered = self.outbox.load(cfg.device)
-        if self.recovered:
+        if self.recovered:  # each counts as sent: it may have gone out before the reset
             self.log("outbox: %d frame(s) recovered from flash" % self.recovered)
-        ob = self.outbox
-        for i in range(ob.slots):
-            if ob.used(i):
-                ob.mark_sent(i)  # may have gone out before the reset: flag as retransmission
         self.counters = CounterStore(join(data, "counter"), cfg.counter_block, self.log)
         self.counters.load(self.outbox.hw, self.outbox.hw > 0, cfg.counter_floor)
         self.gesture = gesture_mod.Gesture(cfg.hold_ms, cfg.cancel_taps)
@@ -178,24 +180,6 @@ class Device:
     def crashed(self, name, exc):
         self.crashes += 1
         self.log("task %s failed (%r); restarting" % (name, exc))
-
-    def jitter(self, ms):
-        """Equal jitter: ms/2 + uniform(0, ms/2), from the hardware RNG."""
-        half = ms // 2
-        if half <= 0:
-            return ms
-        r = struct.unpack("<I", os.urandom(4))[0]
-        return half + r % (half + 1)
-
-    def backoff(self, attempts):
-        base = self.cfg.retry_base_ms
-        shift = attempts - 1 if attempts > 1 else 0
-        if shift > 16:
-            shift = 16
-        d = base << shift
-        if d > self.cfg.retry_cap_ms:
-            d = self.cfg.retry_cap_ms
-        return self.jitter(d)
 
     # ------------------------------------------------------------- clock ----
 
@@ -400,7 +384,7 @@ class Device:
                 self.was_connected = up
                 self.hal.state("connected" if up else "disconnected", 0)
                 if up:
-                    self._reconnected()
+                    ob.hurry()  # waiting frames go out promptly, not after a long backoff
             if not up:
                 await self._idle(200)
                 continue
@@ -408,48 +392,14 @@ class Device:
             if i < 0:
                 await self._idle(wait)
                 continue
-            await self._transmit(i)
-
-    def _reconnected(self):
-        # Frames waiting for an application ACK are re-sent promptly after a
-        # reconnect instead of sitting out a long backoff.
-        now = ticks_ms()
-        ob = self.outbox
-        for i in range(ob.slots):
-            if ob.used(i) and ticks_diff(ob.due[i], now) > self.cfg.retry_base_ms:
-                ob.due[i] = ticks_add(now, self.jitter(self.cfg.retry_base_ms))
-
-    async def _transmit(self, i):
-        ob = self.outbox
-        gen = ob.gen[i]
-        if ob.flags[i] & SENT or ob.attempts[i]:
-            # SPEC §12.3: same counter and payload; only timestamp and flags change.
-            codec.restamp(
-                ob.views[i],
-                ob.n[i],
-                self.keys,
-                self.now_ts(),
-                set_flags=codec.FLAG_RETRANSMISSION | self.flags(),
-            )
-        if ob.attempts[i] < 255:
-            ob.attempts[i] += 1
-        ob.flags[i] |= BUSY
-        try:
-            ok = await self.session.publish(
-                self.up_topic, ob.frame(i), 1, False, PUBLISH_TIMEOUT_MS
-            )
-        finally:
-            ob.flags[i] &= ~BUSY & 0xFF
-        if not ob.used(i) or ob.gen[i] != gen:
-            return  # acked (or replaced) while the PUBACK was in flight
-        if ok:
-            if not ob.flags[i] & SENT:
-                ob.flags[i] |= SENT
-                self.hal.state("sent", ob.counter[i])
-            if ob.code[i] == codec.HEARTBEAT:
-                ob.remove(i)  # fire-and-forget at QoS 1 (SPEC §12.4)
-                return
-        ob.due[i] = ticks_add(ticks_ms(), self.backoff(ob.attempts[i]))
+            gen = ob.begin_send(i, self.now_ts(), self.flags())
+            ok = None  # the publish never finished (the task failed or was cancelled)
+            try:
+                ok = await s.publish(self.up_topic, ob.frame(i), 1, False, PUBLISH_TIMEOUT_MS)
+            finally:
+                c = ob.end_send(i, gen, ok)  # clears BUSY, schedules the retry
+            if c >= 0:
+                self.hal.state("sent", c)  # its first delivery to the broker
 
     # ---------------------------------------------------------- downlink ----
 
@@ -494,30 +444,23 @@ class Device:
             return
         self._sync_clock(ts, synced)
         if disp == _RECEIVED or disp == _ATTENDING:
-            ref = 0
             if acked_type == codec.CANCEL:
-                ref = struct.unpack_from(">I", ob.views[i], codec.HEADER_LEN)[0]
+                self.hal.state("cancelled", ob.cancel_acked(i))  # the alert is retried no more
+                return
             ob.remove(i)
-            if acked_type == codec.ALERT:
-                if disp == _RECEIVED:
-                    self._remember(ctr)
-                    self.feedback.show("received")
-                    self.hal.state("acked", ctr)
-                else:
-                    self.feedback.show("attending")
-                    self.hal.state("attending", ctr)
-            elif acked_type == codec.CANCEL:
-                a = ob.find(ref, codec.ALERT)
-                if a >= 0:
-                    ob.remove(a)  # cancelled: stop retrying the alert
-                self.hal.state("cancelled", ref)
-            else:
+            if acked_type != codec.ALERT:
                 self.hal.state("acked", ctr)
+            elif disp == _RECEIVED:
+                self._remember(ctr)
+                self.feedback.show("received")
+                self.hal.state("acked", ctr)
+            else:
+                self.feedback.show("attending")
+                self.hal.state("attending", ctr)
         elif disp == _TIME_NAK:
             # Clock now set from the ACK; re-send the same counter at once, restamped.
             self.log("time-NAK for frame %d: clock set, re-sending" % ctr)
-            ob.mark_sent(i)
-            ob.due[i] = ticks_ms()
+            ob.resend_now(i)
             self._wake.set()
         elif disp == _REJECTED and (reason == _REASON_REPLAY or reason == _REASON_COLLISION):
             # SPEC §12.4: resynchronise once above the C4's high-water mark
@@ -525,10 +468,7 @@ class Device:
             # counter after the normal backoff - never a tight reject loop.
             self.counters.skip_past(hw)
             c = self.counters.take()
-            attempts = ob.attempts[i]
             ob.requeue(i, self.cfg.device, c, self.now_ts(), self.flags())
-            ob.attempts[i] = attempts
-            ob.due[i] = ticks_add(ticks_ms(), self.backoff(attempts))
             if acked_type == codec.ALERT and self.last_alert == ctr:
                 self.last_alert = c
             why = "replay" if reason == _REASON_REPLAY else "collision"

@@ -52,7 +52,6 @@ _SMS_RETRY_MS = const(5000)  # a refused or impossible SMS is retried this often
 _TRACK = const(4)  # alerts tracked for the SMS budget at once (oldest kept first)
 
 _ALERT = const(0x01)  # SPEC §4 type code
-_FLAG_RETRANSMISSION = const(0x08)  # SPEC §5
 _MAX_FRAME = const(96)
 
 
@@ -91,7 +90,7 @@ class Transport:
     # ----------------------------------------------------- device-facing ----
 
     def attach(self, dev):
-        """The Device (outbox, feedback, keys, clock): set once after construction."""
+        """The Device (outbox, feedback, clock): set once after construction."""
         self.dev = dev
 
     @property
@@ -235,15 +234,6 @@ class Transport:
 
     # -------------------------------------------------------------- SMS ----
 
-    def _waiting_alerts(self):
-        """(slot, counter) of every ALERT waiting for its ACK (the only outbox reads here)."""
-        ob = self.dev.outbox
-        out = []
-        for i in range(ob.slots):
-            if ob.used(i) and ob.code[i] == _ALERT:
-                out.append((i, ob.counter[i]))
-        return out
-
     def _track(self, c, now):
         tc = self._tc
         free = -1
@@ -267,23 +257,22 @@ class Transport:
         if d is None or m is None or not self.sms_to:
             return
         now = ticks_ms()
-        waiting = self._waiting_alerts()
+        ob = d.outbox
         tc = self._tc
         for k in range(_TRACK):  # forget alerts acked or cancelled meanwhile
-            if tc[k]:
-                for w in waiting:
-                    if w[1] == tc[k]:
-                        break
-                else:
-                    tc[k] = 0
-        for i, c in waiting:
+            if tc[k] and ob.find(tc[k], _ALERT) < 0:
+                tc[k] = 0
+        for i in range(ob.slots):  # every ALERT waiting for its ACK, without building a list
+            c = ob.waiting(_ALERT, i)
+            if not c:
+                continue
             k = self._track(c, now)
             if k < 0 or self._td[k] or ticks_diff(now, self._tt[k]) < self.budget_ms:
                 continue
             self._sms_due = True
             if ticks_diff(now, self._tn[k]) < 0 or not m.can_sms():
                 continue
-            if await self._send(i, c):
+            if await self._send(c):
                 self._td[k] = 1
                 self.sms_sent += 1
                 self.log("transport: alert %d also sent by SMS" % c)
@@ -292,20 +281,12 @@ class Transport:
             else:
                 self._tn[k] = ticks_add(ticks_ms(), self.sms_retry_ms)
 
-    async def _send(self, i, c):
-        import auxcodec as codec
-
+    async def _send(self, c):
         d = self.dev
-        ob = d.outbox
-        if not ob.used(i) or ob.counter[i] != c:
-            return False  # acked while we waited for the modem
-        n = ob.n[i]
         fb = self._fb
-        fb[:n] = ob.frame(i)
-        fl = d.flags()
-        if ob.attempts[i]:
-            fl |= _FLAG_RETRANSMISSION
-        codec.restamp(fb, n, d.keys, d.now_ts(), set_flags=fl)  # SPEC §12.3: same counter
+        n = d.outbox.copy_restamped(c, _ALERT, fb, d.now_ts(), d.flags())  # §12.3: same counter
+        if not n:
+            return False  # acked while we waited for the modem
         from auxsms import sms_encode  # loaded on the first SMS only (SPEC §10.4)
 
         text = sms_encode(memoryview(fb)[:n])

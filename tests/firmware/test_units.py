@@ -129,7 +129,8 @@ logs = []
 keys = codec.Keys(bytes(range(32)))
 DEV = 0x09380001
 p = ROOT + "/outbox.bin"
-ob = Outbox(p, 4, keys, logs.append, ticks_ms)
+RETRY_MS = 100000  # one send each: nothing is due again within the test
+ob = Outbox(p, 4, keys, logs.append, ticks_ms, RETRY_MS, RETRY_MS)
 pl = bytearray(64)
 def add(code, counter, vals):
     n = codec.pack_payload_into(pl, 0, code, vals)
@@ -153,10 +154,10 @@ while True:
     if i < 0:
         break
     order.append(ob.counter[i])
-    ob.due[i] = now + 100000
-ob2 = Outbox(p, 4, keys, logs.append, ticks_ms)
+    ob.end_send(i, ob.begin_send(i, 0, 0), False)  # not delivered: retried after the backoff
+ob2 = Outbox(p, 4, keys, logs.append, ticks_ms, RETRY_MS, RETRY_MS)
 n = ob2.load(DEV)
-kept = sorted(ob2.counter[i] for i in range(ob2.slots) if ob2.used(i))
+kept = sorted(ob2.counter[i] for i in range(ob2.slots) if ob2.flags[i] & 1)  # 1: the slot's USED bit
 print("J " + json.dumps({"order": order, "kept": kept, "n": n, "hw": ob2.hw, "dropped": ob.dropped,
                          "a5": a5 < 0, "logs": logs}))
 """
@@ -170,6 +171,115 @@ def test_outbox_priority_bounds_and_persistence(fw_path: list[Path], tmp_path: P
     assert res["a5"] is True and res["dropped"] == 5
 
 
+SENDING = """
+import json
+import auxcodec as codec
+from outbox import Outbox
+T = [1000]
+def ticks():
+    return T[0]
+keys = codec.Keys(bytes(range(32)))
+DEV = 0x09380001
+ob = Outbox(ROOT + "/outbox.bin", 4, keys, print, ticks, 400, 1600)
+pl = bytearray(64)
+HB = (50, -60, 1, 0, 0, 1, 0, 0, 60)
+ALERT = (-2147483648, -2147483648, 0xFFFF, 0xFFFF, 50, -60, 1, 0)
+def add(code, counter, vals):
+    n = codec.pack_payload_into(pl, 0, code, vals)
+    fl = codec.FLAG_ENCRYPTED if code == codec.ALERT else 0
+    return ob.add(code, fl, DEV, counter, 0, memoryview(pl)[:n])
+def head(buf):
+    f = codec.check_frame(buf)
+    return [f[1] & codec.FLAG_RETRANSMISSION != 0, f[1] & codec.FLAG_CLOCK_SYNCED != 0, f[4]]
+def wait():
+    i, w = ob.next_due(T[0])
+    return w if i < 0 else 0
+out = {}
+a = add(codec.ALERT, 5, ALERT)
+hb = add(codec.HEARTBEAT, 6, HB)
+g = ob.begin_send(a, 77, codec.FLAG_CLOCK_SYNCED)
+out["busy_skipped"] = ob.next_due(T[0])[0] == hb
+out["first"] = ob.end_send(a, g, True)
+out["first_head"] = head(ob.frame(a))  # a first transmission goes out as queued
+out["hb_first"] = ob.end_send(hb, ob.begin_send(hb, 0, 0), True)
+out["hb_gone"] = ob.find(6, codec.HEARTBEAT) < 0
+waits = [wait()]
+for k in range(3):
+    T[0] += waits[-1]
+    i, _ = ob.next_due(T[0])
+    g = ob.begin_send(i, 88 + k, 0)
+    out["again"] = ob.end_send(i, g, k != 1)  # one broker failure among them: retried the same
+    waits.append(wait())
+out["waits"] = waits
+out["retx_head"] = head(ob.frame(a))
+ob.requeue(a, DEV, 50, 99, codec.FLAG_CLOCK_SYNCED)
+out["requeued"] = [ob.find(5, codec.ALERT), ob.waiting(codec.ALERT, a), wait()]
+ob.resend_now(a)
+out["resend_now"] = wait()
+add(codec.ALERT, 55, ALERT)
+c = codec.pack_payload_into(pl, 0, codec.CANCEL, (55, 0))
+ob.add(codec.CANCEL, 0, DEV, 56, 0, memoryview(pl)[:c])
+k = ob.find(56, codec.CANCEL)
+out["cancel_acked"] = [ob.cancel_acked(k), ob.find(55, codec.ALERT), ob.find(56, codec.CANCEL)]
+b = add(codec.ALERT, 60, ALERT)
+buf = bytearray(codec.MAX_FRAME)
+n1 = ob.copy_restamped(60, codec.ALERT, buf, 123, codec.FLAG_CLOCK_SYNCED)
+out["sms_fresh"] = head(memoryview(buf)[:n1])
+g = ob.begin_send(b, 0, 0)
+out["never_finished"] = [ob.end_send(b, g, None), wait()]  # BUSY cleared, still due at once
+ob.end_send(b, ob.begin_send(b, 0, 0), False)
+n2 = ob.copy_restamped(60, codec.ALERT, buf, 124, 0)
+f2 = codec.decode(bytes(buf[:n2]), bytes(range(32)))
+out["sms_after_send"] = [f2["retransmission"], f2["timestamp"], f2["counter"]]
+ob.remove(b)
+out["sms_gone"] = ob.copy_restamped(60, codec.ALERT, buf, 125, 0)
+g = ob.begin_send(a, 0, 0)
+ob.remove(a)
+r = add(codec.ALERT, 70, ALERT)
+out["acked_in_flight"] = [r != a, ob.end_send(a, g, True), ob.depth(), head(ob.frame(r))[0]]
+for _ in range(4):
+    ob.end_send(r, ob.begin_send(r, 0, 0), False)
+far = wait()
+ob.hurry()
+out["hurry"] = [far, wait()]
+ob.remove(r)
+add(codec.ALERT, 80, ALERT)  # queued, never sent, then a reset
+ob2 = Outbox(ROOT + "/outbox.bin", 4, keys, print, ticks, 400, 1600)
+ob2.load(DEV)
+i, _ = ob2.next_due(T[0])
+ob2.begin_send(i, 1, 0)
+out["assumed"] = [ob2.counter[i], head(ob2.frame(i))[0]]
+print("J " + json.dumps(out))
+"""
+
+
+def test_outbox_sends_retries_and_restamps(fw_path: list[Path], tmp_path: Path) -> None:
+    """The outbox's send lifecycle (SPEC §12.3-12.5): backoff, BUSY, restamps, requeue, SMS copy."""
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + SENDING, fw_path)
+    assert res["busy_skipped"] is True  # a frame being published is never picked again
+    assert res["first"] == 5 and res["first_head"] == [False, False, 0]
+    assert res["hb_first"] == 6 and res["hb_gone"] is True  # fire-and-forget (§12.4)
+    w = res["waits"]  # equal jitter of 400 << (attempts - 1), capped at 1600
+    assert 200 <= w[0] <= 400 and 400 <= w[1] <= 800 and 800 <= w[2] <= 1600
+    assert 800 <= w[3] <= 1600, w
+    assert res["again"] == -1  # "sent" is reported once, on the first delivery
+    assert res["retx_head"] == [True, False, 90]  # same counter, restamped, flagged
+    # replay/collision: fresh counter, the old one gone, the attempt count kept (backoff)
+    missing, counter, wait = res["requeued"]
+    assert missing == -1 and counter == 50 and 800 <= wait <= 1600
+    assert res["resend_now"] == 0  # time-NAK: at once
+    assert res["cancel_acked"] == [55, -1, -1]  # the CANCEL and the alert it cancels, gone
+    assert res["sms_fresh"] == [False, True, 123]  # restamped, not yet a retransmission
+    assert res["never_finished"] == [-1, 0]
+    assert res["sms_after_send"] == [True, 124, 60]  # it verifies under the device key
+    assert res["sms_gone"] == 0
+    # acked while the PUBACK was in flight: the BUSY slot was not reused, nothing is retried
+    assert res["acked_in_flight"] == [True, -1, 1, False]
+    far, soon = res["hurry"]
+    assert far > 400 and 0 < soon <= 400  # after a reconnect: within one base retry
+    assert res["assumed"] == [80, True]  # recovered after a reset: it may have gone out already
+
+
 SALVAGE = """
 import json
 import auxcodec as codec
@@ -177,9 +287,9 @@ from outbox import Outbox
 from time import ticks_ms
 logs = []
 keys = codec.Keys(bytes(range(32)))
-ob = Outbox(ROOT + "/outbox.bin", 6, keys, logs.append, ticks_ms)
+ob = Outbox(ROOT + "/outbox.bin", 6, keys, logs.append, ticks_ms, 2000, 60000)
 n = ob.load(0x09380001)
-print("J " + json.dumps({"n": n, "kept": sorted(ob.counter[i] for i in range(ob.slots) if ob.used(i)),
+print("J " + json.dumps({"n": n, "kept": sorted(ob.counter[i] for i in range(ob.slots) if ob.flags[i] & 1),
                          "hw": ob.hw, "logs": logs}))
 """
 
@@ -324,7 +434,7 @@ async def main():
     h.set_battery(15)
     await asyncio.sleep_ms(1500)
     ob = dev.outbox
-    low = [ob.code[i] for i in range(ob.slots) if ob.used(i)]
+    low = [ob.code[i] for i in range(ob.slots) if ob.flags[i] & 1]  # 1: USED
     fed1 = h.wdt_feeds
     # a crash loop: the watchdog must starve so the hardware resets the board
     dev.crashes = device.CRASH_LIMIT
@@ -422,10 +532,10 @@ logs = []
 cs = CounterStore(ROOT + "/gone/counter", 4, logs.append)
 cs.load(0, False)
 got = [cs.take() for _ in range(6)]
-ob = Outbox(ROOT + "/gone/outbox.bin", 2, codec.Keys(bytes(32)), logs.append, ticks_ms)
+ob = Outbox(ROOT + "/gone/outbox.bin", 2, codec.Keys(bytes(32)), logs.append, ticks_ms, 2000, 60000)
 pl = bytearray(5)
 i = ob.add(codec.TAMPER, 0, 1, got[-1], 0, memoryview(pl)[:1])
-print("J " + json.dumps({"got": got, "queued": i >= 0 and ob.used(i) > 0, "depth": ob.depth(),
+print("J " + json.dumps({"got": got, "queued": i >= 0 and ob.find(got[-1], codec.TAMPER) == i, "depth": ob.depth(),
                          "logs": len(logs)}))
 """
 
