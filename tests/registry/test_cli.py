@@ -1,4 +1,9 @@
-"""`auxilio keys` and `auxilio devices` round trips: state read back from the registry, never a secret in output."""
+"""`auxilio keys` and `auxilio devices` round trips: state read back from the registry, never a secret in output.
+
+The commands run in process (auxilio.cli.main, as auxilio.testing.tools.run_auxilio
+does it); a few run as real processes, for what only a process shows: the exit code
+and the one error line of the installed command.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,16 @@ import pytest
 from auxilio import keys
 from auxilio.broker.passwords import verify_password
 from auxilio.registry import open_registry
+from auxilio.testing.tools import run_auxilio
 
 
 class Cli:
-    """Runs `python -m auxilio.cli -vv …` and keeps every byte it printed (logs included)."""
+    """Runs `auxilio -vv …` (in process, or `python -m auxilio.cli` with subprocess=True)
+    and keeps every byte it printed (logs included)."""
 
-    def __init__(self, tmp: Path, registry_url: str) -> None:
+    def __init__(self, tmp: Path, registry_url: str, subprocess: bool = False) -> None:
         self.tmp = tmp
+        self.subprocess = subprocess
         self.env = {
             **os.environ,
             "AUXILIO_REGISTRY": registry_url,
@@ -34,15 +42,18 @@ class Cli:
     def __call__(
         self, *args: str, ok: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(
-            [sys.executable, "-m", "auxilio.cli", "-vv", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=self.env,
-            cwd=self.tmp,
-            input=stdin,
-        )
+        if self.subprocess:
+            r = subprocess.run(
+                [sys.executable, "-m", "auxilio.cli", "-vv", *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=self.env,
+                cwd=self.tmp,
+                input=stdin,
+            )
+        else:
+            r = run_auxilio(["-vv", *args], env=self.env, cwd=self.tmp, input=stdin)
         self.transcript += [r.stdout, r.stderr]
         assert "Traceback" not in r.stderr, r.stderr
         if ok:
@@ -219,6 +230,26 @@ def test_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
     c("keys", "init")
     r = c(*args, ok=False)
     assert "pw" not in r.stderr.split("error:", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("devices", "show", "0938-NKRT"),  # a user mistake (AuxilioError)
+        ("devices", "list", "--registry", "postgresql://u:pw@127.0.0.1:1/x"),  # unreachable
+        ("devices", "frobnicate"),  # a usage error (argparse)
+    ],
+)
+def test_the_installed_command_exits_as_in_process(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """The real process gives the exit code and the one `error:` line the in-process run gave."""
+    inproc = Cli(tmp_path, str(tmp_path / "r.db"))
+    inproc("keys", "init")
+    real = Cli(tmp_path, str(tmp_path / "r.db"), subprocess=True)
+    r = real(*args, ok=False)
+    assert "pw" not in r.stderr.split("error:", 1)[1]
+    mine = inproc(*args, ok=False)
+    line = lambda p: [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]  # noqa: E731
+    assert (r.returncode, line(r)) == (mine.returncode, line(mine))
 
 
 def test_csv_export_import_round_trip(cli: Cli, tmp_path: Path, registry_url: str) -> None:
