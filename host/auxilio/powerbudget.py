@@ -127,7 +127,7 @@ def measure(
 ) -> list[Cycle]:
     """Run the firmware with an emulated modem and book `beats` heartbeat cycles."""
     from auxilio.emulator.vdevice import VirtualDevice, new_identity
-    from auxilio.testing.peer import AckPeer
+    from auxilio.testing.peer import C4Peer
 
     say = progress or (lambda _m: None)
     from auxilio.boards import load_board as _load
@@ -172,7 +172,7 @@ def measure(
             lte_timing=timing,
             name=f"power-{int(time.time())}",
         )
-        peer = AckPeer(upstream.host, upstream.port, {vd.device: bytes.fromhex(cfg["secret"])})
+        peer = C4Peer((upstream.host, upstream.port), {vd.device: cfg["secret"]})
         say(f"measuring {beats} heartbeat cycles of the {board} firmware over emulated {timing}")
         vd.start()
         assert vd.modem is not None

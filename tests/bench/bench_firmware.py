@@ -13,8 +13,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from auxilio.testing.peer import C4Peer
+
 from tests.conftest import run_micropython
-from tests.firmware.fwkit import C4Peer, broker, build_mpy, make_root
+from tests.firmware.fwkit import broker, build_mpy, make_root
 
 N_ALERTS = 30  # alerts timed for the latency figure
 EXTRA_DEVICES = 10  # devices added to measure RAM per extra Device

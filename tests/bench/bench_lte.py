@@ -20,9 +20,10 @@ from auxilio import powerbudget
 from auxilio.boards import load_board
 from auxilio.emulator import radio
 from auxilio.protocol import codec
+from auxilio.testing.wait import wait_for
 
 from tests.conftest import run_micropython
-from tests.firmware.fwkit import broker, build_mpy, wait_until
+from tests.firmware.fwkit import broker, build_mpy
 from tests.modem.ltekit import LteRig
 
 BEATS = 3  # heartbeat cycles booked for the power model
@@ -107,13 +108,13 @@ def _alerts(mq, tmp: Path) -> dict:  # noqa: ANN001
         )
         lat = []
         for _ in range(PSM_ALERTS):
-            wait_until(lambda: rig.modem.power == "psm", 60, "PSM")
+            wait_for(lambda: rig.modem.power == "psm", 60, "PSM")
             a = rig.alert(timeout=60)
             acked = rig.wait_state("acked", a["counter"], timeout=60)
             queued = rig.ctl.matching(ev="state", name="queued", counter=a["counter"])[0]
             lat.append((acked["us"] - queued["us"]) / 1000.0)
             k = len(rig.modem.cycles)
-            wait_until(lambda k=k: len(rig.modem.cycles) > k, 60, "PSM after the alert")
+            wait_for(lambda k=k: len(rig.modem.cycles) > k, 60, "PSM after the alert")
             costs.append(powerbudget.cycles_from(rig.modem.cycles[-2:])[0])
         out["alert_acked_from_psm_ms_p50"] = round(statistics.median(lat), 1)
         out["alert_acked_from_psm_over_rtt"] = round(statistics.median(lat) / rtt_ms, 2)
@@ -126,7 +127,7 @@ def _sms(mq, tmp: Path) -> dict:  # noqa: ANN001
     rig = LteRig(mq, tmp / "sms", timing=radio.LTE_M, scenario="data-down", quiet=True)
     try:
         rig.start(fast=False, wait_boot=False, sms={"budget_s": 20}, tunables={"gnss_every_s": 0})
-        wait_until(lambda: rig.status()["modem"]["fault"] == "data_down", 60, "data down")
+        wait_for(lambda: rig.status()["modem"]["fault"] == "data_down", 60, "data down")
         t_press = time.time()
         rig.ctl.hold(2300)
         sms = rig.smsc.wait(timeout=90)[0]

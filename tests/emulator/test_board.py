@@ -17,6 +17,7 @@ from auxilio import partitions as pt
 from auxilio.emulator import FlashImage, State, VirtualBoard, load_board
 from auxilio.emulator.board import SOFT_REBOOT_BANNER
 from auxilio.errors import AuxilioError
+from auxilio.testing.wait import wait_for
 
 pytestmark = [
     pytest.mark.emulator,
@@ -39,10 +40,7 @@ if os.getenv('VB_TEST_WRITE'):
 
 
 def wait_state(board: VirtualBoard, state: State, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while board.state is not state:
-        assert time.monotonic() < deadline, f"board is {board.state}, not {state}"
-        time.sleep(0.01)
+    wait_for(lambda: board.state is state, timeout, f"board {state} (it is {board.state})")
 
 
 @contextlib.contextmanager
@@ -141,21 +139,18 @@ def test_esptool_reset_sequence_enters_download_mode_hook(tmp_path: Path) -> Non
             # esptool ClassicReset: DTR off, RTS on (reset); then DTR on, RTS off.
             ser.dtr = False
             ser.rts = True
-            time.sleep(0.1)
+            time.sleep(0.1)  # the reset pulse's width: the stimulus, as esptool gives it
             ser.dtr = True
             ser.rts = False
             wait_state(board, State.DOWNLOAD)
             board.wait_output(b"waiting for download")
             board.wait_output(b"rom hook ready")
             ser.write(b"\xc0sync\xc0")
-            deadline = time.monotonic() + 10
-            while b"".join(fed).find(b"sync") < 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert b"sync" in b"".join(fed)
+            wait_for(lambda: b"sync" in b"".join(fed), 10, "the ROM hook to be fed the bytes")
             # An RTS pulse with DTR off boots the firmware again.
             ser.dtr = False
             ser.rts = True
-            time.sleep(0.1)
+            time.sleep(0.1)  # the reset pulse's width: the stimulus, as esptool gives it
             since = board.console_len()
             ser.rts = False
             board.wait_output(b"main: running", since=since)

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from auxilio.emulator import FlashImage, load_board
+from auxilio.testing.wait import wait_for
 
 pytestmark = pytest.mark.emulator
 
@@ -217,10 +217,8 @@ def test_killed_emulator_leaves_no_orphan_and_stale_link_is_reclaimed(
     emu = Emulator(["--image", str(image), "--format", "--pty", str(link), "--name", "k"], cli_env)
     assert interpreters_for(image)
     emu.stop(signal.SIGKILL)  # no chance to clean up
-    deadline = time.monotonic() + 30
-    while interpreters_for(image) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert interpreters_for(image) == []  # PR_SET_PDEATHSIG took the interpreter down
+    # PR_SET_PDEATHSIG takes the interpreter down
+    wait_for(lambda: interpreters_for(image) == [], 30, "the orphaned interpreter to die")
     # The dead emulator's link points at a pty that no longer exists: reclaimed.
     again = Emulator(["--image", str(image), "--pty", str(link), "--name", "k"], cli_env)
     try:

@@ -15,6 +15,7 @@ import pytest
 from auxilio.emulator import FlashImage, VirtualBoard
 from auxilio.emulator.board import SOFT_REBOOT_BANNER
 from auxilio.testing.tools import run_tool, tool_path
+from auxilio.testing.wait import wait_for
 
 pytestmark = pytest.mark.emulator
 
@@ -86,10 +87,7 @@ def test_soft_reset_command(board_port) -> None:
 
 def _wait_raw_terminal(fd: int, timeout: float) -> None:
     """Wait until the program put its terminal in raw mode (then Ctrl-C is a byte, not SIGINT)."""
-    deadline = time.monotonic() + timeout
-    while termios.tcgetattr(fd)[3] & termios.ISIG:
-        assert time.monotonic() < deadline, "the program never set its terminal raw"
-        time.sleep(0.02)
+    wait_for(lambda: not termios.tcgetattr(fd)[3] & termios.ISIG, timeout, "a raw terminal")
 
 
 def _drive(argv: list[str], steps: list[tuple[bytes | None, bytes]], timeout: float) -> bytes:
@@ -119,12 +117,9 @@ def _drive(argv: list[str], steps: list[tuple[bytes | None, bytes]], timeout: fl
             os.write(fd, b"\x1d")  # Ctrl-]: leave mpremote's repl
         except OSError:
             pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-            time.sleep(0.05)
-        else:
+        try:
+            wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0], 10, "mpremote to exit")
+        except AssertionError:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(fd)

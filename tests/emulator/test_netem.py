@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from auxilio.emulator.netem import RTO_S, BrokerProxy
+from auxilio.testing.wait import wait_for
 
 pytestmark = pytest.mark.emulator
 
@@ -69,9 +70,7 @@ def test_link_down_cuts_connections_and_refuses_new_ones(echo_server: int) -> No
     proxy = BrokerProxy("127.0.0.1", echo_server)
     try:
         s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-        deadline = time.monotonic() + 10
-        while proxy.connections() == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: proxy.connections(), 10, "the proxy to count the connection")
         proxy.set_link(False)
         s.settimeout(10)
         try:

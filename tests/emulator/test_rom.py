@@ -15,6 +15,7 @@ from auxilio.emulator import FlashImage, State, VirtualBoard, load_board
 from auxilio.emulator.board import LINK_FAITHFUL
 from auxilio.emulator.rom import SlipDecoder, slip_encode
 from auxilio.flash.images import checksum
+from auxilio.testing.wait import wait_for
 
 pytestmark = [
     pytest.mark.emulator,
@@ -35,13 +36,10 @@ class Rom:
 
     def enter_download(self) -> None:
         self.ser.dtr, self.ser.rts = False, True  # EN low (the USB-JTAG reset on a C3)
-        time.sleep(0.1)
+        time.sleep(0.1)  # the reset pulse's width: the stimulus, as esptool gives it
         self.ser.dtr = True  # IO0 low as EN rises: download mode
         self.ser.rts = False
-        deadline = time.monotonic() + 5
-        while self.vb.state is not State.DOWNLOAD:
-            assert time.monotonic() < deadline, self.vb.state
-            time.sleep(0.01)
+        wait_for(lambda: self.vb.state is State.DOWNLOAD, 5, f"download mode ({self.vb.state})")
         self.ser.dtr = False
         self.ser.reset_input_buffer()
 
@@ -123,7 +121,7 @@ def test_a_changed_baud_rate_that_the_host_does_not_follow_does_not_frame(tmp_pa
         rom.command(0x08, SYNC)
         assert all(rom.read() is not None for _ in range(7))
         assert rom.command(0x0F, struct.pack("<II", 230400, 0))[1][:2] == b"\x00\x00"
-        time.sleep(0.1)
+        time.sleep(0.1)  # the ROM switches speed after its reply; esptool waits too (protocol)
         rom.frames.clear()
         rom.ser.reset_input_buffer()
         rom.send(

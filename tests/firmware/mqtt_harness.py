@@ -1,4 +1,7 @@
-"""CPython side of the MQTT client tests and bench: drive mqtt_runner.py under micropython, observe with paho."""
+"""CPython side of the MQTT client tests and bench: drive mqtt_runner.py under micropython.
+
+The other end is a real mosquitto (fwkit.broker) watched by auxilio.testing.peer.C4Peer.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +14,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from auxilio.testing.mosquitto import Mosquitto
 from auxilio.testing.wait import wait_for
 
 from tests.conftest import FIRMWARE, micropython_binary
 
 RUNNER = Path(__file__).resolve().parent / "mqtt_runner.py"
 MPY_MODULES = ("mqtt", "session")
-
-
-def broker(extra: str = "", **kw: object) -> Mosquitto:
-    """A started mosquitto; `user root` keeps it able to write its log and persistence db
-    in the private temp dir when the tests run as root (it is ignored for other users)."""
-    b = Mosquitto(extra_config="user root\n" + extra, **kw)
-    b.start()
-    return b
 
 
 def build_mpy(dst: Path) -> Path:
@@ -40,11 +33,6 @@ def build_mpy(dst: Path) -> Path:
             capture_output=True,
         )
     return dst
-
-
-def wait_until(pred: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll pred until truthy; fail with `what` after timeout seconds."""
-    return wait_for(pred, timeout, what)
 
 
 class MpDevice:
@@ -100,7 +88,7 @@ class MpDevice:
             return None
 
         try:
-            return wait_until(find, timeout, "a device line")  # type: ignore[return-value]
+            return wait_for(find, timeout, "a device line")  # type: ignore[return-value]
         except AssertionError as e:
             raise AssertionError(f"{e}; output:\n" + "\n".join(self.snapshot()[-30:])) from None
 
@@ -167,59 +155,3 @@ class MpDevice:
                     f.close()
                 except OSError:
                     pass
-
-
-class Observer:
-    """A paho-mqtt CPython peer on the broker: records what it receives, publishes downlinks."""
-
-    def __init__(
-        self, b: Mosquitto, topics: list[str], client_id: str = "", clean: bool = True
-    ) -> None:
-        self.messages: list[paho.MQTTMessage] = []
-        self._lock = threading.Lock()
-        self.topics = topics
-        self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"obs-{os.getpid()}-{id(self)}",
-            clean_session=clean,
-        )
-        self.client.on_message = self._on_message
-        self.client.on_connect = self._on_connect
-        self.subscribed = threading.Event()
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.connect(b.host, b.port, keepalive=30)
-        self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise AssertionError("observer could not subscribe")
-
-    def _on_connect(self, client, userdata, flags, rc, props=None) -> None:  # noqa: ANN001
-        if not self.topics:
-            self.subscribed.set()
-            return
-        client.on_subscribe = lambda *a: self.subscribed.set()
-        client.subscribe([(t, 1) for t in self.topics])
-
-    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
-        with self._lock:
-            self.messages.append(msg)
-
-    def received(self, topic: str) -> list[paho.MQTTMessage]:
-        with self._lock:
-            return [m for m in self.messages if m.topic == topic]
-
-    def wait_message(self, topic: str, payload: bytes, timeout: float = 20) -> paho.MQTTMessage:
-        def find() -> paho.MQTTMessage | None:
-            for m in self.received(topic):
-                if m.payload == payload:
-                    return m
-            return None
-
-        return wait_until(find, timeout, f"{payload!r} on {topic}")  # type: ignore[return-value]
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos, retain)
-        info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()

@@ -9,15 +9,17 @@ import signal
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from auxilio.testing.mosquitto import free_port, mosquitto_binary
+from auxilio.testing.peer import C4Peer
+from auxilio.testing.wait import wait_for
 
 from tests.conftest import FIRMWARE, run_micropython
-from tests.firmware.mqtt_harness import MpDevice, Observer, broker, build_mpy, wait_until
+from tests.firmware.fwkit import broker
+from tests.firmware.mqtt_harness import MpDevice, build_mpy
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,6 +31,25 @@ UP = f"auxilio/v1/{DEV}/up"
 DOWN = f"auxilio/v1/{DEV}/down"
 STATUS = f"auxilio/v1/{DEV}/status"
 PASSWORD = "pw-Zq81-never-logged"
+
+
+def unread_by_broker(b) -> int:  # noqa: ANN001
+    """Bytes that reached the broker's sockets but that it has not read (Linux /proc/net/tcp).
+
+    With the broker frozen (SIGSTOP) this grows exactly when the device writes: the wait
+    for "the PUBLISH is on the wire" is a condition, not a sleep.
+    """
+    port = f"0100007F:{b.port:04X}"  # 127.0.0.1, the broker's end of each connection
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == port and f[3] == "01":  # 01: ESTABLISHED
+            total += int(f[4].split(":")[1], 16)  # tx_queue:rx_queue
+    return total
+
+
+def wait_written(b, before: int, what: str) -> None:  # noqa: ANN001
+    wait_for(lambda: unread_by_broker(b) > before, 10, f"{what} written to the frozen broker")
 
 
 def msg_line(topic: str, payload: bytes) -> str:
@@ -75,15 +96,15 @@ def devices() -> Iterator[list[MpDevice]]:
 
 
 @pytest.fixture
-def observers() -> Iterator[list[Observer]]:
-    started: list[Observer] = []
+def observers() -> Iterator[list[C4Peer]]:
+    started: list[C4Peer] = []
     yield started
     for o in started:
         o.close()
 
 
 def test_publish_qos1_reaches_subscriber(bk, devices, observers) -> None:
-    obs = Observer(bk, [UP, STATUS])
+    obs = C4Peer(bk, topics=[UP, STATUS])
     observers.append(obs)
     dev = MpDevice(dev_cfg(bk))
     devices.append(dev)
@@ -100,7 +121,7 @@ def test_publish_qos1_reaches_subscriber(bk, devices, observers) -> None:
 
 def test_mpy_build_under_64k_heap(bk, devices, observers, tmp_path: Path) -> None:
     """The `.mpy` build runs the same session under -X heapsize=64K; reports its heap use."""
-    obs = Observer(bk, [UP])
+    obs = C4Peer(bk, topics=[UP])
     observers.append(obs)
     dev = MpDevice(dev_cfg(bk), heapsize="64K", path=build_mpy(tmp_path / "mpy"))
     devices.append(dev)
@@ -117,31 +138,31 @@ def test_subscribe_and_receive_downlink(bk, devices, observers) -> None:
     dev = MpDevice(dev_cfg(bk, raise_in_callback=True))
     devices.append(dev)
     dev.wait_state(True)
-    obs = Observer(bk, [])
+    obs = C4Peer(bk, topics=[])
     observers.append(obs)
     obs.publish(DOWN, b"\x81ack-one")
     dev.wait_line(lambda s: s == msg_line(DOWN, b"\x81ack-one"))
     # The callback raised: one log line, the connection survives and keeps delivering.
-    wait_until(lambda: any("on_message failed" in m for m in dev.logs()), 10, "callback log")
+    wait_for(lambda: any("on_message failed" in m for m in dev.logs()), 10, "callback log")
     obs.publish(DOWN, b"\x82second")
     dev.wait_line(lambda s: s == msg_line(DOWN, b"\x82second"))
     st = dev.stat()
     assert st["connects"] == 1 and st["connected"]
     # QoS 1 downlinks were PUBACKed by the device (mosquitto logs the PUBACK it received).
-    wait_until(lambda: f"Received PUBACK from {DEV}" in bk.log_path.read_text(), 10, "PUBACK")
+    wait_for(lambda: f"Received PUBACK from {DEV}" in bk.log_path.read_text(), 10, "PUBACK")
 
 
 def test_lwt_offline_on_sigkill_and_online_when_connected(bk, devices, observers) -> None:
     dev = MpDevice(dev_cfg(bk))
     devices.append(dev)
     dev.wait_state(True)
-    obs = Observer(bk, [STATUS])  # subscribes after the fact: sees the retained value
+    obs = C4Peer(bk, topics=[STATUS])  # subscribes after the fact: sees the retained value
     observers.append(obs)
     m = obs.wait_message(STATUS, b"online")
     assert m.retain
     dev.kill()
     m = obs.wait_message(STATUS, b"offline")
-    late = Observer(bk, [STATUS])  # a newcomer gets the retained offline
+    late = C4Peer(bk, topics=[STATUS])  # a newcomer gets the retained offline
     observers.append(late)
     assert late.wait_message(STATUS, b"offline").retain
 
@@ -151,7 +172,7 @@ def test_persistent_session_delivers_downlink_sent_while_offline(bk, devices, ob
     devices.append(first)
     first.wait_state(True)
     first.kill()
-    obs = Observer(bk, [])
+    obs = C4Peer(bk, topics=[])
     observers.append(obs)
     obs.publish(DOWN, b"\x81while-away")
     again = MpDevice(dev_cfg(bk))
@@ -160,7 +181,7 @@ def test_persistent_session_delivers_downlink_sent_while_offline(bk, devices, ob
 
 
 def test_broker_killed_mid_publish_redelivers_with_dup(bk, devices, observers) -> None:
-    obs = Observer(bk, [UP], client_id="c4-observer", clean=False)
+    obs = C4Peer(bk, topics=[UP], client_id="c4-observer", clean=False)
     observers.append(obs)
     dev = MpDevice(dev_cfg(bk))
     devices.append(dev)
@@ -169,8 +190,9 @@ def test_broker_killed_mid_publish_redelivers_with_dup(bk, devices, observers) -
     bk.proc.send_signal(signal.SIGSTOP)  # the broker freezes: the PUBLISH is written, never acked
     try:
         mark = len(dev.snapshot())
+        before = unread_by_broker(bk)
         dev.publish("mid", UP, b"\x01mid-publish", timeout_ms=60000)
-        time.sleep(0.5)
+        wait_written(bk, before, "the PUBLISH")
     finally:
         bk.kill()  # SIGKILL works on a stopped process: the broker vanishes mid-publish
     dev.wait_state(False, start=mark)
@@ -178,7 +200,6 @@ def test_broker_killed_mid_publish_redelivers_with_dup(bk, devices, observers) -
     # retransmission has a subscriber (mosquitto's own persistence is not what is tested here).
     dev.send("link 0")
     obs.subscribed.clear()
-    time.sleep(1.0)  # a few refused reconnects with backoff happened meanwhile
     bk.start()
     assert obs.subscribed.wait(20)
     dev.send("link 1")
@@ -199,8 +220,9 @@ def test_caller_retry_after_timeout_reuses_packet_id_with_dup(bk, devices) -> No
     try:
         dev.publish("first", UP, b"\x01retry-me", timeout_ms=1000)
         assert not dev.wait_pub("first")
+        before = unread_by_broker(bk)
         dev.publish("again", UP, b"\x01retry-me", timeout_ms=30000)  # the caller retries
-        time.sleep(0.3)
+        wait_written(bk, before, "the retried PUBLISH")
     finally:
         bk.proc.send_signal(signal.SIGCONT)
     assert dev.wait_pub("again")
@@ -212,7 +234,7 @@ def test_caller_retry_after_timeout_reuses_packet_id_with_dup(bk, devices) -> No
             if f"Received PUBLISH from {DEV}" in line and "/up'" in line
         ]
 
-    lines = wait_until(lambda: len(received()) >= 2 and received(), 10, "both copies")
+    lines = wait_for(lambda: len(received()) >= 2 and received(), 10, "both copies")
     assert "(d0, q1" in lines[0] and "(d1, q1" in lines[1]
     mid = lines[0].split(", m")[1].split(",")[0]
     assert f", m{mid}," in lines[1]  # same packet id: the broker sees one message, twice
@@ -235,15 +257,16 @@ def test_link_down_fails_fast_and_reconnects(bk, devices) -> None:
     assert bk.proc is not None
     bk.proc.send_signal(signal.SIGSTOP)
     try:
+        before = unread_by_broker(bk)
         dev.publish("cut", UP, b"z", timeout_ms=60000)
-        time.sleep(0.3)
+        wait_written(bk, before, "the PUBLISH")
         dev.send("link 0")
         assert not dev.wait_pub("cut", timeout=5)
     finally:
         bk.proc.send_signal(signal.SIGCONT)
     dev.send("link 1")
     # The written-but-unacked copy goes out again with DUP once the link is back.
-    wait_until(lambda: f"Received PUBLISH from {DEV} (d1, q1" in bk.log_path.read_text(), 30, "DUP")
+    wait_for(lambda: f"Received PUBLISH from {DEV} (d1, q1" in bk.log_path.read_text(), 30, "DUP")
 
 
 def test_refused_credentials_are_logged_without_secrets(devices) -> None:
@@ -264,7 +287,7 @@ def test_keepalive_pings_and_silent_broker_detected(bk, devices) -> None:
     dev = MpDevice(dev_cfg(bk, keepalive=2, connect_timeout_ms=2000))
     devices.append(dev)
     dev.wait_state(True)
-    wait_until(
+    wait_for(
         lambda: bk.log_path.read_text().count(f"Received PINGREQ from {DEV}") >= 3, 20, "pings"
     )
     assert bk.proc is not None
@@ -386,18 +409,18 @@ def test_garbage_and_oversized_packets(devices) -> None:
         dev = MpDevice(cfg)
         devices.append(dev)
         dev.wait_line(lambda s: s == msg_line(topic.decode(), b"after"), timeout=30)
-        wait_until(lambda: len(fake.received) >= 3 and fake.received[2], 10, "the PUBACK")
+        wait_for(lambda: len(fake.received) >= 3 and fake.received[2], 10, "the PUBACK")
         assert bytes(fake.received[2]).startswith(b"\x40\x02\x12\x34")  # PUBACK 0x1234
-        time.sleep(0.5)
+        # Asked after it handled everything the fake sent: still on the third connection.
+        st = dev.stat()
+        assert st["bad_packets"] == 3 and st["connects"] == 3 and st["drops"] == 2
+        assert st["connected"]
         assert fake.connections == 3  # the oversized PUBLISH did not cost a reconnect
         assert dev.alive()
         logs = dev.logs()
         assert len([m for m in logs if "garbage" in m]) == 1  # one line per bad packet
         assert len([m for m in logs if "oversized packet (1000 > 256" in m]) == 1
         assert len([m for m in logs if "oversized downlink (1000 > 256" in m]) == 1
-        st = dev.stat()
-        assert st["bad_packets"] == 3 and st["connects"] == 3 and st["drops"] == 2
-        assert st["connected"]
     finally:
         fake.close()
 
@@ -406,7 +429,7 @@ def test_oversized_downlink_via_broker_is_acked_not_redelivered(bk, devices, obs
     dev = MpDevice(dev_cfg(bk))
     devices.append(dev)
     dev.wait_state(True)
-    obs = Observer(bk, [])
+    obs = C4Peer(bk, topics=[])
     observers.append(obs)
     obs.publish(DOWN, b"\x01" * 300)  # over max_packet (256)
     obs.publish(DOWN, b"\x81fine")
@@ -512,7 +535,7 @@ def tls_broker(tls_files):  # noqa: ANN001, ANN201
 def test_tls_with_pinned_ca(
     tls_broker, tls_files, devices, observers, ca: str, tmp_path: Path
 ) -> None:
-    obs = Observer(tls_broker, [UP])  # plain listener of the same broker
+    obs = C4Peer(tls_broker, topics=[UP])  # plain listener of the same broker
     observers.append(obs)
     cfg = dev_cfg(
         tls_broker,
@@ -540,7 +563,7 @@ def test_tls_wrong_ca_refused(tls_broker, tls_files, devices) -> None:
     )
     dev = MpDevice(cfg)
     devices.append(dev)
-    wait_until(lambda: len([m for m in dev.logs() if "failed" in m]) >= 2, 30, "refusals")
+    wait_for(lambda: len([m for m in dev.logs() if "failed" in m]) >= 2, 30, "refusals")
     st = dev.stat()
     assert st["connects"] == 0 and not st["connected"] and dev.alive()
     assert "STATE 1" not in dev.snapshot()
@@ -558,7 +581,7 @@ def test_tls_refused_on_hostname_mismatch(tls_broker, tls_files, devices) -> Non
     )
     dev = MpDevice(cfg)
     devices.append(dev)
-    wait_until(lambda: len([m for m in dev.logs() if "failed" in m]) >= 2, 30, "refusals")
+    wait_for(lambda: len([m for m in dev.logs() if "failed" in m]) >= 2, 30, "refusals")
     assert dev.stat()["connects"] == 0
 
 

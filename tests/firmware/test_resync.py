@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 from auxilio.protocol import codec
 from auxilio.testing.c4 import C4
+from auxilio.testing.control import ControlServer
 from auxilio.testing.mosquitto import Mosquitto
+from auxilio.testing.peer import C4Peer
 
-from tests.firmware.fwkit import C4Peer, ControlServer, DeviceProc, device_id, make_root
+from tests.firmware.fwkit import DeviceProc, device_id, make_root
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +53,12 @@ class Bracelet:
             tunables={"retry_base_ms": RETRY_BASE_MS, "retry_cap_ms": RETRY_CAP_MS},
         )
         # Observes (never answers): the real gateway is the only C4 here.
-        self.peer = C4Peer(mq, {self.dev: self.secret.hex()})
-        self.peer.mode = "none"
-        self.peer.client.subscribe(f"auxilio/v1/{self.dev}/down", qos=1)  # the gateway's ACKs
+        self.peer = C4Peer(
+            mq,
+            {self.dev: self.secret},
+            mode="none",
+            topics=[f"auxilio/v1/{self.dev}/{leaf}" for leaf in ("up", "down")],
+        )
         self.procs: list[DeviceProc] = []
         self.ctl = ControlServer()
 
@@ -62,7 +67,7 @@ class Bracelet:
         self.ctl.close()
         self.ctl = ControlServer()
         self.procs.append(DeviceProc(self.root, self.ctl))
-        self.ctl.wait(WAIT_S, ev="state", name="acked")
+        self.ctl.wait_event(timeout=WAIT_S, ev="state", name="acked")
         return self.ctl
 
     def power_cut(self) -> None:
@@ -97,7 +102,7 @@ def test_collision_after_a_counter_restart_resyncs_once_and_is_stored(bracelet: 
     ctl = b.boot()
     ctl.hold(HOLD_MS)
     first = c.wait(lambda: c.alerts(b.dev, "ALERT"), what="the first alert row")[0]
-    ctl.wait(WAIT_S, ev="state", name="acked", counter=first["counter"])
+    ctl.wait_event(timeout=WAIT_S, ev="state", name="acked", counter=first["counter"])
     b.power_cut()
     # An old host tool re-flashes the bracelet: a fresh filesystem, the same secret,
     # no counter floor. Its counters restart at 1, below what the C4 has stored.
@@ -112,11 +117,11 @@ def test_collision_after_a_counter_restart_resyncs_once_and_is_stored(bracelet: 
     seen = len(b.peer.of())
     ctl = b.boot()
     ctl.hold(HOLD_MS)
-    resync = ctl.wait(WAIT_S, ev="state", name="resync")
+    resync = ctl.wait_event(timeout=WAIT_S, ev="state", name="resync")
     fresh = resync["counter"]
     assert fresh > hw  # one step above the C4's high-water mark
-    ctl.wait(WAIT_S, ev="state", name="acked", counter=fresh)
-    ctl.wait(WAIT_S, ev="haptic", pattern="double")
+    ctl.wait_event(timeout=WAIT_S, ev="state", name="acked", counter=fresh)
+    ctl.wait_event(timeout=WAIT_S, ev="haptic", pattern="double")
     assert "long" not in [e["pattern"] for e in ctl.matching(ev="haptic")]
     # The C4 answered the reused counter rejected/collision with its high-water mark...
     reused = [f for f in b.peer.of()[seen:] if f["type"] == "ALERT"][0]
@@ -172,14 +177,14 @@ def test_leaked_key_counter_jump_then_one_resync_with_backoff(bracelet: Bracelet
         "HEARTBEAT",
     )
 
-    mark = len(ctl.events)
+    mark = ctl.mark()
     ctl.hold(HOLD_MS)
-    resync = ctl.wait(WAIT_S, ev="state", name="resync")
+    resync = ctl.wait_event(timeout=WAIT_S, ev="state", name="resync")
     fresh = resync["counter"]
     assert fresh > jump
-    ctl.wait(WAIT_S, ev="state", name="acked", counter=fresh)
-    ctl.wait(WAIT_S, ev="haptic", pattern="double")
-    queued = [e["counter"] for e in ctl.events[mark:] if e.get("name") == "queued"]
+    ctl.wait_event(timeout=WAIT_S, ev="state", name="acked", counter=fresh)
+    ctl.wait_event(timeout=WAIT_S, ev="haptic", pattern="double")
+    queued = [e["counter"] for e in ctl.matching(since=mark, name="queued")]
     assert len(queued) == 2 and queued[1] == fresh  # the press, then one re-queue
     stale = queued[0]
     assert stale < jump - 63  # below the C4's replay window

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from auxilio.boards import load_board
 from auxilio.emulator import FlashImage, State, VirtualBoard
 from auxilio.flash.deploy import bundle
 from auxilio.testing import firmware_file
+from auxilio.testing.wait import wait_for
 
 from tests.flash.conftest import AUXILIO, QUIET, auxilio, ok
 
@@ -27,10 +27,7 @@ def _sha(path: Path) -> str:
 
 
 def _wait(vb: VirtualBoard, state: State, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while vb.state is not state:
-        assert time.monotonic() < deadline, f"{vb.name}: {vb.state}, wanted {state}"
-        time.sleep(0.05)
+    wait_for(lambda: vb.state is state, timeout, f"{vb.name} {state} (it is {vb.state})")
 
 
 def _report(reports: Path) -> list[dict]:
@@ -177,10 +174,9 @@ def test_ctrl_c_marks_boards_interrupted_and_leaves_no_process(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not deploying[0]:  # Ctrl-C once mpremote is copying files: the worst moment
-        assert time.monotonic() < deadline and proc.poll() is None, "flash never reached deploy"
-        time.sleep(0.02)
+    # Ctrl-C once mpremote is copying files: the worst moment.
+    wait_for(lambda: deploying[0] or proc.poll() is not None, 120, "flash to reach deploy")
+    assert proc.poll() is None, "flash ended before it reached deploy"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -189,20 +185,22 @@ def test_ctrl_c_marks_boards_interrupted_and_leaves_no_process(
         r["result"] for r in rows
     }
     assert not any(r["result"] == "ok" and not r["files"] for r in rows)
-    time.sleep(0.5)
-    leftovers = subprocess.run(
-        ["pgrep", "-f", "mpremote connect rfc2217://127.0.0.1"], capture_output=True, text=True
-    )
-    mine = [
-        pid
-        for pid in leftovers.stdout.split()
-        if any(
-            vb.rfc2217_url in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-            for vb in boards
-            if Path(f"/proc/{pid}/cmdline").exists()
+
+    def mine() -> list[str]:
+        leftovers = subprocess.run(
+            ["pgrep", "-f", "mpremote connect rfc2217://127.0.0.1"], capture_output=True, text=True
         )
-    ]
-    assert mine == []
+        return [
+            pid
+            for pid in leftovers.stdout.split()
+            if any(
+                vb.rfc2217_url in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                for vb in boards
+                if Path(f"/proc/{pid}/cmdline").exists()
+            )
+        ]
+
+    wait_for(lambda: mine() == [], 10, "no mpremote of ours left running")
 
 
 def test_deploy_is_idempotent_and_removes_shadowing_sources(virtual_tray, tmp_path: Path) -> None:

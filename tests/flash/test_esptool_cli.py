@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 from auxilio.emulator import FlashImage, State, VirtualBoard, load_board
 from auxilio.flash.images import build_firmware
+from auxilio.testing.wait import wait_for
 
 from tests.flash.conftest import QUIET, esptool, ok, parallel
 
@@ -29,10 +29,7 @@ def _board(tmp_path: Path, name: str, tag: str = "", blank: bool = False) -> Vir
 
 
 def _wait_state(vb: VirtualBoard, state: State, timeout: float = BOOT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while vb.state is not state:
-        assert time.monotonic() < deadline, f"{vb.name} is {vb.state}, not {state}"
-        time.sleep(0.02)
+    wait_for(lambda: vb.state is state, timeout, f"{vb.name} {state} (it is {vb.state})")
 
 
 def test_chip_id_and_flash_id_report_each_chip(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from auxilio.boards import load_board
 from auxilio.emulator import State, VirtualBoard
 from auxilio.flash.deploy import bundle
 from auxilio.testing import firmware_file
+from auxilio.testing.wait import wait_for
 
 from tests.flash.conftest import QUIET, auxilio
 
@@ -32,10 +32,7 @@ BOOT_S = 60
 
 
 def _wait(vb: VirtualBoard, state: State, timeout: float = BOOT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while vb.state is not state:
-        assert time.monotonic() < deadline, f"{vb.name}: {vb.state}, wanted {state}"
-        time.sleep(0.05)
+    wait_for(lambda: vb.state is state, timeout, f"{vb.name} {state} (it is {vb.state})")
 
 
 def _rows(path: str) -> dict[str, dict]:

@@ -14,9 +14,12 @@ from typing import Any
 from auxilio.emulator import radio
 from auxilio.emulator.modem import EmulatedModem, ModemServer, attach
 from auxilio.emulator.smsc import Smsc
+from auxilio.testing.control import ControlServer
 from auxilio.testing.mosquitto import Mosquitto
+from auxilio.testing.peer import C4Peer
+from auxilio.testing.wait import wait_for
 
-from tests.firmware.fwkit import C4Peer, ControlServer, DeviceProc, make_root, wait_until
+from tests.firmware.fwkit import DeviceProc, make_root
 
 C4_NUMBER = "+525599990000"
 DEVICE_MSISDN = "+525512340001"
@@ -112,7 +115,7 @@ class LteRig:
         """The device's transport status() over the control channel."""
         n = len(self.ctl.matching(ev="status"))
         self.ctl.send("status")
-        wait_until(lambda: len(self.ctl.matching(ev="status")) > n, timeout, "a status event")
+        wait_for(lambda: len(self.ctl.matching(ev="status")) > n, timeout, "a status event")
         return self.ctl.matching(ev="status")[-1]["status"]
 
     def alert(self, timeout: float = 30.0) -> dict:
@@ -126,7 +129,7 @@ class LteRig:
         kw: dict[str, Any] = {"ev": "state", "name": name}
         if counter is not None:
             kw["counter"] = counter
-        return self.ctl.wait(timeout=timeout, **kw)
+        return self.ctl.wait_event(timeout=timeout, **kw)
 
     def heartbeats(self) -> list[dict]:
         assert self.peer is not None
@@ -139,7 +142,7 @@ class LteRig:
                     return hb
             return None
 
-        return wait_until(find, timeout, what)  # type: ignore[return-value]
+        return wait_for(find, timeout, what)  # type: ignore[return-value]
 
     def output(self) -> str:
         return "\n".join(p.output() for p in self.procs)

@@ -14,9 +14,9 @@ from auxilio.emulator import radio
 from auxilio.protocol import codec
 from auxilio.protocol import sms as smsbody
 from auxilio.testing.mosquitto import free_port
+from auxilio.testing.wait import wait_for
 
-from tests.firmware.fwkit import wait_until
-from tests.firmware.mqtt_harness import broker as mqtt_broker_with
+from tests.firmware.fwkit import broker as mqtt_broker_with
 from tests.firmware.test_mqtt_client import tls_files  # noqa: F401 (fixture)
 from tests.modem.ltekit import C4_NUMBER, DEVICE_MSISDN, LteRig, fault_bits
 
@@ -38,7 +38,7 @@ def test_alert_over_emulated_lte_is_acked(lte_rig, profile: str) -> None:
     fix = radio.Fix(19.4270, -99.1677, 1.0)  # Ángel de la Independencia: a public place
     rig = lte_rig(profile, gnss=radio.GnssTrack.fixed(fix.lat, fix.lon, fix.hdop))
     rig.start(tunables={"gnss_every_s": 1, "gnss_timeout_s": 3})
-    wait_until(lambda: rig.status()["modem"]["fix"], 20, "a GNSS fix")
+    wait_for(lambda: rig.status()["modem"]["fix"], 20, "a GNSS fix")
     base = rig.status()["modem"]["at"]  # the probes before PWRKEY timed out, by design
     alert = rig.alert()
     assert alert["bearer"] == "lte"
@@ -68,7 +68,7 @@ def test_sms_fallback_when_data_is_down(lte_rig, profile: str) -> None:
     """Data down, SMS working: the alert also leaves by SMS, same frame and counter."""
     rig = lte_rig(profile, scenario="data-down")
     rig.start(wait_boot=False)
-    wait_until(lambda: rig.status()["modem"]["fault"] == "data_down", 30, "data_down")
+    wait_for(lambda: rig.status()["modem"]["fault"] == "data_down", 30, "data_down")
     assert rig.status()["modem"]["registered"] is True
     t_press = time.monotonic()
     rig.ctl.hold(2300)
@@ -80,7 +80,7 @@ def test_sms_fallback_when_data_is_down(lte_rig, profile: str) -> None:
     assert rig.ctl.matching(ev="state", name="queued", counter=got["counter"])
     assert time.monotonic() - t_press >= 3  # the 3 s budget ran out first
     # The distinct haptic pattern, and the state event with the alert's counter.
-    rig.ctl.wait(ev="haptic", pattern="sms", timeout=10)
+    rig.ctl.wait_event(ev="haptic", pattern="sms", timeout=10)
     sms_state = rig.wait_state("sms")
     assert sms_state["counter"] == got["counter"]
     # The gammu-smsd style inbox file carries the same text.
@@ -93,7 +93,7 @@ def test_sms_fallback_when_data_is_down(lte_rig, profile: str) -> None:
     assert alert["counter"] == got["counter"]  # the C4 dedups the two on this
     assert alert["lat_e7"] == got["lat_e7"] and alert["battery"] == got["battery"]
     rig.wait_state("acked", alert["counter"], timeout=30)
-    rig.ctl.wait(ev="haptic", pattern="double", timeout=10)
+    rig.ctl.wait_event(ev="haptic", pattern="double", timeout=10)
     assert len(rig.smsc.inbox()) == 1  # one SMS per alert, even while it keeps retrying
 
 
@@ -109,13 +109,13 @@ def test_missing_sim_is_reported_and_retried_then_power_cycled(lte_rig) -> None:
     def cpin() -> list[float]:
         return [t for t, d, b in rig.modem.trace if d == "in" and b.startswith(b"AT+CPIN?")]
 
-    wait_until(lambda: rig.modem.resets >= 1 and len(cpin()) >= 6, 60, "a power cycle")
+    wait_for(lambda: rig.modem.resets >= 1 and len(cpin()) >= 6, 60, "a power cycle")
     t = cpin()
     gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
     assert gaps[-1] > 2 * gaps[0], gaps  # capped exponential backoff (jittered)
     # The SIM comes back: the next heartbeats report no fault.
     rig.modem.fault("sim-inserted")
-    wait_until(lambda: rig.status()["modem"]["state"] == "ready", 40, "the modem ready again")
+    wait_for(lambda: rig.status()["modem"]["state"] == "ready", 40, "the modem ready again")
     n = len(rig.heartbeats())
     rig.wait_heartbeat(lambda h: h in rig.heartbeats()[n + 1 :] and fault_bits(h) == 0, 30)
 
@@ -131,8 +131,8 @@ def test_a_modem_that_does_not_answer_is_power_cycled_and_recovers(lte_rig) -> N
     rig = lte_rig("sim7080g")
     rig.start(heartbeat_s=3)
     rig.modem.fault("mute")  # the module's firmware hangs: UART silent, PWRKEY ignored
-    wait_until(lambda: rig.modem.resets >= 1, 60, "the RESET pin pulse")
-    wait_until(lambda: rig.status()["modem"]["state"] == "ready", 60, "the modem back")
+    wait_for(lambda: rig.modem.resets >= 1, 60, "the RESET pin pulse")
+    wait_for(lambda: rig.status()["modem"]["state"] == "ready", 60, "the modem back")
     alert = rig.alert(timeout=60)
     rig.wait_state("acked", alert["counter"])
     # Reported in the next heartbeat that could go out, once the link was back.
@@ -164,14 +164,14 @@ def test_garbage_and_a_modem_reboot_mid_session_do_not_lose_the_alert(lte_rig) -
 def test_psm_between_heartbeats_and_an_alert_from_psm(lte_rig) -> None:
     rig = lte_rig("sim7080g")
     rig.start(heartbeat_s=4, tunables={"psm_active_s": 2})
-    wait_until(lambda: rig.modem.psm_entries >= 2, 40, "two PSM periods")
+    wait_for(lambda: rig.modem.psm_entries >= 2, 40, "two PSM periods")
     beats = rig.heartbeats()
     # Beats queued before the first attach say "none"; once attached, LTE even in PSM.
     assert len(beats) >= 2 and [h["bearer"] for h in beats[-2:]] == ["lte", "lte"]
     assert rig.modem.commands["CPSMS"] >= 1
     # Woken by PWRKEY for each beat, never power-cycled.
     assert rig.modem.power_ons == 1 and rig.modem.resets == 0
-    wait_until(lambda: rig.modem.power == "psm", 20, "the modem in PSM")
+    wait_for(lambda: rig.modem.power == "psm", 20, "the modem in PSM")
     alert = rig.alert()
     rig.wait_state("acked", alert["counter"])
     s = rig.modem.status()["seconds"]
@@ -226,7 +226,7 @@ def test_no_signal_is_reported_as_no_service(lte_rig) -> None:
     rig.wait_heartbeat(lambda h: fault_bits(h) == 4, 40, "a heartbeat with no_service")
     assert rig.status()["modem"]["rssi"] is None  # CSQ 99: unknown, not a number
     rig.modem.set_scenario("registered")
-    wait_until(lambda: rig.status()["modem"]["state"] == "ready", 40, "attached once in coverage")
+    wait_for(lambda: rig.status()["modem"]["state"] == "ready", 40, "attached once in coverage")
 
 
 def test_edrx_keeps_the_session_up_instead_of_psm(lte_rig) -> None:

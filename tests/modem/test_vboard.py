@@ -10,10 +10,10 @@ import pytest
 from auxilio.emulator.admin import AdminClient
 from auxilio.protocol import codec
 from auxilio.protocol import sms as smsbody
+from auxilio.testing.peer import C4Peer
+from auxilio.testing.wait import wait_for
 
-from tests.emulator.peer import AckPeer
 from tests.emulator.test_cli import Emulator, cli_env, run_cli  # noqa: F401 (fixture)
-from tests.firmware.fwkit import wait_until
 
 pytestmark = [pytest.mark.emulator, pytest.mark.integration]
 
@@ -21,10 +21,10 @@ pytestmark = [pytest.mark.emulator, pytest.mark.integration]
 def test_virtual_bracelet_alert_over_lte_then_sms_when_data_fails(virtual_board, mqtt_broker):
     vd = virtual_board(firmware=True, broker_url=mqtt_broker.url, modem=True, lte_timing="fast")
     secret = bytes.fromhex(vd.config["secret"])
-    peer = AckPeer(mqtt_broker.host, mqtt_broker.port, {vd.device: secret})
+    peer = C4Peer(mqtt_broker, {vd.device: secret})
     try:
         assert vd.modem is not None
-        wait_until(lambda: vd.modem.status()["sockets"], 60, "the MQTT session over LTE")
+        wait_for(lambda: vd.modem.status()["sockets"], 60, "the MQTT session over LTE")
         mark = vd.mark()
         vd.hold()
         alert = peer.wait_frame(type="ALERT", device=vd.device, timeout=60)
@@ -33,8 +33,8 @@ def test_virtual_bracelet_alert_over_lte_then_sms_when_data_fails(virtual_board,
         assert vd.modem.commands["CASEND"] > 0
         # Data down while SMS still works: the next alert also arrives by SMS.
         vd.lte("data-down")
-        peer.ack = False
-        time.sleep(0.3)  # a new press right after a release would be debounced into it
+        peer.mode = "none"
+        time.sleep(0.3)  # a human pause: a press right after a release is debounced into it
         mark = vd.mark()
         vd.hold()
         sms = vd.smsc.wait(timeout=60)[0]  # 20 s budget (the default), then the SMS
@@ -69,9 +69,7 @@ def test_vboard_lte_reaches_the_emulated_modem(tmp_path, cli_env, mqtt_broker): 
         os.environ["XDG_RUNTIME_DIR"] = cli_env["XDG_RUNTIME_DIR"]
         try:
             client = AdminClient("lte1")
-            wait_until(
-                lambda: client.call("status")["modem"]["stat"] == 1, 60, "the emulated attach"
-            )
+            wait_for(lambda: client.call("status")["modem"]["stat"] == 1, 60, "the emulated attach")
             out = run_cli("vboard", "--name", "lte1", "lte", "denied", env=cli_env)
             assert out.returncode == 0, out.stderr
             st = client.call("status")["modem"]
