@@ -21,10 +21,10 @@ from auxilio.keys import seal
 from auxilio.protocol import codec
 from auxilio.registry import open_registry
 from auxilio.testing.sinks import WebhookReceiver
+from auxilio.testing.wait import wait_for
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select
 
-from tests.firmware.fwkit import wait_until
 from tests.modem.ltekit import DEVICE_MSISDN
 
 pytestmark = pytest.mark.integration
@@ -73,11 +73,11 @@ def test_data_down_the_alert_reaches_the_gateway_by_sms_once_and_is_acked_over_d
         )
         gw.start(connect_attempts=50)
         assert gw.connected.wait(15), "gateway did not connect"
-        wait_until(lambda: rig.status()["modem"]["fault"] == "data_down", 30, "data_down")
+        wait_for(lambda: rig.status()["modem"]["fault"] == "data_down", 30, "data_down")
 
         t_press = time.monotonic()
         rig.ctl.hold(2300)
-        rows = wait_until(lambda: _alerts(registry, device), 30, "the alert stored from the SMS")
+        rows = wait_for(lambda: _alerts(registry, device), 30, "the alert stored from the SMS")
         stored_after = time.monotonic() - t_press
         (row,) = rows  # type: ignore[misc]
         assert row["via"] == "sms"
@@ -97,11 +97,11 @@ def test_data_down_the_alert_reaches_the_gateway_by_sms_once_and_is_acked_over_d
         assert mqtt_copy["counter"] == counter
         rig.wait_state("acked", counter, timeout=30)
         rig.ctl.wait(ev="haptic", pattern="double", timeout=10)
-        wait_until(lambda: gw.stats["duplicate"] >= 1, 15, "the MQTT copy deduped")
+        wait_for(lambda: gw.stats["duplicate"] >= 1, 15, "the MQTT copy deduped")
         assert [(r["counter"], r["via"]) for r in _alerts(registry, device)] == [(counter, "sms")]
         assert gw.stats["sms_stored"] == 1
         # The C4 consumer saw it exactly once, with the path that delivered it first.
-        wait_until(lambda: _outbox(registry) == 0, 15, "the forward outbox drained")
+        wait_for(lambda: _outbox(registry) == 0, 15, "the forward outbox drained")
         assert hook.keys.count(key_) == 1
         rec = next(r for r in hook.accepted if r["key"] == key_)
         assert rec["via"] == "sms" and rec["counter"] == counter
