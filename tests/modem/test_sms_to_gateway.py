@@ -86,7 +86,7 @@ def test_data_down_the_alert_reaches_the_gateway_by_sms_once_and_is_acked_over_d
         assert stored_after < BUDGET_S + rig.timing.sms_deliver_s + 10, stored_after
         assert rig.status()["modem"]["fault"] == "data_down"
         assert not list(rig.inbox.glob("IN*.txt"))  # the inbox file is consumed once committed
-        rig.ctl.wait(ev="haptic", pattern="sms", timeout=15)  # "sent by SMS" until the ACK
+        rig.ctl.wait_event(ev="haptic", pattern="sms", timeout=15)  # "sent by SMS" until the ACK
         key_ = f"alert:{rig.dev}:1:{counter}"
         assert hook.wait_keys({key_}, timeout=15)
 
@@ -96,7 +96,7 @@ def test_data_down_the_alert_reaches_the_gateway_by_sms_once_and_is_acked_over_d
         mqtt_copy = rig.peer.wait("ALERT", 1, timeout=60)[0]
         assert mqtt_copy["counter"] == counter
         rig.wait_state("acked", counter, timeout=30)
-        rig.ctl.wait(ev="haptic", pattern="double", timeout=10)
+        rig.ctl.wait_event(ev="haptic", pattern="double", timeout=10)
         wait_for(lambda: gw.stats["duplicate"] >= 1, 15, "the MQTT copy deduped")
         assert [(r["counter"], r["via"]) for r in _alerts(registry, device)] == [(counter, "sms")]
         assert gw.stats["sms_stored"] == 1
