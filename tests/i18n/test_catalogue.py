@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -62,3 +63,36 @@ def test_an_installed_console_reads_english_from_the_package(tmp_path: Path) -> 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
     assert out.split() == ["spare", "bracelet"]
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"),
+    [("es", ["alta", "asignación", "asignado"]), ("en", ["enrolled", "assignment", "assigned"])],
+)
+def test_devices_show_names_audit_actions_in_words(
+    lang: str, words: list[str], tmp_path: Path
+) -> None:
+    from auxilio.testing.tools import run_auxilio
+
+    env = {**os.environ, "AUXILIO_LANG": lang, "AUXILIO_REGISTRY": str(tmp_path / "r.db")}
+    env["AUXILIO_KEYS_DIR"] = str(tmp_path / "keys")
+    env["COLUMNS"] = "200"
+    for args in (
+        ["keys", "init", "--dir", str(tmp_path / "keys")],
+        ["devices", "add", "--id", "0938-NKRT", "--kind", "bracelet", "--board", "bracelet-c3"],
+        ["devices", "assign", "0938-NKRT", "--case", "PR-2026-00123"],
+    ):
+        r = run_auxilio(args, env=env)
+        assert r.returncode == 0, r.stderr
+    shown = run_auxilio(["devices", "show", "0938-NKRT"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    for w in words:
+        assert w in shown.stdout, shown.stdout
+    # The log keeps the codes: only the screen speaks the operator's language.
+    from auxilio.registry import open_registry
+
+    reg = open_registry(str(tmp_path / "r.db"))
+    try:
+        assert [e["action"] for e in reg.audit_log(target="0938-NKRT")] == ["assign", "add"]
+    finally:
+        reg.close()
