@@ -21,11 +21,14 @@ from auxilio.i18n import DOMAIN, LOCALE_DIR
 PACKAGE_DIR = Path(__file__).parent
 KEYWORDS = {"_": None, "N_": None, "both": None}
 LANGUAGES = ("en",)
+# Catalogues written by hand and only compiled here: argparse's own words in
+# Spanish (its msgids are English), so a Spanish --help is Spanish throughout.
+STATIC = (("es", "argparse"),)
 PO_WIDTH = 100
 
 
-def po_path(lang: str) -> Path:
-    return LOCALE_DIR / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
+def po_path(lang: str, domain: str = DOMAIN) -> Path:
+    return LOCALE_DIR / lang / "LC_MESSAGES" / f"{domain}.po"
 
 
 def extract() -> dict[str, list[str]]:
@@ -41,11 +44,11 @@ def extract() -> dict[str, list[str]]:
     return found
 
 
-def read(lang: str):  # -> babel.messages.catalog.Catalog
+def read(lang: str, domain: str = DOMAIN):  # -> babel.messages.catalog.Catalog
     from babel.messages import pofile
 
-    with po_path(lang).open("rb") as f:
-        return pofile.read_po(f, locale=lang, domain=DOMAIN)
+    with po_path(lang, domain).open("rb") as f:
+        return pofile.read_po(f, locale=lang, domain=domain)
 
 
 def compiled(catalog) -> bytes:  # noqa: ANN001 - a Babel Catalog
@@ -97,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{lang}: {len(found)} msgids, {added} new or untranslated, {dropped} dropped; "
             f"{len(untranslated)} to translate in {po_path(lang)}"
         )
+    for lang, domain in STATIC:
+        po_path(lang, domain).with_suffix(".mo").write_bytes(compiled(read(lang, domain)))
+        print(f"{lang}: {domain} compiled")
     return 0
 
 

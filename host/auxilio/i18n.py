@@ -26,11 +26,30 @@ def language() -> str:
 
 
 @lru_cache(maxsize=8)
-def translator(lang: str, localedir: str | None = None) -> gettext.NullTranslations:
-    """The catalogue for `lang` (a NullTranslations, i.e. Spanish, when there is none)."""
+def translator(
+    lang: str, localedir: str | None = None, domain: str = DOMAIN
+) -> gettext.NullTranslations:
+    """The catalogue for `lang` (a NullTranslations, i.e. the msgids, when there is none)."""
     return gettext.translation(
-        DOMAIN, localedir or str(LOCALE_DIR), languages=[lang], fallback=True
+        domain, localedir or str(LOCALE_DIR), languages=[lang], fallback=True
     )
+
+
+def localise_argparse() -> None:
+    """argparse's own words (usage, headings, its errors) in the operator's language.
+
+    argparse looks up its module-level ``_``/``ngettext`` when it formats, so
+    this holds for every parser built or printed after the call.
+    """
+    import argparse
+
+    tr: gettext.NullTranslations = (
+        translator(SOURCE_LANGUAGE, None, "argparse")
+        if language() == SOURCE_LANGUAGE
+        else gettext.NullTranslations()
+    )
+    argparse._ = tr.gettext  # type: ignore[attr-defined]
+    argparse.ngettext = tr.ngettext  # type: ignore[attr-defined]
 
 
 def _catalogue() -> gettext.NullTranslations | None:

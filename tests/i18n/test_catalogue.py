@@ -25,11 +25,32 @@ def test_every_operator_string_has_its_english() -> None:
 
 
 def test_the_shipped_mo_is_the_compiled_po() -> None:
-    for lang in catalogue.LANGUAGES:
-        mo = catalogue.po_path(lang).with_suffix(".mo")
-        assert mo.read_bytes() == catalogue.compiled(catalogue.read(lang)), (
+    domains = [(lang, i18n.DOMAIN) for lang in catalogue.LANGUAGES] + list(catalogue.STATIC)
+    for lang, domain in domains:
+        mo = catalogue.po_path(lang, domain).with_suffix(".mo")
+        assert mo.read_bytes() == catalogue.compiled(catalogue.read(lang, domain)), (
             f"{mo} is older than its .po: run `make catalogue`"
         )
+
+
+@pytest.mark.parametrize(
+    ("lang", "heading", "option_help"),
+    [
+        ("es", "opciones:", "segundos de espera por la pasarela"),
+        ("en", "options:", "seconds to wait for the gateway"),
+    ],
+)
+def test_operator_help_is_spanish_first_throughout(
+    lang: str, heading: str, option_help: str
+) -> None:
+    from auxilio.testing.tools import run_auxilio
+
+    r = run_auxilio(["attend", "--help"], env={**os.environ, "AUXILIO_LANG": lang})
+    assert r.returncode == 0
+    assert heading in r.stdout and option_help in " ".join(r.stdout.split())
+    bad = run_auxilio(["devices", "rekey", "0938-NKRT"], env={**os.environ, "AUXILIO_LANG": lang})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert ("faltan estos argumentos" in bad.stderr) == (lang == "es")
 
 
 def test_no_catalogue_hides_in_the_code() -> None:

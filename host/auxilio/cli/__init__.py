@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from auxilio import __version__
 from auxilio.errors import AuxilioError, ConnectionFailed
-from auxilio.i18n import N_, _
+from auxilio.i18n import N_, _, localise_argparse
 
 # (command, module, one-line help). Add a command by adding a row and a module.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -62,6 +62,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    localise_argparse()
     parser = _Parser(prog="auxilio", description="Auxilio panic-alert device toolkit")
     parser.add_argument("--version", action="version", version=f"auxilio {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
