@@ -155,7 +155,7 @@ def test_press_time_kept_apart_from_delivery_after_a_time_nak(
     assert row["pressed_at"].timestamp() == pressed
     assert row["device_ts"] == now and row["received_at"].timestamp() >= now - 1
     # The operator sees both: "pulsada 19:00:05 · recibida 19:05:40".
-    from auxilio.monitor import print_once
+    from auxilio.console.view import print_once
     from rich.console import Console
 
     console = Console(record=True, width=200)

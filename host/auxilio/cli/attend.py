@@ -48,10 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from auxilio.broker.url import parse_broker_url, with_credentials
+    from auxilio.console.view import attend_message
     from auxilio.errors import ConnectionFailed, UsageError
     from auxilio.gateway.control import SENT, request_attend
     from auxilio.i18n import _
-    from auxilio.monitor import attend_message
 
     try:
         alert_id = int(args.alert_id)
