@@ -98,6 +98,14 @@ def test_boot_runs_boot_then_main_then_repl(tmp_path: Path) -> None:
         assert out.index(rom) < out.index(b"boot.py ran") < out.index(b"main.py ran")
         assert out.rstrip().endswith(b">>>")
         assert board.state is State.RUNNING
+        # Program output ends its lines in CRLF, as the ESP32 port's cooked stdout
+        # does: a terminal on the port shows no staircase (issue 9 §2).
+        assert b"boot.py ran\r\n" in out and b"main.py ran\r\n" in out
+        since = board.console_len()
+        board.write(b"print('a\\nb')\r")
+        board.wait_output(b">>> ", since=since)
+        assert b"a\r\nb\r\n" in board.console()[since:]
+        assert b"\r\r\n" not in board.console()
 
 
 def test_rts_pulse_over_rfc2217_hard_resets(tmp_path: Path) -> None:
@@ -163,7 +171,7 @@ def test_power_cut_during_a_write_leaves_the_filesystem_mountable(
 ) -> None:
     img = fresh_image(tmp_path / "p.img", {"main.py": WRITER})
     with booted(img, env={"VB_TEST_WRITE": "1"}, rfc2217_port=None) as board:
-        board.wait_output(f"chunk {cut_after}\n".encode(), timeout=60)
+        board.wait_output(f"chunk {cut_after}\r\n".encode(), timeout=60)
         board.power_cut()  # kill -9 mid-write
         wait_state(board, State.OFF)
     # The host reads the image: mountable, the earlier file intact.
@@ -218,7 +226,7 @@ def test_soft_reboot_from_the_friendly_repl_keeps_files(tmp_path: Path) -> None:
         end = board.wait_output(SOFT_REBOOT_BANNER, since=since)
         board.wait_output(b"main.py ran", since=end)
         board.write(b"print(open('x.txt').read())\r")
-        board.wait_output(b"in ram? no, in flash\n", since=end), board.console()
+        board.wait_output(b"in ram? no, in flash\r\n", since=end), board.console()
         assert board.boots == 2
 
 

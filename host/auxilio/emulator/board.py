@@ -146,6 +146,7 @@ class VirtualBoard:
         self.boot_failure: str | None = None  # the last line of a boot loop, while looping
         self.boots = 0  # interpreter starts, for tests and figures
         self.booted_at: float | None = None  # monotonic time of the last interpreter start
+        self._last_out = b""  # the interpreter's last output byte (CRLF cooking spans chunks)
         self.on_crash: Callable[[str], None] | None = None
         # Called by the ROM after each flash write (offset, length): tests cut power here.
         self.on_flash_write: Callable[[int, int], None] | None = None
@@ -683,7 +684,30 @@ class VirtualBoard:
         if self.on_crash is not None:
             self.on_crash(reason)
 
+    def _cook(self, data: bytes) -> bytes:
+        """A lone LF becomes CRLF, as the ESP32 port's cooked stdout sends program output.
+
+        The unix port writes `print()` output with a bare LF (its REPL's own lines
+        already end in CRLF), so a terminal on the board's port would staircase.
+        """
+        if b"\n" not in data:
+            if data:
+                self._last_out = data[-1:]
+            return data
+        prev = self._last_out
+        out = bytearray()
+        for line in data.split(b"\n")[:-1]:
+            out += line
+            if not (line[-1:] == b"\r" or (not line and prev == b"\r")):
+                out += b"\r"
+            out += b"\n"
+            prev = b"\n"
+        out += data.rsplit(b"\n", 1)[1]
+        self._last_out = data[-1:]
+        return bytes(out)
+
     def _on_output(self, data: bytes) -> None:
+        data = self._cook(data)
         if self._gate is None:
             self._emit(data)
             return
