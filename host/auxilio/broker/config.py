@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 CONF_FILE = "mosquitto.conf"
 PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
+# In data/ (the broker user's): mosquitto writes it after dropping privileges, and the
+# files authority (broker/fileauth.py) SIGHUPs the broker it names.
+PID_FILE = "mosquitto.pid"
 # The gateway's own MQTT credentials (plaintext, mode 0600), kept across regenerations
 # so rewriting the config never locks out a running gateway.
 GATEWAY_FILE = "gateway.json"
@@ -69,6 +72,8 @@ class BrokerFiles:
     skipped: list[str] = field(default_factory=list)  # in service but no password hash
     run_as: str | None = None  # the `user` line of mosquitto.conf
     blocked: Path | None = None  # why run_as became root: a directory mosquitto cannot enter
+    authority: str = "files"  # who holds the logins (broker/authority.py)
+    admin: Path | None = None  # the broker admin file (broker/authority.py ADMIN_FILE)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +86,8 @@ class BrokerFiles:
             "devices": len(self.devices),
             "skipped": self.skipped,
             "run_as": self.run_as,
+            "authority": self.authority,
+            "admin": str(self.admin) if self.admin else None,
         }
 
 
@@ -125,15 +132,20 @@ def render_conf(
     tls_bind: str | None = None,
     run_as: str | None = None,
     log_file: Path | None = None,
+    security: list[str] | None = None,
 ) -> str:
+    """``security``: the login/ACL lines (default: the password file and pattern ACL)."""
     lines = [
         "# Written by `auxilio broker config`; regenerate rather than edit.",
         f"# {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         "per_listener_settings false",
         "allow_anonymous false",
         f"max_packet_size {MAX_PACKET_SIZE}",
-        f"password_file {directory / PASSWD_FILE}",
-        f"acl_file {directory / ACL_FILE}",
+        *(
+            security
+            or [f"password_file {directory / PASSWD_FILE}", f"acl_file {directory / ACL_FILE}"]
+        ),
+        f"pid_file {directory / 'data' / PID_FILE}",
         # Nagle + delayed ACK adds ~88 ms per QoS1 round trip (NOTES.md, DESIGN §3).
         "set_tcp_nodelay true",
         "persistence true",
@@ -205,8 +217,18 @@ def write_config(
     gateway_user: str = DEFAULT_GATEWAY_USER,
     run_as: str | None = None,
     log_file: str | os.PathLike[str] | None = None,
+    authority: str = "files",
 ) -> BrokerFiles:
-    """Generate the broker files in ``out_dir`` from the registry's devices."""
+    """Generate the broker files in ``out_dir`` from the registry's devices.
+
+    ``authority``: "files" (password file + pattern ACL, reloaded by SIGHUP) or
+    "dynsec" (mosquitto's dynamic-security plugin, changed live); see broker/authority.py.
+    """
+    from auxilio.broker import authority as auth
+
+    if authority not in auth.KINDS:
+        raise UsageError(f"authority must be one of {', '.join(auth.KINDS)}")
+    security = auth.conf_security(authority, Path(out_dir).resolve())  # checks the plugin
     if not _PREFIX_RE.match(prefix):
         raise UsageError("topic prefix must be 1-32 letters, digits, '_' or '-'")
     if not _USER_RE.match(gateway_user):
@@ -263,10 +285,14 @@ def write_config(
             tls_bind=tls_bind,
             run_as=run_as,
             log_file=Path(log_file).resolve() if log_file else None,
+            security=security,
         ),
         0o644,
     )
     _hand_to_broker_user(files, run_as)
+    # Issue 11 §2: the admin file lifecycle commands use to reach the broker at once.
+    files.authority = authority
+    files.admin = auth.write_admin(files, registry, authority, gw, op, prefix=prefix, url=url)
     if files.skipped:
         log.warning(
             "broker config: %d device(s) have no MQTT password and were left out",

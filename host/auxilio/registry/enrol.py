@@ -9,7 +9,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Enrolled:
     kind: str
     board: str
     secret_file: Path | None
+    # The new MQTT password, for a broker that must be told it (broker/authority.py); never stored.
+    password: str | None = field(default=None, repr=False, compare=False)
 
 
 def _random_id(registry: Registry) -> int:
@@ -186,7 +188,7 @@ def enrol_device(
             "`auxilio devices rekey --secret-out FILE` to provision it",
             label,
         )
-    return Enrolled(did, label, kind, board, out)
+    return Enrolled(did, label, kind, board, out, password)
 
 
 def rekey_device(
@@ -216,4 +218,4 @@ def rekey_device(
             mqtt_password_hash=hash_password(password),
         )
     write_secret_file(out, provisioning_fields(registry, rec.id, secret, password))
-    return Enrolled(rec.id, rec.label, rec.kind, rec.board, out)
+    return Enrolled(rec.id, rec.label, rec.kind, rec.board, out, password)
