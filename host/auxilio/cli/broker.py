@@ -1,4 +1,5 @@
-"""`auxilio broker config|run`: mosquitto config from the registry, and a runner (amqtt fallback)."""
+"""`auxilio broker config|run|sync`: mosquitto config from the registry, a runner (amqtt fallback),
+and the reconcile of a running broker's device logins with the registry."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         "--run-as",
         help="system user mosquitto drops to when started as root (default: mosquitto, or "
         "root when the directory is not searchable by that user)",
+    )
+    p.add_argument(
+        "--authority",
+        choices=["files", "dynsec"],
+        default="files",
+        help="who holds device logins: a password file reloaded by SIGHUP (files), or "
+        "mosquitto's dynamic-security plugin, changed live (dynsec)",
     )
 
 
@@ -68,6 +76,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use the embedded amqtt broker (demos only; enforces --dir's users/ACL if present)",
     )
     _config_args(r)
+    s = sub.add_parser("sync", help="make the running broker's device logins equal the registry's")
+    s.add_argument(
+        "--registry", help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)"
+    )
+    s.add_argument(
+        "--broker-admin",
+        metavar="FILE",
+        help="broker admin file (default $AUXILIO_BROKER_ADMIN, else "
+        f"{DEFAULT_BROKER_DIR}/broker-admin.json)",
+    )
+    s.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _write(args: argparse.Namespace, out: str):  # type: ignore[no-untyped-def]
@@ -89,6 +108,7 @@ def _write(args: argparse.Namespace, out: str):  # type: ignore[no-untyped-def]
             prefix=args.prefix,
             gateway_user=args.gateway_user,
             run_as=args.run_as,
+            authority=args.authority,
         )
     finally:
         registry.close()
@@ -105,10 +125,44 @@ def _say_run_as(files) -> None:  # type: ignore[no-untyped-def]
         )
 
 
+def _sync(args: argparse.Namespace) -> int:
+    import sys
+
+    from auxilio.broker.authority import ADMIN_FILE, admin_path
+    from auxilio.broker.lifecycle import load_admin, sync
+    from auxilio.registry import open_registry
+
+    admin = load_admin(admin_path(args.broker_admin) or f"{DEFAULT_BROKER_DIR}/{ADMIN_FILE}")
+    assert admin is not None
+    registry = open_registry(args.registry, readonly=True)
+    try:
+        report = sync(admin, registry)
+    finally:
+        registry.close()
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(
+            f"broker sync: {len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.removed)} removed, {report.unchanged} unchanged"
+        )
+    if report.pending:
+        print(
+            f"error: {len(report.pending)} login(s) not restored ({', '.join(report.pending)}): "
+            "mosquitto's API needs their plaintext; run `auxilio broker sync` on the broker's "
+            "host or `auxilio devices rekey`",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    if args.broker_cmd == "sync":
+        return _sync(args)
     if args.broker_cmd == "config":
         files = _write(args, args.out)
         _say_run_as(files)
@@ -119,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"users: {len(files.devices)} device(s) + gateway ({files.gateway}, mode 0600)")
             if files.skipped:
                 print(f"left out (no MQTT password): {', '.join(files.skipped)}", file=sys.stderr)
-            print("reload a running mosquitto with SIGHUP to apply password/ACL changes")
+            print(f"broker admin: {files.admin} (--broker-admin for `devices`, `broker sync`)")
+            if files.authority == "files":
+                print("reload a running mosquitto with SIGHUP to apply password/ACL changes")
         return 0
 
     from auxilio.broker import runner
@@ -129,7 +185,21 @@ def run(args: argparse.Namespace) -> int:
     if args.embedded or mosquitto_binary() is None:
         # Enforce the generated users and ACL when they exist; else an open demo broker.
         has_config = (Path(args.dir) / "passwd").is_file()
-        return runner.run_embedded(args.bind, args.port, args.dir if has_config else None)
+        # Issue 11 §2: with a config, device logins follow the registry live (when
+        # one is named, or the default one exists; else the generated files only).
+        import os
+
+        from auxilio.registry import DEFAULT_REGISTRY
+
+        registry = args.registry or os.environ.get("AUXILIO_REGISTRY")
+        if registry is None and Path(DEFAULT_REGISTRY).is_file():
+            registry = DEFAULT_REGISTRY
+        return runner.run_embedded(
+            args.bind,
+            args.port,
+            args.dir if has_config else None,
+            registry=registry if has_config else None,
+        )
     if not conf.exists():
         _say_run_as(_write(args, args.dir))
     return runner.run_mosquitto(conf)

@@ -32,12 +32,29 @@ def _common(json_flag: bool = True) -> argparse.ArgumentParser:
     return c
 
 
+def _broker_option() -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(add_help=False)
+    b.add_argument(
+        "--broker-admin",
+        metavar="FILE",
+        help=_(
+            "archivo de administración del broker (broker-admin.json de `auxilio broker "
+            "config`): aplica el cambio en el broker al instante (por omisión "
+            "$AUXILIO_BROKER_ADMIN; sin él, solo el registro)"
+        ),
+    )
+    return b
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common = _common()
+    broker = _broker_option()  # issue 11 §5: lifecycle changes reach the broker at once
     sub = p.add_subparsers(dest="devices_cmd", metavar="ACTION", required=True)
 
     a = sub.add_parser(
-        "add", parents=[common], help=_("da de alta un dispositivo con un secreto nuevo sellado")
+        "add",
+        parents=[common, broker],
+        help=_("da de alta un dispositivo con un secreto nuevo sellado"),
     )
     a.add_argument(
         "--id", dest="device", help=_("id impreso del dispositivo (por omisión: uno libre al azar)")
@@ -104,13 +121,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("revoke", N_("revoca un dispositivo: sus tramas se rechazan y se informan")),
         ("retire", N_("retira un dispositivo para siempre")),
     ):
-        s = sub.add_parser(name, parents=[common], help=_(help_text))
+        s = sub.add_parser(name, parents=[common, broker], help=_(help_text))
         s.add_argument("device")
         s.add_argument("--note", help=_("por qué (queda en la bitácora)"))
 
     rk = sub.add_parser(
         "rekey",
-        parents=[common],
+        parents=[common, broker],
         help=_("secreto y contraseña MQTT nuevos (recuperado, devuelto, rotación)"),
     )
     rk.add_argument("device")
@@ -242,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
     # a mistake changes nothing, not even by creating an empty registry file.
     if cmd in _CHECKS:
         _CHECKS[cmd](args)
+    # The broker to tell (issue 11 §5): a missing or bad admin file changes nothing.
+    args.broker = _broker_admin(args) if hasattr(args, "broker_admin") else None
     # Only enrolment may start a registry; every other action needs one that exists
     # (a mistyped --registry must not leave an empty database behind).
     registry = open_registry(args.registry, create=cmd in _CREATES)
@@ -299,7 +318,7 @@ def _add(args: argparse.Namespace, registry: Any) -> int:
                 }
             )
         )
-        return 0
+        return _tell_broker(args.broker, registry, e.device_id, e.password)
     from rich.table import Table
 
     t = Table(title=_("Dispositivo registrado"), show_header=False)
@@ -311,7 +330,7 @@ def _add(args: argparse.Namespace, registry: Any) -> int:
         str(e.secret_file) if e.secret_file else _("ninguno: el secreto queda sellado"),
     )
     _console().print(t)
-    return 0
+    return _tell_broker(args.broker, registry, e.device_id, e.password)
 
 
 def _list(args: argparse.Namespace, registry: Any) -> int:
@@ -427,7 +446,9 @@ def _unassign(args: argparse.Namespace, registry: Any) -> int:
 def _state(target: str) -> Any:
     def handler(args: argparse.Namespace, registry: Any) -> int:
         registry.set_state(args.device, target, _actor(args), note=args.note)
-        return _done(args, registry, args.device)
+        return _done(args, registry, args.device) or _tell_broker(
+            args.broker, registry, args.device
+        )
 
     return handler
 
@@ -435,10 +456,26 @@ def _state(target: str) -> Any:
 def _rekey(args: argparse.Namespace, registry: Any) -> int:
     from auxilio.registry.enrol import rekey_device
 
-    rekey_device(
+    e = rekey_device(
         registry, args.public_key, args.device, actor=_actor(args), secret_out=args.secret_out
     )
-    return _done(args, registry, args.device)
+    return _done(args, registry, args.device) or _tell_broker(
+        args.broker, registry, e.device_id, e.password
+    )
+
+
+def _broker_admin(args: argparse.Namespace) -> Any:
+    """The broker to tell (issue 11 §5), read before the registry opens; None: none."""
+    from auxilio.broker.lifecycle import load_admin
+
+    return load_admin(args.broker_admin)
+
+
+def _tell_broker(admin: Any, registry: Any, device: int | str, password: str | None = None) -> int:
+    """Apply the committed change at the broker; non-zero (with one warning line) if it lags."""
+    from auxilio.broker.lifecycle import after_change
+
+    return after_change(admin, registry, device, password)
 
 
 def _set_sim(args: argparse.Namespace, registry: Any) -> int:
