@@ -212,12 +212,16 @@ def _remove_pid_file(path: Path) -> None:
 
 
 def run_embedded(
-    bind: str = "127.0.0.1", port: int = 1883, config_dir: str | Path | None = None
+    bind: str = "127.0.0.1",
+    port: int = 1883,
+    config_dir: str | Path | None = None,
+    registry: str | None = None,
 ) -> int:
     """Run the amqtt broker in the foreground until SIGINT/SIGTERM.
 
     With ``config_dir`` (from `auxilio broker config`) it enforces that password
-    file and ACL; without, it is anonymous and open.
+    file and ACL; without, it is anonymous and open. With ``registry`` too, device
+    logins come from the registry live (broker/embedded.py LiveLogins).
     """
     import asyncio
 
@@ -231,7 +235,7 @@ def run_embedded(
     )
     sys.stderr.flush()
     try:
-        asyncio.run(serve(bind, port, config_dir))
+        asyncio.run(serve(bind, port, config_dir, registry=registry))
     except KeyboardInterrupt:
         pass
     return 0
