@@ -1,0 +1,243 @@
+"""A real mosquitto whose device logins follow the registry live (issue 11 §2), for tests and benches.
+
+    with LiveBroker(tmp_path, authority="dynsec") as lb:
+        dev = lb.add_device()                     # `auxilio devices add --broker-admin …`
+        s = lb.session(dev["username"], dev["password"])
+        assert not s.refused
+        lb.cli("devices", "revoke", dev["device"])
+        wait_for(lambda: s.dropped_at, timeout=1.0)
+
+``Session`` is one MQTT login that remembers its CONNACK, when the broker dropped it,
+which subscriptions were refused and what it received, so tests read the broker's
+behaviour back rather than trusting a command's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from auxilio import keys
+from auxilio.broker.client import nodelay
+from auxilio.broker.config import BrokerFiles, write_config
+from auxilio.registry import open_registry
+from auxilio.registry.enrol import enrol_device
+from auxilio.testing.mosquitto import Mosquitto, free_port
+
+# Bounds for CONNACK/SUBACK/PUBACK waits: generous, the machine is shared.
+WAIT_S = 15.0
+
+
+class Session:
+    """One MQTT 3.1.1 login (client id = username, as use_username_as_clientid forces)."""
+
+    def __init__(self, port: int, username: str, password: str | None) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._connack: queue.Queue[Any] = queue.Queue()
+        self._subacks: queue.Queue[list[Any]] = queue.Queue()
+        self.dropped_at: float | None = None  # perf_counter() of an unasked disconnect
+        self._closing = False
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv311
+        )
+        c.username_pw_set(username, password)
+        c.on_socket_open = nodelay
+        c.on_connect = lambda cl, u, f, rc, p: self._connack.put(rc)
+        c.on_subscribe = lambda cl, u, mid, rcs, p: self._subacks.put(list(rcs))
+        c.on_message = lambda cl, u, m: self.messages.put((m.topic, m.payload))
+        c.on_disconnect = self._on_disconnect
+        self.c = c
+        c.connect("127.0.0.1", port, keepalive=30)
+        c.loop_start()
+        self.rc = self._connack.get(timeout=WAIT_S)
+        if self.refused:
+            self.close()  # never leave a refused login retrying in the background
+
+    def _on_disconnect(self, *_a: Any) -> None:
+        if not self._closing and self.dropped_at is None:
+            self.dropped_at = time.perf_counter()
+            self.c.loop_stop()  # no reconnect: the test asks again when it wants to
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.rc.is_failure)
+
+    def subscribe(self, topic: str) -> bool:
+        """True when the broker granted the subscription (SUBACK not 0x80)."""
+        self.c.subscribe(topic, qos=1)
+        return not self._subacks.get(timeout=WAIT_S)[0].is_failure
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1 and wait for the PUBACK (mosquitto acks denied publishes too, MQTT 3.1.1)."""
+        info = self.c.publish(topic, payload, qos=1)
+        info.wait_for_publish(WAIT_S)
+
+    def received_until(self, marker: bytes) -> list[tuple[str, bytes]]:
+        """Everything received up to and including the message ``marker``."""
+        seen: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                m = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            seen.append(m)
+            if m[1] == marker:
+                return seen
+        raise AssertionError(f"{marker!r} never arrived; got {seen}")
+
+    def close(self) -> None:
+        self._closing = True
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+class LiveBroker:
+    """Registry, gateway key, generated broker config (``authority``) and a real mosquitto."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        authority: str = "dynsec",
+        devices: Sequence[tuple[str, str]] = (("bracelet", "bracelet-c3"),),
+        prefix: str = "auxilio",
+    ) -> None:
+        self.dir = Path(workdir)
+        self.prefix = prefix
+        self.registry_path = self.dir / "registry.db"
+        self.registry = open_registry(self.registry_path)
+        self.keys_dir = self.dir / "keys"
+        keys.init_keys(self.keys_dir)
+        pub = keys.load_public_key(self.keys_dir / keys.PUBLIC_KEY_FILE)
+        self.creds: list[dict[str, Any]] = []
+        for i, (kind, board) in enumerate(devices):
+            out = self.dir / f"device-{i}.json"
+            enrol_device(self.registry, pub, kind, board, actor="test", secret_out=out)
+            self.creds.append(json.loads(out.read_text()))
+        self.port = free_port()
+        self.files: BrokerFiles = write_config(
+            self.dir / "broker",
+            self.registry,
+            port=self.port,
+            prefix=prefix,
+            run_as="root" if os.geteuid() == 0 else None,
+            log_file=self.dir / "mosquitto.log",
+            authority=authority,
+        )
+        assert self.files.admin is not None
+        self.admin_file: Path = self.files.admin
+        self.gateway: dict[str, Any] = json.loads(self.files.gateway.read_text())
+        self.broker = Mosquitto(
+            port=self.port, workdir=self.dir / "broker", config_path=self.files.conf
+        ).start()
+        self._sessions: list[Session] = []
+        self._n = 0
+
+    # ----------------------------------------------------------- the CLI ---
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "AUXILIO_REGISTRY": str(self.registry_path),
+            "AUXILIO_KEYS_DIR": str(self.keys_dir),
+            "AUXILIO_LANG": "en",
+            "AUXILIO_ACTOR": "test",
+        }
+
+    def cli(self, *argv: str, admin: bool = True) -> tuple[int, str, str]:
+        """`auxilio …` in this process: (exit code, stdout, stderr), with this broker's
+        --broker-admin for `devices` commands unless given or ``admin`` is False."""
+        from auxilio.cli import main
+
+        args = list(argv)
+        if admin and argv[:1] == ("devices",) and "--broker-admin" not in argv:
+            args += ["--broker-admin", str(self.admin_file)]
+        out, err = io.StringIO(), io.StringIO()
+        old = {k: os.environ.get(k) for k in self.env()}
+        os.environ.update(self.env())
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(args)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return rc, out.getvalue(), err.getvalue()
+
+    def cli_process(self, *argv: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        """`python -m auxilio.cli …` as a real process: (result, perf_counter() at its exit)."""
+        r = subprocess.run(
+            [sys.executable, "-m", "auxilio.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=self.env(),
+        )
+        return r, time.perf_counter()
+
+    def add_device(self, kind: str = "bracelet", board: str = "bracelet-c3") -> dict[str, Any]:
+        """Enrol a device through `auxilio devices add` while the broker runs; its credentials."""
+        self._n += 1
+        out = self.dir / f"added-{self._n}.json"
+        rc, _o, err = self.cli(
+            "devices", "add", "--kind", kind, "--board", board, "--secret-out", str(out)
+        )
+        assert rc == 0, err
+        return json.loads(out.read_text())
+
+    # --------------------------------------------------------- the broker ---
+
+    def session(self, username: str, password: str | None) -> Session:
+        s = Session(self.port, username, password)
+        self._sessions.append(s)
+        return s
+
+    def gateway_session(self) -> Session:
+        s = self.session(self.gateway["username"], self.gateway["password"])
+        assert not s.refused, s.rc
+        return s
+
+    def admin(self) -> Any:
+        """A connected dynsec admin client (to change the broker behind the registry's back)."""
+        from auxilio.broker.authority import AdminConfig
+        from auxilio.broker.dynsec import DynsecAdmin
+
+        cfg = AdminConfig.load(self.admin_file)
+        assert cfg.url and cfg.username and cfg.password
+        return DynsecAdmin(cfg.url, cfg.username, cfg.password).connect()
+
+    def topic(self, label: str, leaf: str) -> str:
+        return f"{self.prefix}/v1/{label}/{leaf}"
+
+    def close(self) -> None:
+        for s in self._sessions:
+            with contextlib.suppress(Exception):
+                s.close()
+        self.broker.close()
+        self.registry.close()
+
+    def __enter__(self) -> LiveBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_dropped(session: Session, timeout: float) -> float:
+    """perf_counter() at which the broker dropped the session (AssertionError after timeout)."""
+    from auxilio.testing.wait import wait_for
+
+    return float(wait_for(lambda: session.dropped_at, timeout=timeout, what="the session drop"))
