@@ -29,8 +29,9 @@ CONF_FILE = "mosquitto.conf"
 PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
 # In data/ (the broker user's): mosquitto writes it after dropping privileges, and the
-# files authority (broker/fileauth.py) SIGHUPs the broker it names.
-PID_FILE = "mosquitto.pid"
+# files authority (broker/fileauth.py) SIGHUPs the broker it names, however it was
+# started (PID_FILE below is only `auxilio broker run`'s own).
+MOSQUITTO_PID_FILE = "mosquitto.pid"
 # The gateway's own MQTT credentials (plaintext, mode 0600), kept across regenerations
 # so rewriting the config never locks out a running gateway.
 GATEWAY_FILE = "gateway.json"
@@ -145,7 +146,7 @@ def render_conf(
             security
             or [f"password_file {directory / PASSWD_FILE}", f"acl_file {directory / ACL_FILE}"]
         ),
-        f"pid_file {directory / 'data' / PID_FILE}",
+        f"pid_file {directory / 'data' / MOSQUITTO_PID_FILE}",
         # Nagle + delayed ACK adds ~88 ms per QoS1 round trip (NOTES.md, DESIGN §3).
         "set_tcp_nodelay true",
         "persistence true",

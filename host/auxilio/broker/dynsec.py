@@ -59,7 +59,7 @@ from auxilio.broker.authority import (
     wanted_logins,
 )
 from auxilio.broker.client import AuthenticationFailed, is_auth_refusal, make_client
-from auxilio.broker.config import MAX_PACKET_SIZE, PASSWD_FILE, PID_FILE
+from auxilio.broker.config import MAX_PACKET_SIZE, MOSQUITTO_PID_FILE, PASSWD_FILE
 from auxilio.broker.fileauth import PasswordFile, reload_broker
 from auxilio.broker.passwords import hash_password
 from auxilio.broker.url import parse_broker_url
@@ -575,7 +575,7 @@ class DynsecAuthority:
     def _write_fallback(self, fb: PasswordFile, users: dict[str, str]) -> None:
         fb.write(users)
         assert self.cfg.directory is not None
-        reload_broker(self.cfg.directory / "data" / PID_FILE)
+        reload_broker(self.cfg.directory / "data" / MOSQUITTO_PID_FILE)
 
     def _disable(self, label: str, held: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Refuse the login, drop its session, unlink its roles (its own and ``held``).

@@ -26,7 +26,7 @@ from auxilio.broker.authority import (
     is_device_username,
     wanted_logins,
 )
-from auxilio.broker.config import PASSWD_FILE, PID_FILE
+from auxilio.broker.config import MOSQUITTO_PID_FILE, PASSWD_FILE
 from auxilio.errors import ConnectionFailed, UsageError
 from auxilio.private import write_private
 
@@ -121,7 +121,7 @@ class FileAuthority:
         if not cfg.directory.is_dir():
             raise UsageError(f"broker directory {cfg.directory} not found")
         self.passwd = PasswordFile(cfg.directory / PASSWD_FILE)
-        self.pid_file = cfg.directory / "data" / PID_FILE
+        self.pid_file = cfg.directory / "data" / MOSQUITTO_PID_FILE
 
     def _commit(self, users: dict[str, str]) -> None:
         self.passwd.write(users)
