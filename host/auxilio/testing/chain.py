@@ -94,12 +94,15 @@ class SecureChain:
         workdir: Path,
         devices: Sequence[tuple[str, str]] = (("bracelet", "bracelet-c3"),),
         prefix: str = "auxilio",
+        authority: str = "files",
+        key: X25519PrivateKey | None = None,
     ) -> None:
+        """``authority``: who holds device logins (broker/authority.py: files or dynsec)."""
         self.dir = Path(workdir)
         self.prefix = prefix
         self.registry_path = self.dir / "registry.db"
         self.registry = open_registry(self.registry_path)
-        self.key = X25519PrivateKey.generate()
+        self.key = key or X25519PrivateKey.generate()
         self.creds: list[dict[str, Any]] = []
         for i, (kind, board) in enumerate(devices):
             out = self.dir / f"device-{i}.json"
@@ -115,7 +118,11 @@ class SecureChain:
             prefix=prefix,
             run_as="root" if os.geteuid() == 0 else None,
             log_file=self.dir / "mosquitto.log",
+            authority=authority,
         )
+        assert self.files.admin is not None
+        # `--broker-admin` for lifecycle commands that must reach this broker at once.
+        self.admin_file: Path = self.files.admin
         self.broker = Mosquitto(
             port=self.port, workdir=self.dir / "broker", config_path=self.files.conf
         ).start()

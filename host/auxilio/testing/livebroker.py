@@ -30,10 +30,7 @@ import paho.mqtt.client as mqtt
 
 from auxilio import keys
 from auxilio.broker.client import nodelay
-from auxilio.broker.config import BrokerFiles, write_config
-from auxilio.registry import open_registry
-from auxilio.registry.enrol import enrol_device
-from auxilio.testing.mosquitto import Mosquitto, free_port
+from auxilio.testing.chain import SecureChain
 
 # Bounds for CONNACK/SUBACK/PUBACK waits: generous, the machine is shared.
 WAIT_S = 15.0
@@ -103,8 +100,9 @@ class Session:
         self.c.loop_stop()
 
 
-class LiveBroker:
-    """Registry, gateway key, generated broker config (``authority``) and a real mosquitto."""
+class LiveBroker(SecureChain):
+    """The secured chain (registry, generated broker config with ``authority``, a real
+    mosquitto, the gateway on demand) with the CLI run against it and MQTT sessions."""
 
     def __init__(
         self,
@@ -113,34 +111,12 @@ class LiveBroker:
         devices: Sequence[tuple[str, str]] = (("bracelet", "bracelet-c3"),),
         prefix: str = "auxilio",
     ) -> None:
-        self.dir = Path(workdir)
-        self.prefix = prefix
-        self.registry_path = self.dir / "registry.db"
-        self.registry = open_registry(self.registry_path)
-        self.keys_dir = self.dir / "keys"
+        # Key files on disk: `auxilio devices add/rekey` seal to the public one.
+        self.keys_dir = Path(workdir) / "keys"
         keys.init_keys(self.keys_dir)
-        pub = keys.load_public_key(self.keys_dir / keys.PUBLIC_KEY_FILE)
-        self.creds: list[dict[str, Any]] = []
-        for i, (kind, board) in enumerate(devices):
-            out = self.dir / f"device-{i}.json"
-            enrol_device(self.registry, pub, kind, board, actor="test", secret_out=out)
-            self.creds.append(json.loads(out.read_text()))
-        self.port = free_port()
-        self.files: BrokerFiles = write_config(
-            self.dir / "broker",
-            self.registry,
-            port=self.port,
-            prefix=prefix,
-            run_as="root" if os.geteuid() == 0 else None,
-            log_file=self.dir / "mosquitto.log",
-            authority=authority,
-        )
-        assert self.files.admin is not None
-        self.admin_file: Path = self.files.admin
+        key = keys.load_private_key(self.keys_dir / keys.PRIVATE_KEY_FILE)
+        super().__init__(workdir, devices, prefix, authority=authority, key=key)
         self.gateway: dict[str, Any] = json.loads(self.files.gateway.read_text())
-        self.broker = Mosquitto(
-            port=self.port, workdir=self.dir / "broker", config_path=self.files.conf
-        ).start()
         self._sessions: list[Session] = []
         self._n = 0
 
@@ -226,14 +202,10 @@ class LiveBroker:
         for s in self._sessions:
             with contextlib.suppress(Exception):
                 s.close()
-        self.broker.close()
-        self.registry.close()
+        super().close()
 
     def __enter__(self) -> LiveBroker:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def wait_dropped(session: Session, timeout: float) -> float:
