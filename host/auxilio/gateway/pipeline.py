@@ -43,9 +43,11 @@ DEAD_LETTERS_PER_MIN = 60
 # (SPEC §12.2): a device that lost its counter file jumps 2^20; so does a leaked key.
 COUNTER_JUMP = 1 << 16
 # Lifecycle state of a cached device is re-read from the registry when older than
-# this: a revocation bites within this delay, and the hot path does not pay a
-# query per batch.
-STATE_REFRESH_S = 1.0
+# this. 0: every turn reads the state and key epoch of the devices it touches (one
+# indexed query per turn, not per frame), so a revoke, retire or rekey committed
+# before a frame arrives decides that frame (issue 11: within 1 s of the command).
+# Cost, measured by tests/bench/bench_lifecycle.py: tens of microseconds a turn.
+STATE_REFRESH_S = 0.0
 # How each disposition.decide action is counted in `stats` (and so in the metrics).
 _STAT = {
     D.STORE: "stored",
@@ -274,7 +276,8 @@ class Pipeline:
         touched = {
             u.verdict.device.id
             for u in turn.uplinks
-            if u.verdict.device is not None and mono - u.verdict.device.checked_at > STATE_REFRESH_S
+            if u.verdict.device is not None
+            and mono - u.verdict.device.checked_at >= STATE_REFRESH_S
         }
         if touched:
             self._refresh_devices(turn, touched, mono)

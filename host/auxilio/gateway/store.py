@@ -604,6 +604,18 @@ class Store:
         if not ids:
             return {}
         with self.reader.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                # The DBAPI cursor: read every turn (pipeline.STATE_REFRESH_S), so
+                # SQLAlchemy's statement compile would cost as much as the commit
+                # (tests/bench/bench_lifecycle.py).
+                cur = conn.connection.dbapi_connection.cursor()
+                cur.execute(
+                    "SELECT id, state, heartbeat_s, key_epoch FROM devices WHERE id IN"
+                    f" ({','.join('?' * len(ids))})",
+                    list(ids),
+                )
+                cols = ("id", "state", "heartbeat_s", "key_epoch")
+                return {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
             rows = conn.execute(
                 select(d.c.id, d.c.state, d.c.heartbeat_s, d.c.key_epoch).where(
                     d.c.id.in_(list(ids))
