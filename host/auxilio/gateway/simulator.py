@@ -41,7 +41,9 @@ class SimDevice:
         prefix: str = codec.DEFAULT_PREFIX,
         counter: int = 1,
         password: str | None = None,
+        username: str | None = None,
     ) -> None:
+        """``username``: log in as someone else than the device (default: its printed id)."""
         self.device = device
         self.label = codec.device_str(device)
         self.keys = codec.Keys(secret)
@@ -53,11 +55,14 @@ class SimDevice:
         self._cond = threading.Condition()
         self.up = codec.topic(prefix, device, "up")
         self.down = codec.topic(prefix, device, "down")
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.label, clean_session=False)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=username or self.label, clean_session=False
+        )
         c.on_socket_open = lambda cl, ud, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.on_message = self._on_message
         if password is not None:
-            c.username_pw_set(self.label, password)  # username = printed device id (SPEC §10.2)
+            # username = printed device id (SPEC §10.2)
+            c.username_pw_set(username or self.label, password)
         c.will_set(codec.topic(prefix, device, "status"), b"offline", qos=1, retain=True)
         self._subscribed = threading.Event()
         c.on_connect = self._on_connect

@@ -195,6 +195,34 @@ class LiveBroker(SecureChain):
         assert cfg.url and cfg.username and cfg.password
         return DynsecAdmin(cfg.url, cfg.username, cfg.password).connect()
 
+    def side_door(self, label: str) -> tuple[str, str]:
+        """A second broker login holding the device's own topics that the registry knows
+        nothing of: how a frame under the device's key still reaches the gateway when the
+        broker lags behind a revoke (or comes by SMS). Returns (username, password)."""
+        from auxilio.broker.authority import device_rules
+        from auxilio.broker.dynsec import role_acls
+        from auxilio.broker.passwords import new_password
+
+        user, password, role = f"side-door-{self._n}", new_password(), f"side-door-{self._n}"
+        self._n += 1
+        admin = self.admin()
+        try:
+            admin.run(
+                [
+                    {"command": "createRole", "rolename": role},
+                    {
+                        "command": "modifyRole",
+                        "rolename": role,
+                        "acls": role_acls(device_rules(self.prefix, label)),
+                    },
+                    {"command": "createClient", "username": user, "password": password},
+                    {"command": "addClientRole", "username": user, "rolename": role},
+                ]
+            )
+        finally:
+            admin.close()
+        return user, password
+
     def topic(self, label: str, leaf: str) -> str:
         return f"{self.prefix}/v1/{label}/{leaf}"
 
