@@ -55,7 +55,12 @@ def run() -> dict[str, float | int]:
                 store.commit(
                     Batch(
                         devices={
-                            FIRST_ID: {"high_water": i + 1, "window": 1, "last_seen": time.time()}
+                            FIRST_ID: {
+                                "high_water": i + 1,
+                                "window": 1,
+                                "last_seen": time.time(),
+                                "epoch": 1,
+                            }
                         }
                     )
                 )

@@ -310,6 +310,12 @@ class Pipeline:
                 continue
             dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
             dev.checked_at = mono
+            if dev.prev is not None:
+                if row["prev_key_epoch"] != dev.prev.key_epoch:
+                    dev.prev = None  # its grace was ended (revoke, lost, retire, rekey)
+                else:
+                    dev.prev.state, dev.prev.heartbeat_s = dev.state, dev.heartbeat_s
+                    dev.prev.checked_at = mono
             if dev.state in D.REJECTED_STATES:
                 self.supervisor.forget(dev_id)  # out of service: no supervision
 
@@ -401,10 +407,13 @@ class Pipeline:
                 continue
             if not dec.accepted:
                 continue
-            batch.devices[dev.id] = {
+            # Under the key a rekey replaced (its grace), the replay state is that key's.
+            grace = dev.valid_until is not None
+            (batch.prev_devices if grace else batch.devices)[dev.id] = {
                 "high_water": dev.high_water,
                 "window": dev.window,
                 "last_seen": now,
+                "epoch": dev.key_epoch,  # written only while the row still holds this epoch
             }
             if _jumped(v):
                 batch.events.append(

@@ -397,13 +397,48 @@ class Gateway:
     # ------------------------------------------------------ device load ---
 
     def _load_device(self, device_id: int) -> V.DeviceState | None:
-        from auxilio.keys import unseal
-
         rec = self.registry.get_device(device_id)
         if rec is None:
             return None
+        keys = self._unseal(rec.sealed_secret, device_id)
+        if keys is None:
+            return None
+        dev = V.DeviceState(
+            id=device_id,
+            kind=rec.kind,
+            state=rec.state,
+            keys=keys,
+            high_water=-1 if rec.high_water is None else int(rec.high_water),
+            window=int(rec.window or 0),
+            heartbeat_s=rec.heartbeat_s,
+            key_epoch=rec.key_epoch,
+            checked_at=time.monotonic(),
+        )
+        old = rec.previous_key
+        if old is not None and old.valid_until.timestamp() > self.clock():
+            # A rekey's grace (SPEC §12.1): the replaced key, with its own replay state.
+            old_keys = self._unseal(old.sealed_secret, device_id)
+            if old_keys is not None:
+                dev.prev = V.DeviceState(
+                    id=device_id,
+                    kind=rec.kind,
+                    state=rec.state,
+                    keys=old_keys,
+                    high_water=-1 if old.high_water is None else int(old.high_water),
+                    window=old.window,
+                    heartbeat_s=rec.heartbeat_s,
+                    key_epoch=old.epoch,
+                    checked_at=dev.checked_at,
+                    valid_until=old.valid_until.timestamp(),
+                )
+        return dev
+
+    def _unseal(self, sealed: bytes, device_id: int) -> Any:
+        """The device's codec.Keys from a sealed secret; None (warned, counted) if it will not open."""
+        from auxilio.keys import unseal
+
         try:
-            secret = unseal(rec.sealed_secret, self._private_key, device_id)
+            return codec.Keys(unseal(sealed, self._private_key, device_id))
         except Exception as exc:  # noqa: BLE001 - one device's bad key must not stop others
             self.pipeline.warn.warning(
                 (device_id, "unseal"),
@@ -413,17 +448,6 @@ class Gateway:
             )
             self.stats["unseal_failed"] += 1
             return None
-        return V.DeviceState(
-            id=device_id,
-            kind=rec.kind,
-            state=rec.state,
-            keys=codec.Keys(secret),
-            high_water=-1 if rec.high_water is None else int(rec.high_water),
-            window=int(rec.window or 0),
-            heartbeat_s=rec.heartbeat_s,
-            key_epoch=rec.key_epoch,
-            checked_at=time.monotonic(),
-        )
 
     def _load_supervision(self) -> None:
         # Every device gets a full window from the gateway's start: silence
@@ -688,6 +712,8 @@ class Gateway:
         now = int(self.clock())
         for r in rows:
             dev = self.verifier.device(r["device_id"])
+            if dev is not None and dev.prev is not None and dev.prev.key_epoch == r["key_epoch"]:
+                dev = dev.prev  # stored under the key a rekey replaced: answered with it
             if dev is None or dev.key_epoch != r["key_epoch"]:
                 continue
             disp = (

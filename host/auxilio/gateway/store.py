@@ -34,6 +34,8 @@ class Batch:
 
     alerts: list[dict[str, Any]] = field(default_factory=list)
     devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> replay/last_seen
+    # The same for frames under the key a rekey replaced, during its grace (schema v7).
+    prev_devices: dict[int, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     forward: list[dict[str, Any]] = field(default_factory=list)  # forward_outbox rows
     acked: list[tuple[int, int, int, float]] = field(default_factory=list)  # key + at
@@ -47,6 +49,7 @@ class Batch:
         return bool(
             self.alerts
             or self.devices
+            or self.prev_devices
             or self.events
             or self.forward
             or self.acked
@@ -102,6 +105,17 @@ def _key_filter(table: Any, keys: Sequence[FrameKey]) -> Any:
     )
 
 
+# A batch's replay state, written only while the row still holds the frames' key epoch
+# (a rekey committed since restarted it); the second for the key a rekey replaced.
+_REPLAY_SQL = (
+    "UPDATE devices SET high_water = ?, window = ?, last_seen = ? WHERE id = ? AND key_epoch = ?"
+)
+_PREV_REPLAY_SQL = (
+    "UPDATE devices SET prev_high_water = ?, prev_window = ?, last_seen = ?"
+    " WHERE id = ? AND prev_key_epoch = ?"
+)
+
+
 class Store:
     """Gateway-side queries; the registry owns the schema (auxilio.registry.schema)."""
 
@@ -151,23 +165,35 @@ class Store:
             inserted = conn.execute(stmt, batch.alerts).all()
             if len(inserted) != len(batch.alerts):
                 raise self._conflicts(conn, batch)  # leaving begin() rolls everything back
-        if batch.devices:
+        for prev, rows in ((False, batch.devices), (True, batch.prev_devices)):
+            if not rows:
+                continue
+            # The row's epoch must still be the frames' one: a rekey committed since
+            # they were verified restarted the replay state, which must stay restarted.
+            hw, win, epoch = (
+                (devices.c.prev_high_water, devices.c.prev_window, devices.c.prev_key_epoch)
+                if prev
+                else (devices.c.high_water, devices.c.window, devices.c.key_epoch)
+            )
             conn.execute(
                 update(devices)
-                .where(devices.c.id == bindparam("b_id"))
+                .where(devices.c.id == bindparam("b_id"), epoch == bindparam("b_ep"))
                 .values(
-                    high_water=bindparam("b_hw"),
-                    window=bindparam("b_win"),
-                    last_seen=bindparam("b_seen"),
+                    {
+                        hw: bindparam("b_hw"),
+                        win: bindparam("b_win"),
+                        "last_seen": bindparam("b_seen"),
+                    }
                 ),
                 [
                     {
                         "b_id": k,
+                        "b_ep": v["epoch"],
                         "b_hw": None if v["high_water"] < 0 else v["high_water"],
                         "b_win": v["window"],
                         "b_seen": v["last_seen"],
                     }
-                    for k, v in batch.devices.items()
+                    for k, v in rows.items()
                 ],
             )
         if batch.forward:
@@ -228,19 +254,21 @@ class Store:
                 )
                 if cur.rowcount != len(batch.alerts):  # some name was already taken
                     raise self._conflicts(conn, batch)
-            if batch.devices:
-                cur.executemany(
-                    "UPDATE devices SET high_water = ?, window = ?, last_seen = ? WHERE id = ?",
-                    [
-                        (
-                            None if v["high_water"] < 0 else v["high_water"],
-                            _signed64(v["window"]),
-                            ts(v["last_seen"]),
-                            k,
-                        )
-                        for k, v in batch.devices.items()
-                    ],
-                )
+            for sql, rows in ((_REPLAY_SQL, batch.devices), (_PREV_REPLAY_SQL, batch.prev_devices)):
+                if rows:
+                    cur.executemany(
+                        sql,
+                        [
+                            (
+                                None if v["high_water"] < 0 else v["high_water"],
+                                _signed64(v["window"]),
+                                ts(v["last_seen"]),
+                                k,
+                                v["epoch"],
+                            )
+                            for k, v in rows.items()
+                        ],
+                    )
             if batch.forward:
                 cur.executemany(
                     "INSERT INTO forward_outbox (key, device_id, key_epoch, counter, body,"
@@ -610,14 +638,14 @@ class Store:
                 # (tests/bench/bench_lifecycle.py).
                 cur = conn.connection.dbapi_connection.cursor()
                 cur.execute(
-                    "SELECT id, state, heartbeat_s, key_epoch FROM devices WHERE id IN"
+                    "SELECT id, state, heartbeat_s, key_epoch, prev_key_epoch FROM devices WHERE id IN"
                     f" ({','.join('?' * len(ids))})",
                     list(ids),
                 )
-                cols = ("id", "state", "heartbeat_s", "key_epoch")
+                cols = ("id", "state", "heartbeat_s", "key_epoch", "prev_key_epoch")
                 return {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
             rows = conn.execute(
-                select(d.c.id, d.c.state, d.c.heartbeat_s, d.c.key_epoch).where(
+                select(d.c.id, d.c.state, d.c.heartbeat_s, d.c.key_epoch, d.c.prev_key_epoch).where(
                     d.c.id.in_(list(ids))
                 )
             ).mappings()

@@ -50,6 +50,10 @@ class DeviceState:
     key_epoch: int = 1
     checked_at: float = 0.0  # monotonic time the lifecycle state was read
     label: str = ""  # printed id (SPEC §2), computed once
+    # The key a rekey replaced, during its grace (SPEC §12.1): frames that verify only
+    # under it are this device's too, under that epoch with its own replay state.
+    prev: DeviceState | None = None
+    valid_until: float | None = None  # (prev only) unix time the grace ends
 
     def __post_init__(self) -> None:
         self.label = codec.device_str(self.id)
@@ -159,7 +163,17 @@ class Verifier:
             return Verdict(False, UNKNOWN_DEVICE)
         out = self._out
         try:
-            code, flags, dev_id, counter, ts, n = codec.verify_into(frame, dev.keys, out)
+            try:
+                code, flags, dev_id, counter, ts, n = codec.verify_into(frame, dev.keys, out)
+            except FrameError as exc:
+                old = dev.prev
+                if exc.reason != "bad_tag" or old is None or not now < (old.valid_until or 0):
+                    raise
+                # Not the current key: the replaced one, while its grace lasts (past
+                # it, the frame is bad_tag like any other key the C4 no longer holds).
+                code, flags, dev_id, counter, ts, n = codec.verify_into(frame, old.keys, out)
+                old.state, old.heartbeat_s = dev.state, dev.heartbeat_s
+                dev = old
             fields = codec.unpack_payload(code, out, n)
         except FrameError as exc:
             return Verdict(False, exc.reason, device=dev)

@@ -222,6 +222,19 @@ def _m6_outcomes(conn: Connection) -> None:
     )
 
 
+def _m7_key_grace(conn: Connection) -> None:
+    cols = define(MetaData(), version=7).tables["devices"].columns
+    for name in (
+        "prev_key_epoch",
+        "prev_sealed_secret",
+        "prev_high_water",
+        "prev_window",
+        "prev_valid_until",
+    ):
+        kind = cols[name].type.compile(conn.dialect)
+        conn.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
+
+
 # Ordered: index i holds the migration that produces version i + 1. Never edit a
 # released migration; append a new one and bump schema.LATEST_VERSION.
 MIGRATIONS: list[Callable[[Connection], None]] = [
@@ -231,6 +244,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _m4_c4_integrity,
     _m5_device_msisdn,
     _m6_outcomes,
+    _m7_key_grace,
 ]
 assert len(MIGRATIONS) == LATEST_VERSION
 

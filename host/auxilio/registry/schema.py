@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.types import DateTime, TypeDecorator
 
 # The schema version this code writes; migrations.py brings older files up to it.
-LATEST_VERSION = 6
+LATEST_VERSION = 7
 
 KINDS = ("bracelet", "button")
 STATES = ("spare", "assigned", "lost", "revoked", "retired")
@@ -118,6 +118,17 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
         # v5 (SMS ingest, issue 12): the device's SIM number (E.164). An SMS is taken
         # only from the number registered for the device its frame names.
         device_cols.append(Column("msisdn", String(20), unique=True))
+    if version >= 7:
+        # v7 (issue 11 §5, SPEC §12.1): the key a rekey replaced, still accepted until
+        # prev_valid_until (the rekey's grace period), with its own replay state. Sealed
+        # like the current one; NULL when there is no grace (or after revoke/retire/lost).
+        device_cols += [
+            Column("prev_key_epoch", Integer),
+            Column("prev_sealed_secret", LargeBinary),
+            Column("prev_high_water", BigInteger),
+            Column("prev_window", U64),
+            Column("prev_valid_until", UTCDateTime),
+        ]
     Table("devices", metadata, *device_cols)
 
     Table(

@@ -57,6 +57,9 @@ MAX_COUNTER = 0xFFFFFFFF
 # States whose current assignment ends with the transition (lost keeps it: the
 # operator still needs to know whose bracelet raised a flagged alert).
 _ENDS_ASSIGNMENT = frozenset({"revoked", "retired"})
+# The longest a replaced key may stay valid after a rekey (a week: a device in a
+# drawer gets its new config within that, or is rekeyed again).
+MAX_REKEY_GRACE_S = 7 * 24 * 3600
 
 
 class RegistryError(AuxilioError):
@@ -65,6 +68,30 @@ class RegistryError(AuxilioError):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class PreviousKey:
+    """The key a rekey replaced (schema v7), accepted until ``valid_until`` (SPEC §12.1)."""
+
+    epoch: int
+    sealed_secret: bytes = field(repr=False)
+    high_water: int | None
+    window: int
+    valid_until: dt.datetime
+
+    def valid_at(self, now: dt.datetime) -> bool:
+        return now < self.valid_until
+
+
+# Columns that hold a replaced key; cleared together (no grace, revoke, retire, lost).
+NO_PREVIOUS_KEY: dict[str, Any] = {
+    "prev_key_epoch": None,
+    "prev_sealed_secret": None,
+    "prev_high_water": None,
+    "prev_window": None,
+    "prev_valid_until": None,
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,8 @@ class DeviceRecord:
     updated_at: dt.datetime
     mqtt_password_hash: str | None = field(default=None, repr=False)
     msisdn: str | None = None  # the SIM's number (E.164), for SMS ingest
+    # v7: the key the last rekey replaced, while its grace lasts (PreviousKey.valid_until).
+    previous_key: PreviousKey | None = None
 
     @property
     def label(self) -> str:
@@ -448,7 +477,9 @@ class Registry:
             conn.execute(
                 schema.devices.update()
                 .where(schema.devices.c.id == device_id)
-                .values(state=state, updated_at=now)
+                # Out of service (lost too: the old key may be in the finder's hands):
+                # a replaced key's grace ends with it.
+                .values(state=state, updated_at=now, **NO_PREVIOUS_KEY)
             )
             if state in _ENDS_ASSIGNMENT:
                 self._end_assignment(conn, device_id, now)
@@ -461,14 +492,21 @@ class Registry:
         sealed_secret: bytes,
         actor: str,
         mqtt_password_hash: str | None = None,
+        grace_s: float = 0,
     ) -> int:
         """Install a new sealed secret (re-provisioning); returns the new key epoch.
 
         The replay state restarts because frames under the new key are a new
         sequence. A lost or revoked device comes back as spare; retired is final.
+        ``grace_s`` > 0 keeps the replaced key (sealed, with its replay state) valid
+        for that long, so frames the device sends before it has the new key still
+        count (SPEC §12.1); never for a lost or revoked device, whose old key may be
+        in other hands. A key replaced earlier is dropped either way.
         """
         device_id = v.device_id(device_id)
         actor = v.actor(actor)
+        if not 0 <= grace_s <= MAX_REKEY_GRACE_S:
+            raise UsageError(f"grace must be 0-{MAX_REKEY_GRACE_S} seconds")
         now = utcnow()
         with self.engine.begin() as conn:
             rec = self._lock_device(conn, device_id)
@@ -476,6 +514,16 @@ class Registry:
                 raise RegistryError(f"device {rec.label} is retired")
             state = "spare" if rec.state in ("lost", "revoked") else rec.state
             epoch = rec.key_epoch + 1
+            previous = dict(NO_PREVIOUS_KEY)
+            grace = grace_s if rec.state not in ("lost", "revoked") else 0
+            if grace > 0:
+                previous = {
+                    "prev_key_epoch": rec.key_epoch,
+                    "prev_sealed_secret": rec.sealed_secret,
+                    "prev_high_water": rec.high_water,
+                    "prev_window": rec.window,
+                    "prev_valid_until": now + dt.timedelta(seconds=grace),
+                }
             conn.execute(
                 schema.devices.update()
                 .where(schema.devices.c.id == device_id)
@@ -487,11 +535,13 @@ class Registry:
                     window=0,
                     state=state,
                     updated_at=now,
+                    **previous,
                 )
             )
             if state == "spare":
                 self._end_assignment(conn, device_id, now)
-            self._audit(conn, actor, "rekey", device_id, f"epoch={epoch} state={state}")
+            detail = f"epoch={epoch} state={state}" + (f" grace={grace:g}s" if grace else "")
+            self._audit(conn, actor, "rekey", device_id, detail)
         return epoch
 
     def counter_floor(self, device_id: int | str) -> int:
@@ -825,6 +875,19 @@ def _record(row: Any) -> DeviceRecord:
         updated_at=m["updated_at"],
         mqtt_password_hash=m.get("mqtt_password_hash"),
         msisdn=m.get("msisdn"),
+        previous_key=_previous_key(m),
+    )
+
+
+def _previous_key(m: Any) -> PreviousKey | None:
+    if m.get("prev_sealed_secret") is None or m.get("prev_valid_until") is None:
+        return None
+    return PreviousKey(
+        epoch=m["prev_key_epoch"],
+        sealed_secret=bytes(m["prev_sealed_secret"]),
+        high_water=m["prev_high_water"],
+        window=int(m["prev_window"] or 0),
+        valid_until=m["prev_valid_until"],
     )
 
 
