@@ -143,6 +143,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rk.add_argument(
         "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
     )
+    from auxilio.lifecycle import DEFAULT_REKEY_GRACE_S
+
+    rk.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_REKEY_GRACE_S,
+        metavar="SECONDS",
+        help=_(
+            "las tramas con la clave anterior se siguen aceptando este tiempo (por omisión "
+            "{default}; 0: se rechazan al instante; nunca para un dispositivo perdido o "
+            "revocado). La contraseña del broker cambia al instante: la lleva el archivo "
+            "de aprovisionamiento nuevo"
+        ).format(default=DEFAULT_REKEY_GRACE_S),
+    )
 
     sim = sub.add_parser(
         "set-sim",
@@ -457,7 +471,12 @@ def _rekey(args: argparse.Namespace, registry: Any) -> int:
     from auxilio.registry.enrol import rekey_device
 
     e = rekey_device(
-        registry, args.public_key, args.device, actor=_actor(args), secret_out=args.secret_out
+        registry,
+        args.public_key,
+        args.device,
+        actor=_actor(args),
+        secret_out=args.secret_out,
+        grace_s=args.grace,
     )
     return _done(args, registry, args.device) or _tell_broker(
         args.broker, registry, e.device_id, e.password

@@ -294,12 +294,14 @@ class Pipeline:
             dev = self.verifier.devices.get(dev_id)
             if row is None or dev is None:
                 continue
-            if row["key_epoch"] != dev.key_epoch:
-                # Re-keyed: verify this device's frames again with the new key
-                # (frames under the old key now fail, as they must).
+            prev_gone = dev.prev is not None and row["prev_key_epoch"] != dev.prev.key_epoch
+            if row["key_epoch"] != dev.key_epoch or prev_gone:
+                # Re-keyed, or a replaced key's grace ended (revoke, lost, retire): verify
+                # this device's frames again with the keys it has now (frames under a key
+                # it no longer has now fail, as they must).
                 self.verifier.forget(dev_id)
                 for u in turn.uplinks:
-                    if u.verdict.device is dev:
+                    if u.verdict.device is not None and u.verdict.device.id == dev_id:
                         u.verdict = self.verifier.verify(
                             V.topic_device(u.topic, self.prefix),
                             u.raw,
@@ -311,11 +313,8 @@ class Pipeline:
             dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
             dev.checked_at = mono
             if dev.prev is not None:
-                if row["prev_key_epoch"] != dev.prev.key_epoch:
-                    dev.prev = None  # its grace was ended (revoke, lost, retire, rekey)
-                else:
-                    dev.prev.state, dev.prev.heartbeat_s = dev.state, dev.heartbeat_s
-                    dev.prev.checked_at = mono
+                dev.prev.state, dev.prev.heartbeat_s = dev.state, dev.heartbeat_s
+                dev.prev.checked_at = mono
             if dev.state in D.REJECTED_STATES:
                 self.supervisor.forget(dev_id)  # out of service: no supervision
 

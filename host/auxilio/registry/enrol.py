@@ -17,6 +17,7 @@ from auxilio.boards import board_for
 from auxilio.broker.passwords import hash_password, new_password
 from auxilio.errors import UsageError
 from auxilio.keys import new_device_secret, seal
+from auxilio.lifecycle import DEFAULT_REKEY_GRACE_S
 from auxilio.private import write_private
 from auxilio.protocol import codec
 from auxilio.registry import validate as v
@@ -198,12 +199,14 @@ def rekey_device(
     *,
     actor: str,
     secret_out: str | os.PathLike[str],
+    grace_s: float = DEFAULT_REKEY_GRACE_S,
 ) -> Enrolled:
     """Re-provision a device: new secret and MQTT password, key epoch + 1.
 
     Used for a found lost device, a revoked one coming back, or routine rotation.
     The plaintext goes only to ``secret_out`` (required: a re-key nobody can load
-    onto the device would only lock it out).
+    onto the device would only lock it out). ``grace_s``: how long frames under
+    the old key are still accepted (Registry.rekey; none for a lost or revoked device).
     """
     out = check_secret_out(secret_out)
     assert out is not None
@@ -216,6 +219,7 @@ def rekey_device(
             seal(secret, public_key, rec.id),
             actor,
             mqtt_password_hash=hash_password(password),
+            grace_s=grace_s,
         )
     write_secret_file(out, provisioning_fields(registry, rec.id, secret, password))
     return Enrolled(rec.id, rec.label, rec.kind, rec.board, out, password)

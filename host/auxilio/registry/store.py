@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import StaticPool
 
 from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageError
+from auxilio.lifecycle import MAX_REKEY_GRACE_S
 from auxilio.private import ensure_private, tighten
 from auxilio.registry import migrations, schema
 from auxilio.registry import validate as v
@@ -57,9 +58,6 @@ MAX_COUNTER = 0xFFFFFFFF
 # States whose current assignment ends with the transition (lost keeps it: the
 # operator still needs to know whose bracelet raised a flagged alert).
 _ENDS_ASSIGNMENT = frozenset({"revoked", "retired"})
-# The longest a replaced key may stay valid after a rekey (a week: a device in a
-# drawer gets its new config within that, or is rekeyed again).
-MAX_REKEY_GRACE_S = 7 * 24 * 3600
 
 
 class RegistryError(AuxilioError):
