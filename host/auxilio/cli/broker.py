@@ -39,7 +39,34 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+_EPILOG = """\
+Device logins follow the registry at once (issue 11): `auxilio devices add | rekey |
+revoke | retire | mark-lost --broker-admin FILE` (or $AUXILIO_BROKER_ADMIN) apply the
+change at the broker right after the registry commit; if the broker cannot be told the
+registry change stands, one warning line says so, the exit code is non-zero (4: broker
+unreachable, 5: admin login refused) and `auxilio broker sync` reconciles later.
+
+Authorities (`broker config --authority`), behind one interface, BrokerAuthority in
+auxilio/broker/authority.py:
+  dynsec  mosquitto 2's dynamic-security plugin, changed live over
+          $CONTROL/dynamic-security/v1 by the auxilio-admin login (broker-admin.json);
+          one role per device: write <prefix>/v1/<id>/up and /status, read /down.
+  files   the password file + pattern ACL, SIGHUP to the mosquitto in
+          DIR/data/mosquitto.pid (on the broker's host only).
+The embedded amqtt broker (`run --embedded`) reads device logins from the registry.
+
+Another broker (EMQX, ...) plugs in by implementing the interface's three calls:
+  put_device(login)    let the printed id log in with the registry's $7$ PBKDF2-SHA512
+                       hash (plaintext only right after add/rekey) and its own topics;
+  remove_device(id)    refuse the login and drop its live session;
+  sync(registry)       make the broker's device logins equal the registry's;
+and naming it in open_authority(). README "Registry, keys and broker" sketches EMQX 5.
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = _EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = p.add_subparsers(dest="broker_cmd", metavar="ACTION", required=True)
     regen = (
         "Regenerating rewrites the password file from the registry: users added to it by "
