@@ -8,6 +8,7 @@ broker: a login accepted or refused, a session dropped, a message delivered or n
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,35 @@ def test_rekey_refuses_the_old_password_and_accepts_the_new(live: LiveBroker) ->
     wait_dropped(old, timeout=REVOKE_BOUND_S)  # the old session goes with the old key
     assert live.session(dev["username"], dev["password"]).refused
     assert not live.session(new["username"], new["password"]).refused
+
+
+def test_rekey_grace_keeps_the_old_key_sealed_but_not_the_old_password(
+    live: LiveBroker,
+) -> None:
+    from auxilio import keys
+
+    dev = live.creds[0]
+    out = live.dir / "graced.json"
+    before = time.time()
+    rc, _o, err = live.cli(
+        "devices", "rekey", dev["device"], "--grace", "45", "--secret-out", str(out)
+    )
+    assert rc == 0, err
+    new = json.loads(out.read_text())
+    rec = live.registry.require_device(dev["device"])
+    old = rec.previous_key
+    assert old is not None and (rec.key_epoch, old.epoch) == (2, 1)
+    assert before + 45 <= old.valid_until.timestamp() <= time.time() + 45
+    # The replaced secret is kept sealed to the gateway key like the current one.
+    assert dev["secret"] not in old.sealed_secret.hex()
+    assert keys.unseal(old.sealed_secret, live.key, rec.id).hex() == dev["secret"]
+    assert keys.unseal(rec.sealed_secret, live.key, rec.id).hex() == new["secret"]
+    # The broker is not part of the grace: the old password is refused at once.
+    assert live.session(dev["username"], dev["password"]).refused
+    assert not live.session(new["username"], new["password"]).refused
+    audit = live.registry.audit_log(target=dev["device"], limit=1)
+    assert audit and "grace=45s" in audit[0]["detail"]
+    assert dev["secret"] not in json.dumps(audit, default=str)
 
 
 def test_a_revoked_device_rekeyed_comes_back(live: LiveBroker) -> None:

@@ -300,8 +300,10 @@ def _check_add(args: argparse.Namespace) -> None:
 
 
 def _check_rekey(args: argparse.Namespace) -> None:
+    from auxilio.registry import validate
     from auxilio.registry.enrol import check_secret_out
 
+    validate.rekey_grace(args.grace)
     check_secret_out(args.secret_out)
     args.public_key = _public_key(args)
 
@@ -390,6 +392,7 @@ def _show(args: argparse.Namespace, registry: Any) -> int:
         (N_("Firmware"), rec.fw_version or "—"),
         (N_("Estado"), word(rec.state)),
         (N_("Época de clave"), str(rec.key_epoch)),
+        (N_("Clave anterior"), _previous_key_text(rec)),
         (N_("Latido (s)"), str(rec.heartbeat_s) if rec.heartbeat_s else "—"),
         ("SIM", rec.msisdn or "—"),
         (N_("Asignación"), _assignment_text(a)),
@@ -440,6 +443,17 @@ def _assign(args: argparse.Namespace, registry: Any) -> int:
     else:
         raise UsageError("assign needs --case REF, or --site, --lat, --lon and --sector")
     return _done(args, registry, args.device)
+
+
+def _previous_key_text(rec: Any) -> str:
+    """The key a rekey replaced, while its grace lasts (SPEC §12.1), else a dash."""
+    from auxilio.registry import utcnow
+
+    old = rec.previous_key
+    if old is None or not old.valid_at(utcnow()):
+        return "—"
+    until = _fmt_time(old.valid_until)
+    return _("época {epoch}, aceptada hasta {until}").format(epoch=old.epoch, until=until)
 
 
 def _done(args: argparse.Namespace, registry: Any, device: str) -> int:

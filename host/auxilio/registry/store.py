@@ -18,7 +18,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import StaticPool
 
 from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageError
-from auxilio.lifecycle import MAX_REKEY_GRACE_S
 from auxilio.private import ensure_private, tighten
 from auxilio.registry import migrations, schema
 from auxilio.registry import validate as v
@@ -130,6 +129,15 @@ class DeviceRecord:
             "fw_version": self.fw_version,
             "state": self.state,
             "key_epoch": self.key_epoch,
+            # SPEC §12.1: the key a rekey replaced and when its grace ends (no secret).
+            "previous_key": (
+                None
+                if self.previous_key is None
+                else {
+                    "epoch": self.previous_key.epoch,
+                    "valid_until": _iso(self.previous_key.valid_until),
+                }
+            ),
             "heartbeat_s": self.heartbeat_s,
             "sim": self.msisdn,
             "config_seq": self.config_seq,
@@ -503,8 +511,7 @@ class Registry:
         """
         device_id = v.device_id(device_id)
         actor = v.actor(actor)
-        if not 0 <= grace_s <= MAX_REKEY_GRACE_S:
-            raise UsageError(f"grace must be 0-{MAX_REKEY_GRACE_S} seconds")
+        grace_s = v.rekey_grace(grace_s)
         now = utcnow()
         with self.engine.begin() as conn:
             rec = self._lock_device(conn, device_id)

@@ -113,3 +113,16 @@ def timestamp(value: dt.datetime | str | None, name: str) -> dt.datetime | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(dt.timezone.utc)
+
+
+def rekey_grace(value: float | int | str) -> float:
+    """Seconds the replaced key stays valid after a rekey (SPEC §12.1): 0 to a week."""
+    from auxilio.lifecycle import MAX_REKEY_GRACE_S
+
+    try:
+        grace = float(value)
+    except (TypeError, ValueError):
+        raise UsageError("grace must be a number of seconds") from None
+    if not 0 <= grace <= MAX_REKEY_GRACE_S:  # also refuses NaN
+        raise UsageError(f"grace must be 0-{MAX_REKEY_GRACE_S} seconds")
+    return grace
