@@ -11,6 +11,7 @@ registry knows nothing about (LiveBroker.side_door).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,58 @@ def test_revoke_drops_the_login_and_the_gateway_rejects_the_next_alert_within_a_
     wait_for(lambda: _refusals(live) >= refusals + 2, 30, "the firmware's login to be refused")
     states = [e.get("name") for e in vd.events(mark) if e.get("ev") == "state"]
     assert "connected" not in states
+
+
+def _dead_letters(live: LiveBroker, reason: str) -> int:
+    d = live.registry.tables.dead_letters
+    with live.registry.engine.connect() as conn:
+        return len(conn.execute(select(d.c.id).where(d.c.reason == reason)).all())
+
+
+@pytest.mark.parametrize("grace", ["60", "0"])
+def test_alerts_the_broker_held_through_a_rekey_count_only_within_the_grace(
+    live: LiveBroker, grace: str
+) -> None:
+    """Why there is a grace: the gateway is down, the broker holds the device's alerts for the
+    gateway's persistent session, and the device is re-keyed meanwhile. Within the grace those
+    alerts are stored under the old epoch when the gateway returns; with none they are lost
+    (bad_tag dead letters). The new key and its new password work at once either way."""
+    cred = live.creds[0]
+    dev_id = live.device_id(0)
+    live.start_gateway()
+    sim = live.device(0)
+    assert sim.wait_ack(sim.send("ALERT"), timeout=15) is not None
+    live.stop_gateways()
+    held = []
+    for _ in range(3):  # PUBACKed by the broker, queued for the offline gateway
+        counter, frame = sim.frame("ALERT")
+        sim.client.publish(sim.up, frame, qos=1).wait_for_publish(15)
+        held.append(counter)
+    out = live.dir / "rekeyed.json"
+    rc, _o, err = live.cli(
+        "devices", "rekey", cred["device"], "--grace", grace, "--secret-out", str(out)
+    )
+    assert rc == 0, err
+    assert live.session(cred["device"], cred["password"]).refused  # old password: at once
+    new = json.loads(out.read_text())
+    live.start_gateway()
+    fresh = SimDevice(
+        dev_id,
+        bytes.fromhex(new["secret"]),
+        "127.0.0.1",
+        live.port,
+        prefix=live.prefix,
+        password=new["password"],
+    )
+    try:
+        assert fresh.wait_ack(fresh.send("ALERT"), timeout=15)["disposition"] == "received"
+    finally:
+        fresh.close()
+    if grace != "0":
+        wait_for(lambda: len(_alerts(live, dev_id)) == 5, 15, "the held alerts to be stored")
+        want = [(1, 1, "received")] + [(1, c, "received") for c in held] + [(2, 1, "received")]
+    else:
+        wait_for(lambda: _dead_letters(live, "bad_tag") == 3, 15, "the held alerts' dead letters")
+        want = [(1, 1, "received"), (2, 1, "received")]
+    rows = [(r["key_epoch"], r["counter"], r["disposition"]) for r in _alerts(live, dev_id)]
+    assert sorted(rows) == sorted(want)
