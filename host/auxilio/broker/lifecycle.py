@@ -23,19 +23,14 @@ from auxilio.broker.authority import (
     open_authority,
 )
 from auxilio.errors import AuxilioError
-from auxilio.i18n import _, register
+from auxilio.i18n import N_, _
 
 log = logging.getLogger(__name__)
 
-_PENDING = (
+# Field staff read it after a lifecycle command (Spanish first, catalogue: make catalogue).
+_PENDING = N_(
     "aviso: el cambio quedó en el registro, pero el broker no se actualizó ({reason}); "
     "ejecute `auxilio broker sync` cuando responda"
-)
-register(
-    {
-        _PENDING: "warning: the registry change stands, but the broker was not updated "
-        "({reason}); run `auxilio broker sync` once it answers",
-    }
 )
 
 
