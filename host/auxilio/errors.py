@@ -31,3 +31,21 @@ class ConnectionFailed(AuxilioError):
     """A broker, registry, serial port or webhook could not be reached."""
 
     exit_code = 4
+
+
+def read_input(path: object, what: str, error: type[AuxilioError] = UsageError) -> bytes:
+    """The bytes of a file the user named; a missing, directory or unreadable one is one line.
+
+    ``what`` names it in the message ("firmware file", "broker admin file").
+    """
+    from pathlib import Path
+
+    p = Path(str(path))
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror}") from None

@@ -78,17 +78,9 @@ class Client:
 
     def wait_for(self, payload: bytes) -> list[tuple[str, bytes]]:
         """Everything received up to and including ``payload`` (fails after WAIT_S)."""
-        seen: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            try:
-                m = self.messages.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            seen.append(m)
-            if m[1] == payload:
-                return seen
-        raise AssertionError(f"{payload!r} not received; got {seen}")
+        from auxilio.testing.livebroker import received_until
+
+        return received_until(self.messages, payload, WAIT_S)
 
     def close(self) -> None:
         self.c.disconnect()

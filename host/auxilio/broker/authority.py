@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from auxilio.broker.config import CONNECTABLE_STATES
-from auxilio.errors import UsageError
+from auxilio.errors import UsageError, read_input
 from auxilio.private import write_private
 from auxilio.protocol import codec
 
@@ -177,15 +177,7 @@ class AdminConfig:
         """Read and check an admin file; every problem is one UsageError line."""
         p = Path(path)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"broker admin file {p} not found") from None
-        except IsADirectoryError:
-            raise UsageError(f"broker admin file {p} is a directory") from None
-        except PermissionError:
-            raise UsageError(f"cannot read broker admin file {p}: permission denied") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read broker admin file {p}: {exc.strerror}") from None
+            data = json.loads(read_input(p, "broker admin file").decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise UsageError(f"broker admin file {p} is not valid JSON") from None
         if not isinstance(data, dict) or data.get("authority") not in KINDS:

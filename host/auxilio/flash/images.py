@@ -283,16 +283,10 @@ def read_firmware(board: Board, path: str) -> FirmwareInfo:
     """Read and check a firmware file; a missing or unreadable file is one clear line."""
     from pathlib import Path
 
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"firmware file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ImageError(f"firmware file {path} is a directory") from None
-    except OSError as exc:
-        raise ImageError(f"firmware file {path} cannot be read: {exc.strerror}") from None
-    return check_firmware(board, data, p.name)
+    from auxilio.errors import read_input
+
+    data = read_input(path, "firmware file", ImageError)
+    return check_firmware(board, data, Path(path).name)
 
 
 # -- synthetic images -------------------------------------------------------------

@@ -36,6 +36,25 @@ from auxilio.testing.chain import SecureChain
 WAIT_S = 15.0
 
 
+def received_until(
+    messages: queue.Queue[tuple[str, bytes]], marker: bytes, timeout: float = WAIT_S
+) -> list[tuple[str, bytes]]:
+    """Every (topic, payload) taken from ``messages`` up to and including the payload
+    ``marker``: publish a marker after what is under test, and what did not arrive by
+    then never will (the broker keeps one session's order)."""
+    seen: list[tuple[str, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            m = messages.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        seen.append(m)
+        if m[1] == marker:
+            return seen
+    raise AssertionError(f"{marker!r} never arrived; got {seen}")
+
+
 class Session:
     """One MQTT 3.1.1 login (client id = username, as use_username_as_clientid forces)."""
 
@@ -82,17 +101,7 @@ class Session:
 
     def received_until(self, marker: bytes) -> list[tuple[str, bytes]]:
         """Everything received up to and including the message ``marker``."""
-        seen: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            try:
-                m = self.messages.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            seen.append(m)
-            if m[1] == marker:
-                return seen
-        raise AssertionError(f"{marker!r} never arrived; got {seen}")
+        return received_until(self.messages, marker)
 
     def close(self) -> None:
         self._closing = True
