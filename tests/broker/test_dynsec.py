@@ -237,7 +237,9 @@ def test_wrong_admin_password(live: LiveBroker) -> None:
     _one_line(err, "warning:")
 
 
-@pytest.mark.parametrize("problem", ["missing", "directory", "not-json", "no-authority"])
+@pytest.mark.parametrize(
+    "problem", ["missing", "directory", "not-json", "no-authority", "remote-in-clear"]
+)
 def test_bad_admin_file_changes_nothing(live: LiveBroker, problem: str) -> None:
     path = live.dir / "admin-problem.json"
     if problem == "directory":
@@ -246,6 +248,9 @@ def test_bad_admin_file_changes_nothing(live: LiveBroker, problem: str) -> None:
         path.write_text("{not json")
     elif problem == "no-authority":
         path.write_text(json.dumps({"url": "mqtt://127.0.0.1:1"}))
+    elif problem == "remote-in-clear":
+        admin = json.loads(live.admin_file.read_text())
+        path.write_text(json.dumps({**admin, "url": "mqtt://192.0.2.7:1883"}))
     dev = live.creds[0]
     r, _t = live.cli_process("devices", "revoke", dev["device"], "--broker-admin", str(path))
     assert r.returncode == 2

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 ADMIN_FILE = "broker-admin.json"
 ADMIN_ENV = "AUXILIO_BROKER_ADMIN"
 DYNSEC, FILES = "dynsec", "files"
+# Hosts where a plain mqtt:// admin session never leaves the machine.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 KINDS = (DYNSEC, FILES)
 READ, WRITE = "read", "write"
 
@@ -200,6 +202,17 @@ class AdminConfig:
             raise UsageError(f"broker admin file {p}: dynsec needs url, username and password")
         if cfg.kind == FILES and cfg.directory is None:
             raise UsageError(f"broker admin file {p}: files needs the broker 'directory'")
+        if cfg.kind == DYNSEC:
+            from auxilio.broker.url import parse_broker_url
+
+            addr = parse_broker_url(cfg.url or "")
+            # The admin session carries new device passwords (the plugin takes only
+            # plaintext): never in clear beyond this host.
+            if not addr.tls and addr.host not in LOOPBACK_HOSTS:
+                raise UsageError(
+                    f"broker admin file {p}: a broker on another host needs mqtts:// "
+                    "(the admin session carries device passwords)"
+                )
         return cfg
 
     def as_json(self) -> dict[str, Any]:
