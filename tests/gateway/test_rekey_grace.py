@@ -98,7 +98,9 @@ def _acked(sim: SimDevice) -> dict[str, Any]:
     return ack
 
 
-@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "registry_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_old_key_is_accepted_until_the_grace_ends_then_rejected(
     gateway_factory: Any, rotation: Any, registry: Any
 ) -> None:
