@@ -176,3 +176,30 @@ def test_alerts_the_broker_held_through_a_rekey_count_only_within_the_grace(
         want = [(1, 1, "received"), (2, 1, "received")]
     rows = [(r["key_epoch"], r["counter"], r["disposition"]) for r in _alerts(live, dev_id)]
     assert sorted(rows) == sorted(want)
+
+
+def test_rekey_the_firmware_with_its_new_config_logs_in_and_its_alert_counts_under_the_new_epoch(
+    live: LiveBroker, virtual_board: Any
+) -> None:
+    """The new provisioning file carries the new secret and broker password: a device given it
+    logs in at once and its alerts are stored under epoch 2; the old config's login is refused."""
+    cred = live.creds[0]
+    dev_id = live.device_id(0)
+    live.start_gateway()
+    vd = virtual_board(firmware=True, config=dict(cred), broker_url=live.url)
+    vd.wait_event(ev="state", name="connected", timeout=60)
+    out = live.dir / "rekeyed.json"
+    rc, _o, err = live.cli("devices", "rekey", cred["device"], "--secret-out", str(out))
+    assert rc == 0, err
+    new = json.loads(out.read_text())
+    assert live.session(cred["device"], cred["password"]).refused
+    image = vd.image.path
+    vd.close()
+    # The station writes the new config onto the same device (same flash, firmware kept).
+    vd = virtual_board(firmware=True, config=dict(new), broker_url=live.url, image=image)
+    vd.wait_event(ev="state", name="connected", timeout=60)
+    mark = vd.mark()
+    vd.hold()
+    vd.wait_event(ev="haptic", pattern="double", since=mark, timeout=60)
+    rows = _alerts(live, dev_id)
+    assert rows and rows[-1]["key_epoch"] == 2 and rows[-1]["disposition"] == "received"
