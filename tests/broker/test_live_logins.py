@@ -46,6 +46,37 @@ def test_device_added_after_start_logs_in_and_publishes_without_reload(live: Liv
     )
 
 
+def test_import_csv_enrols_and_revokes_at_the_broker_at_once(live: LiveBroker) -> None:
+    old = live.creds[0]
+    before = live.session(old["username"], old["password"])
+    assert not before.refused
+    csv = live.dir / "tray.csv"
+    csv.write_text(
+        "device,kind,board,state\n"
+        "0938-NKRT,bracelet,bracelet-c3,spare\n"
+        f"{old['device']},bracelet,bracelet-c3,revoked\n"
+    )
+    secrets = live.dir / "secrets"
+    secrets.mkdir(mode=0o700)
+    rc, out, err = live.cli(
+        "devices",
+        "import-csv",
+        str(csv),
+        "--secret-dir",
+        str(secrets),
+        "--keys-dir",
+        str(live.keys_dir),
+        "--json",
+    )
+    assert rc == 0, err
+    assert json.loads(out)["added"] == 1 and json.loads(out)["state_changed"] == 1
+    new = json.loads((secrets / "0938-NKRT.json").read_text())
+    assert new["password"] not in out + err  # only the 0600 file holds it
+    assert not live.session(new["username"], new["password"]).refused
+    wait_dropped(before, timeout=REVOKE_BOUND_S)
+    assert live.session(old["username"], old["password"]).refused
+
+
 def test_new_device_is_confined_to_its_own_topics(live: LiveBroker) -> None:
     other = live.creds[0]
     dev = live.add_device()

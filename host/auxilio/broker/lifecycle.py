@@ -51,12 +51,24 @@ def after_change(
     stream: IO[str] | None = None,
 ) -> int:
     """Mirror the device's committed state at the broker; 0, or the exit code of why not."""
-    if admin is None:
+    return after_changes(admin, registry, [(device, password)], stream)
+
+
+def after_changes(
+    admin: AdminConfig | None,
+    registry: Any,
+    changes: list[tuple[int | str, str | None]],
+    stream: IO[str] | None = None,
+) -> int:
+    """The same for several devices (device, new plaintext password or None) over one admin
+    session; the first failure stops it (one warning line: `broker sync` does the rest)."""
+    if admin is None or not changes:
         return 0
     try:
         authority = open_authority(admin)
         try:
-            apply_device(authority, registry, device, password=password)
+            for device, password in changes:
+                apply_device(authority, registry, device, password=password)
         finally:
             authority.close()
     except AuxilioError as exc:

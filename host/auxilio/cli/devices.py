@@ -170,7 +170,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sim.add_argument("--clear", action="store_true", help=_("olvida el número (SIM retirada)"))
 
     im = sub.add_parser(
-        "import-csv", parents=[common], help=_("importa dispositivos y asignaciones")
+        "import-csv", parents=[common, broker], help=_("importa dispositivos y asignaciones")
     )
     im.add_argument("file", help=_("archivo CSV ('-' para la entrada estándar)"))
     im.add_argument(
@@ -552,7 +552,13 @@ def _import(args: argparse.Namespace, registry: Any) -> int:
         print(json.dumps(summary))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return 0
+    from auxilio.broker.lifecycle import after_changes
+
+    # Enrolled devices log in at once, a revoked or retired row's login goes (issue 11 §5).
+    changed = dict.fromkeys([*result.added, *result.state_changed])
+    return after_changes(
+        args.broker, registry, [(label, result.passwords.get(label)) for label in changed]
+    )
 
 
 def _export(args: argparse.Namespace, registry: Any) -> int:

@@ -91,6 +91,9 @@ class ImportResult:
     assigned: list[str] = field(default_factory=list)
     state_changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # The new MQTT password of each device enrolled here, for a broker that must be told
+    # it (broker/lifecycle.py); only in memory, never printed (not in as_dict).
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -243,7 +246,7 @@ def apply_plan(
         changed = False
         if row["existing"] is None:
             assert public_key is not None and secret_dir is not None
-            enrol_device(
+            e = enrol_device(
                 registry,
                 public_key,
                 row["kind"],
@@ -253,6 +256,8 @@ def apply_plan(
                 actor=actor,
                 secret_out=Path(secret_dir) / f"{label}.json",
             )
+            if e.password is not None:
+                result.passwords[label] = e.password
             result.added.append(label)
             changed = True
         state = registry.require_device(did).state
