@@ -41,7 +41,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 _EPILOG = """\
 Device logins follow the registry at once (issue 11): `auxilio devices add | rekey |
-revoke | retire | mark-lost --broker-admin FILE` (or $AUXILIO_BROKER_ADMIN) apply the
+revoke | retire | mark-lost | import-csv --broker-admin FILE` (or $AUXILIO_BROKER_ADMIN) apply the
 change at the broker right after the registry commit; if the broker cannot be told the
 registry change stands, one warning line says so, the exit code is non-zero (4: broker
 unreachable, 5: admin login refused) and `auxilio broker sync` reconciles later.
