@@ -139,6 +139,10 @@ def test_old_key_is_accepted_until_the_grace_ends_then_rejected(
         (1, 1, "received"),
         (1, 2, "received"),
     ]
+    # Past the grace the sealed old secret is not kept either (the gateway's hourly purge).
+    assert registry.drop_expired_previous_keys(clock()) == 1
+    row = registry.get_device(rotation.device)
+    assert row.previous_key is None and row.key_epoch == 2
 
 
 @pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)

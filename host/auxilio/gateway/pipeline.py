@@ -312,7 +312,9 @@ class Pipeline:
                 continue
             dev.state, dev.heartbeat_s = row["state"], row["heartbeat_s"]
             dev.checked_at = mono
-            if dev.prev is not None:
+            if dev.prev is not None and turn.now >= (dev.prev.valid_until or 0):
+                dev.prev = None  # past its grace: the old key is not kept in memory either
+            elif dev.prev is not None:
                 dev.prev.state, dev.prev.heartbeat_s = dev.state, dev.heartbeat_s
                 dev.prev.checked_at = mono
             if dev.state in D.REJECTED_STATES:

@@ -824,9 +824,13 @@ class Gateway:
     def _retention(self, now: float) -> None:
         try:
             n = purge_locations(self.registry, self.retention_days, now)
+            # A rekey's replaced key is never used past its grace: do not keep it either.
+            keys = self.registry.drop_expired_previous_keys(now)
         except Exception as exc:  # noqa: BLE001 - retried at the next period
             log.warning("gateway: retention purge failed (%s)", type(exc).__name__)
             return
+        if keys:
+            log.info("gateway: dropped %d replaced key(s) past their grace", keys)
         if n:
             log.info(
                 "gateway: erased the locations of %d record(s) older than %d days",

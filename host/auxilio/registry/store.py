@@ -549,6 +549,26 @@ class Registry:
             self._audit(conn, actor, "rekey", device_id, detail)
         return epoch
 
+    def drop_expired_previous_keys(self, now: float | dt.datetime | None = None) -> int:
+        """Erase the keys rekeys replaced whose grace has ended (SPEC §12.1); returns how many.
+
+        Never used past ``prev_valid_until`` anyway; the gateway runs this with its
+        retention purge so a sealed old secret is not kept for nothing.
+        """
+        if now is None:
+            when = utcnow()
+        elif isinstance(now, dt.datetime):
+            when = now
+        else:
+            when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        d = schema.devices
+        with self.engine.begin() as conn:
+            return conn.execute(
+                d.update()
+                .where(d.c.prev_valid_until.is_not(None), d.c.prev_valid_until <= when)
+                .values(**NO_PREVIOUS_KEY)
+            ).rowcount
+
     def counter_floor(self, device_id: int | str) -> int:
         """The lowest counter a known secret may restart at (SPEC §12.1 counter_floor).
 
