@@ -212,7 +212,28 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def _fmt_time(t: Any) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "—"
+    from auxilio import timefmt
+
+    return timefmt.stamp(t)
+
+
+def _health_text(h: dict[str, Any] | None) -> str:
+    """The latest heartbeat in one line: battery, bearer, signal, modem fault, firmware, when."""
+    if not h:
+        return "—"
+    import datetime as dt
+
+    parts = [
+        _("batería {p} %").format(p=h["battery"]) if h.get("battery") is not None else None,
+        (h.get("bearer") or "").upper() if h.get("bearer") not in (None, "none") else None,
+        f"{h['rssi']} dBm" if h.get("rssi") is not None else None,
+        _("módem: {f}").format(f=h["modem_fault"])
+        if h.get("modem_fault") not in (None, "none")
+        else None,
+        f"fw {h['fw']}" if h.get("fw") else None,
+    ]
+    at = dt.datetime.fromisoformat(h["at"]) if h.get("at") else None
+    return " · ".join(p for p in parts if p) + f" ({_fmt_time(at)})"
 
 
 def _assignment_text(a: dict[str, Any] | None) -> str:
@@ -394,6 +415,7 @@ def _show(args: argparse.Namespace, registry: Any) -> int:
         (N_("Época de clave"), str(rec.key_epoch)),
         (N_("Clave anterior"), _previous_key_text(rec)),
         (N_("Latido (s)"), str(rec.heartbeat_s) if rec.heartbeat_s else "—"),
+        (N_("Salud"), _health_text(rec.health)),
         ("SIM", rec.msisdn or "—"),
         (N_("Asignación"), _assignment_text(a)),
         (

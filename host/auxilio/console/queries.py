@@ -203,7 +203,9 @@ def devices_rows(conn: Connection, t: Any, limit: int = DEVICES_LIMIT) -> list[d
     d = t.devices
     in_service = d.c.state.in_(("assigned", "lost"))
     q = (
-        select(d.c.id, d.c.kind, d.c.state, d.c.last_seen, d.c.heartbeat_s, d.c.fw_version)
+        select(
+            d.c.id, d.c.kind, d.c.state, d.c.last_seen, d.c.heartbeat_s, d.c.fw_version, d.c.health
+        )
         .order_by(in_service.desc(), d.c.last_seen.is_(None).desc(), d.c.last_seen, d.c.id)
         .limit(limit)
     )

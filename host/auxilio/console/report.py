@@ -16,10 +16,11 @@ Definitions (also in the README and the JSON's `definitions`):
   wearer's CANCEL) / alerts.
 - Silent devices: assigned devices not heard from (no accepted frame) for more
   than --silent-days, or never.
-- Low battery: devices in service whose latest stored battery reading (ALERT,
-  TEST, POWER or LOW_BATTERY frame) is below --low-battery percent. Heartbeat
-  batteries are not stored by the gateway, so a device recharged since its
-  last such frame still shows its old reading until its next one.
+- Low battery: devices in service whose latest battery reading is below
+  --low-battery percent: the newer of the latest stored ALERT, TEST, POWER or
+  LOW_BATTERY frame and the latest accepted HEARTBEAT (registry v8
+  devices.health), so a bracelet recharged since its low-battery alert drops
+  off the list at its next heartbeat.
 """
 
 from __future__ import annotations
@@ -168,12 +169,32 @@ def _low_battery(conn: Any, t: Any, threshold: int) -> list[dict[str, Any]]:
         .where(d.c.state.not_in(("revoked", "retired")))
         .order_by(a.c.device_id)
     ).mappings()
-    out = []
+    latest: dict[int, dict[str, Any]] = {}
     for r in rows:
         battery = (r["payload"] or {}).get("battery")
-        if battery is not None and battery < threshold:
-            out.append({**dict(r), "battery": battery})
-    return out
+        if battery is not None:
+            latest[r["device_id"]] = {**dict(r), "battery": battery}
+    beats = conn.execute(
+        select(d.c.id, d.c.kind, d.c.state, d.c.health).where(
+            d.c.health.is_not(None), d.c.state.not_in(("revoked", "retired"))
+        )
+    ).mappings()
+    for r in beats:
+        h = r["health"] or {}
+        if h.get("battery") is None or not h.get("at"):
+            continue
+        at = dt.datetime.fromisoformat(h["at"])
+        frame = latest.get(r["id"])
+        if frame is None or frame["received_at"] <= at:
+            latest[r["id"]] = {
+                "device_id": r["id"],
+                "kind": r["kind"],
+                "state": r["state"],
+                "received_at": at,
+                "type": "HEARTBEAT",
+                "battery": h["battery"],
+            }
+    return [latest[k] for k in sorted(latest) if latest[k]["battery"] < threshold]
 
 
 def build(

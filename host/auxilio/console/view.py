@@ -237,6 +237,7 @@ def event_view(raw: queries.Raw, e: dict[str, Any]) -> dict[str, Any]:
 def device_view(raw: queries.Raw, d: dict[str, Any]) -> dict[str, Any]:
     seen = d["last_seen"]
     supervised = seen is not None and d["state"] not in ("revoked", "retired")
+    health = d.get("health") or {}
     return {
         "device": codec.device_str(d["id"]),
         "kind": d["kind"],
@@ -247,6 +248,10 @@ def device_view(raw: queries.Raw, d: dict[str, Any]) -> dict[str, Any]:
         if not supervised
         else ("lost" if d["id"] in raw.supervision_lost else "ok"),
         "fw_version": d["fw_version"],
+        # The latest accepted HEARTBEAT (registry v8 devices.health).
+        "battery": health.get("battery"),
+        "bearer": health.get("bearer"),
+        "modem_fault": health.get("modem_fault"),
         **_assignment_fields(queries.assignment_at(raw.assignments.get(d["id"], []), raw.now)),
         "_row": d,
     }
@@ -433,7 +438,16 @@ DEVICE_COLUMNS = (
         lambda d: timefmt.clock(d["_row"]["last_seen"]) if d["_row"]["last_seen"] else _("nunca"),
     ),
     Col(N_("Supervisión"), 11, _supervision),
+    Col(N_("Bat."), 5, lambda d: "" if d["battery"] is None else f"{d['battery']}%", wide=True),
+    Col(N_("Red"), 12, lambda d: _network(d), wide=True),
 )
+
+
+def _network(d: dict[str, Any]) -> str:
+    """The bearer of the latest heartbeat, or its modem fault when it reported one."""
+    if d.get("modem_fault") not in (None, "none"):
+        return _("módem: {f}").format(f=d["modem_fault"])
+    return "" if d.get("bearer") in (None, "none") else str(d["bearer"]).upper()
 
 
 def columns(cols: tuple[Col, ...], width: int) -> list[Col]:

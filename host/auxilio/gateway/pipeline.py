@@ -10,6 +10,7 @@ cannot be used is PUBACKed and kept as a dead letter (issue 8 §1).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -416,6 +417,8 @@ class Pipeline:
                 "last_seen": now,
                 "epoch": dev.key_epoch,  # written only while the row still holds this epoch
             }
+            if v.heartbeat:
+                batch.health[dev.id] = _health(v.fields, now)
             if _jumped(v):
                 batch.events.append(
                     R.event_row(
@@ -612,6 +615,17 @@ def forward_row(record: dict[str, Any], now: float) -> dict[str, Any]:
         "created_at": now,
         "next_attempt_at": now,
     }
+
+
+# What devices.health keeps of a HEARTBEAT (SPEC §8.3): its decoded fields, no more.
+HEALTH_FIELDS = ("battery", "rssi", "bearer", "outbox", "fw", "status", "modem_fault", "interval_s")
+
+
+def _health(fields: dict[str, Any], now: float) -> dict[str, Any]:
+    """The device's health as its latest accepted HEARTBEAT said, stamped with the receipt."""
+    h = {k: fields.get(k) for k in HEALTH_FIELDS}
+    h["at"] = dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat()
+    return h
 
 
 def _jumped(v: V.Verdict) -> bool:

@@ -36,6 +36,8 @@ class Batch:
     devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> replay/last_seen
     # The same for frames under the key a rekey replaced, during its grace (schema v7).
     prev_devices: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # id -> the device's latest accepted HEARTBEAT, as devices.health (schema v8).
+    health: dict[int, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     forward: list[dict[str, Any]] = field(default_factory=list)  # forward_outbox rows
     acked: list[tuple[int, int, int, float]] = field(default_factory=list)  # key + at
@@ -50,6 +52,7 @@ class Batch:
             self.alerts
             or self.devices
             or self.prev_devices
+            or self.health
             or self.events
             or self.forward
             or self.acked
@@ -165,6 +168,13 @@ class Store:
             inserted = conn.execute(stmt, batch.alerts).all()
             if len(inserted) != len(batch.alerts):
                 raise self._conflicts(conn, batch)  # leaving begin() rolls everything back
+        if batch.health:
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == bindparam("b_id"))
+                .values(health=bindparam("b_health", type_=devices.c.health.type)),
+                [{"b_id": k, "b_health": h} for k, h in batch.health.items()],
+            )
         for prev, rows in ((False, batch.devices), (True, batch.prev_devices)):
             if not rows:
                 continue
@@ -254,6 +264,11 @@ class Store:
                 )
                 if cur.rowcount != len(batch.alerts):  # some name was already taken
                     raise self._conflicts(conn, batch)
+            if batch.health:
+                cur.executemany(
+                    "UPDATE devices SET health = ? WHERE id = ?",
+                    [(json.dumps(h), k) for k, h in batch.health.items()],
+                )
             for sql, rows in ((_REPLAY_SQL, batch.devices), (_PREV_REPLAY_SQL, batch.prev_devices)):
                 if rows:
                     cur.executemany(

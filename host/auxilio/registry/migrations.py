@@ -235,6 +235,11 @@ def _m7_key_grace(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE devices ADD COLUMN {name} {kind}"))
 
 
+def _m8_device_health(conn: Connection) -> None:
+    kind = define(MetaData(), version=8).tables["devices"].c.health.type.compile(conn.dialect)
+    conn.execute(text(f"ALTER TABLE devices ADD COLUMN health {kind}"))
+
+
 # Ordered: index i holds the migration that produces version i + 1. Never edit a
 # released migration; append a new one and bump schema.LATEST_VERSION.
 MIGRATIONS: list[Callable[[Connection], None]] = [
@@ -245,6 +250,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _m5_device_msisdn,
     _m6_outcomes,
     _m7_key_grace,
+    _m8_device_health,
 ]
 assert len(MIGRATIONS) == LATEST_VERSION
 

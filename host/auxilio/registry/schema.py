@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.types import DateTime, TypeDecorator
 
 # The schema version this code writes; migrations.py brings older files up to it.
-LATEST_VERSION = 7
+LATEST_VERSION = 8
 
 KINDS = ("bracelet", "button")
 STATES = ("spare", "assigned", "lost", "revoked", "retired")
@@ -129,6 +129,11 @@ def define(metadata: MetaData, version: int = LATEST_VERSION) -> MetaData:
             Column("prev_window", U64),
             Column("prev_valid_until", UTCDateTime),
         ]
+    if version >= 8:
+        # v8 (issue 12): the device's latest accepted HEARTBEAT as the gateway read it
+        # (battery, rssi, bearer, outbox, fw, status bits, modem_fault, interval_s, at),
+        # so consoles and reports see a bracelet's health between alerts.
+        device_cols.append(Column("health", JSON(none_as_null=True)))
     Table("devices", metadata, *device_cols)
 
     Table(

@@ -113,6 +113,8 @@ class DeviceRecord:
     msisdn: str | None = None  # the SIM's number (E.164), for SMS ingest
     # v7: the key the last rekey replaced, while its grace lasts (PreviousKey.valid_until).
     previous_key: PreviousKey | None = None
+    # v8: the latest accepted HEARTBEAT (battery, rssi, bearer, fw, modem_fault, ..., at).
+    health: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -139,6 +141,7 @@ class DeviceRecord:
                 }
             ),
             "heartbeat_s": self.heartbeat_s,
+            "health": self.health,
             "sim": self.msisdn,
             "config_seq": self.config_seq,
             "high_water": self.high_water,
@@ -901,6 +904,7 @@ def _record(row: Any) -> DeviceRecord:
         mqtt_password_hash=m.get("mqtt_password_hash"),
         msisdn=m.get("msisdn"),
         previous_key=_previous_key(m),
+        health=m.get("health"),
     )
 
 
