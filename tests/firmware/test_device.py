@@ -362,7 +362,11 @@ def test_corrupt_outbox_and_counter_files_recovered(rig: Rig) -> None:
     rig.peer.mode = "ack"
     rig.boot()
     rig.ctl.wait_event(ev="state", name="acked", counter=alert["counter"], timeout=30)  # salvaged
-    boot = [f for f in rig.peer.of("BOOT")][-1]
+    # The new boot's BOOT (the first boot's came before the alert).
+    boot = wait_for(
+        lambda: [f for f in rig.peer.of("BOOT") if f["counter"] > alert["counter"]],
+        what="the BOOT after the corrupt files",
+    )[-1]
     assert boot["counter"] >= alert["counter"] + COUNTER_SKIP  # jumped far ahead, no reuse
     assert (data / "outbox.bin.bad").exists() and (data / "counter.bad").exists()
     logs = rig.ctl.logs()
@@ -383,7 +387,7 @@ def test_bad_config_logs_one_line_and_blinks(rig: Rig) -> None:
     rig.ctl.wait_event(ev="haptic", pattern="error")
     time.sleep(0.5)  # it must stay up a while after the error: that is the thing under test
     assert p.alive()  # no crash, no boot loop: the interpreter stays reachable
-    lines = [ln for ln in p.lines if "config" in ln]
+    lines = wait_for(lambda: [ln for ln in p.lines if "config" in ln], what="the config line")
     assert lines == [f"config error: config.json is not valid JSON ({rig.root}/config.json)"]
     assert "Traceback" not in p.output()
     assert rig.peer.of() == []
@@ -486,7 +490,8 @@ def test_bad_counter_floor_is_one_config_error_line(rig: Rig, floor: object) -> 
     p = rig.boot()
     rig.ctl.wait_event(ev="haptic", pattern="error")
     assert p.alive()  # the REPL stays usable
-    lines = [ln for ln in p.lines if "config" in ln]
+    # The line and the haptic event travel different pipes: wait for the line itself.
+    lines = wait_for(lambda: [ln for ln in p.lines if "config" in ln], what="the config line")
     assert lines == ["config error: config.json: counter_floor must be an integer in 0..4294967295"]
     assert "Traceback" not in p.output()
     assert rig.peer.of() == []  # nothing sent under an unknown floor

@@ -226,5 +226,5 @@ def test_attend_without_a_gateway_is_requested_not_attended(secure_chain: Any) -
     assert _row(chain.registry, dev.device, c)["attending_at"] is None
     # The request waits in the gateway's persistent session and is served when it returns.
     chain.start_gateway()
-    assert dev.wait_ack(c, n=2, timeout=15)["disposition"] == "attending"
+    assert dev.wait_disposition(c, "attending", timeout=15) is not None
     wait_for(lambda: _request(chain.registry, res.request)["state"] == "sent", what="sent")

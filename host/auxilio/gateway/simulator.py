@@ -146,6 +146,25 @@ class SimDevice:
                 self._cond.wait(left)
             return self.acks[counter][n - 1]
 
+    def wait_disposition(
+        self, counter: int, disposition: str, timeout: float = 15.0
+    ) -> dict[str, Any] | None:
+        """The first verified ACK for counter with this disposition, or None after timeout.
+
+        A restarted gateway may re-send "received" first (it re-acks what it stored),
+        so waiting for the n-th ACK would race it.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for ack in self.acks.get(counter, []):
+                    if ack["disposition"] == disposition:
+                        return ack
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
