@@ -10,6 +10,8 @@ from auxilio.testing.tray, with ``firmware_file`` and ``VirtualTechnician``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +30,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--port", help="a real board's serial port for the hardware tests")
     group.addoption("--board", help="that board's name in boards/ (default devkit-esp32)")
     group.addoption("--firmware", help="a MicroPython image to flash in the hardware tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets its own virtual-board directory.
+
+    `auxilio vboard` with no --name picks "the" running board of the runtime
+    directory; two workers sharing one would see each other's boards. Tests that
+    set XDG_RUNTIME_DIR themselves still do; the others get their worker's.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not os.environ.get("AUXILIO_TEST_RUNTIME_SET"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"auxilio-{worker}-")
+        os.environ["AUXILIO_TEST_RUNTIME_SET"] = "1"
 
 
 @pytest.fixture
