@@ -177,6 +177,8 @@ CONFIG_KEYS = {
     0x02: ("discreet", "B", _BOOL),
     0x03: ("cancel_window_s", "H", _NUM),
     0x04: ("hold_ms", "H", _NUM),
+    0x05: ("test_window_s", "H", _NUM),  # presses send TEST for this long (0 closes)
+    0x06: ("selftest", "B", _BOOL),  # 1: send one TEST frame now
 }
 
 # Heartbeat status byte (§8.3): flags in bits 0-3, the modem fault code in bits
@@ -487,7 +489,7 @@ def _values_from_fields(code, fields):
 
 
 def _config_payload(fields):
-    # Keys ascending (§8.10), packed in place: the v1 keys total 17 bytes, far
+    # Keys ascending (§8.10), packed in place: the v1 keys total 24 bytes, far
     # inside MAX_PAYLOAD.
     out = bytearray(MAX_PAYLOAD)
     i = 0

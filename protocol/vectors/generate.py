@@ -384,7 +384,8 @@ VALID: list[tuple[str, str, bytes, dict]] = [
     ),
     (
         "config_all_keys",
-        "CONFIG sequence 3 with every key: heartbeat 60 s, discreet, 30 s cancel window, 1500 ms hold",
+        "CONFIG sequence 3 with every key: heartbeat 60 s, discreet, 30 s cancel window, 1500 ms "
+        "hold, 300 s test window, one self-test now",
         S_BRACELET,
         _fields(
             "CONFIG",
@@ -396,6 +397,8 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             discreet=True,
             cancel_window_s=30,
             hold_ms=1500,
+            test_window_s=300,
+            selftest=True,
         ),
     ),
     (
@@ -403,6 +406,24 @@ VALID: list[tuple[str, str, bytes, dict]] = [
         "CONFIG sequence 0xFFFFFFFF with only heartbeat_s = 0xFFFFFFFF and discreet off",
         S_BUTTON,
         _fields("CONFIG", DEV_BUTTON, 0xFFFFFFFF, TS, heartbeat_s=0xFFFFFFFF, discreet=False),
+    ),
+    (
+        "config_selftest_now",
+        "CONFIG sequence 9 asking for one TEST frame now (selftest = 1, SPEC §8.10.1)",
+        S_BRACELET,
+        _fields("CONFIG", DEV_BRACELET, 9, TS, clock_synced=True, selftest=True),
+    ),
+    (
+        "config_test_window",
+        "CONFIG sequence 10 opening a 120 s test window (test_window_s = 120, SPEC §8.10.1)",
+        S_BRACELET,
+        _fields("CONFIG", DEV_BRACELET, 10, TS, clock_synced=True, test_window_s=120),
+    ),
+    (
+        "config_test_window_closed",
+        "CONFIG sequence 11 closing the test window (test_window_s = 0) with the hold kept",
+        S_BUTTON,
+        _fields("CONFIG", DEV_BUTTON, 11, TS, hold_ms=1500, test_window_s=0),
     ),
     (
         "config_empty",
@@ -634,6 +655,20 @@ def _invalid() -> list[tuple[str, str, bytes, bytes, str]]:
             "CONFIG with the unknown key 0x7f twice (§8.10: no key twice, known or not)",
             S_BUTTON,
             _sign(S_BUTTON, _header(0x82, 0, DEV_BUTTON, 2, TS, 6) + b"\x7f\x01a\x7f\x01b"),
+            "bad_payload",
+        ),
+        (
+            "invalid_config_selftest_value",
+            "CONFIG with selftest = 2 (§8.10: a u8 0/1), correctly signed",
+            S_BRACELET,
+            _sign(S_BRACELET, _header(0x82, 0, DEV_BRACELET, 12, TS, 3) + b"\x06\x01\x02"),
+            "bad_payload",
+        ),
+        (
+            "invalid_config_test_window_length",
+            "CONFIG whose test_window_s TLV is 1 byte instead of 2, correctly signed",
+            S_BRACELET,
+            _sign(S_BRACELET, _header(0x82, 0, DEV_BRACELET, 12, TS, 3) + b"\x05\x01\x3c"),
             "bad_payload",
         ),
         (

@@ -107,6 +107,8 @@ CONFIG_TLV = {
     0x02: ("discreet", ">B"),
     0x03: ("cancel_window_s", ">H"),
     0x04: ("hold_ms", ">H"),
+    0x05: ("test_window_s", ">H"),
+    0x06: ("selftest", ">B"),
 }
 
 
@@ -245,7 +247,7 @@ def _decode_config(p: bytes) -> dict:
             if size != struct.calcsize(fmt):
                 raise Reject("bad_payload")
             (v,) = struct.unpack(fmt, p[i : i + size])
-            if name == "discreet":
+            if name in ("discreet", "selftest"):
                 if v > 1:
                     raise Reject("bad_payload")
                 v = bool(v)

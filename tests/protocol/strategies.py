@@ -62,6 +62,8 @@ def fields(draw: st.DrawFn, ftype: str | None = None) -> dict:
             ("discreet", st.booleans()),
             ("cancel_window_s", st.integers(0, 0xFFFF)),
             ("hold_ms", st.integers(0, 0xFFFF)),
+            ("test_window_s", st.integers(0, 0xFFFF)),
+            ("selftest", st.booleans()),
         ):
             if draw(st.booleans()):
                 out[name] = draw(value)
