@@ -32,6 +32,11 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("monitor", "monitor", N_("consola en vivo de alertas y salud de los dispositivos")),
     ("attend", "attend", N_("marca una alerta como atendida por un operador")),
     (
+        "selftest",
+        "selftest",
+        N_("pide a un dispositivo una trama de prueba por la pasarela (nunca una alerta)"),
+    ),
+    (
         "close",
         "close",
         N_("registra el desenlace de una alerta (resuelta, falsa alarma, ...), en la bitácora"),

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from auxilio.broker.client import AuthenticationFailed, is_auth_refusal, make_client
 from auxilio.broker.url import parse_broker_url
@@ -26,7 +28,7 @@ from auxilio.gateway.attend import CONTROL_LEAF, FAILED, REQUESTED, RESULT_LEAF,
 BROKER_TIMEOUT_S = 10.0
 RESULT_TIMEOUT_S = 10.0
 
-__all__ = ["FAILED", "REQUESTED", "SENT", "AttendResult", "request_attend"]
+__all__ = ["FAILED", "REQUESTED", "SENT", "AttendResult", "ask_gateway", "request_attend"]
 
 
 @dataclass(frozen=True)
@@ -59,33 +61,76 @@ def request_attend(
         raise UsageError("operator name must be 1-64 printable characters")
     if not 1 <= alert_id < 1 << 63:
         raise UsageError("alert id must be a positive number below 2^63")
-    addr = parse_broker_url(broker_url)
     rid = "op-" + uuid.uuid4().hex
+    answers = ask_gateway(
+        broker_url,
+        f"{prefix}/{CONTROL_LEAF}",
+        {"alert": alert_id, "operator": operator, "request": rid},
+        f"{prefix}/{RESULT_LEAF}/{rid}",
+        lambda answer: True,
+        result_timeout,
+        what="attend request",
+    )
+    if not answers:
+        return AttendResult(rid, alert_id, REQUESTED, "no answer from the gateway yet")
+    answer = answers[-1]
+    return AttendResult(
+        rid, alert_id, str(answer.get("state", FAILED)), str(answer.get("reason", ""))
+    )
+
+
+def ask_gateway(
+    broker_url: str,
+    topic: str,
+    body: dict[str, Any],
+    result_topic: str,
+    done: Callable[[dict[str, Any]], bool],
+    result_timeout: float,
+    *,
+    what: str = "request",
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Publish one JSON request to the gateway and collect its answers on result_topic.
+
+    Subscribes before publishing (so no answer is missed), then returns every
+    answer for body["request"] in arrival order, up to and including the
+    first one done() accepts, or what came before result_timeout ran out.
+    Raises ConnectionFailed (broker unreachable, or it did not take the
+    request) or AuthenticationFailed (wrong credentials): nothing was asked.
+    """
+    addr = parse_broker_url(broker_url)
+    rid = body["request"]
     # With a login the broker ties the session to the username (use_username_as_clientid).
-    c = make_client(addr, addr.username or f"auxilio-attend-{uuid.uuid4().hex[:12]}")
+    c = make_client(addr, addr.username or f"auxilio-console-{uuid.uuid4().hex[:12]}")
     ready = threading.Event()
-    answered = threading.Event()
+    finished = threading.Event()
     refused: list[str] = []
-    answer: dict[str, object] = {}
+    answers: list[dict[str, Any]] = []
+    lock = threading.Lock()
 
     def on_connect(client, userdata, flags, rc, props=None):  # noqa: ANN001, ANN202 - paho API
         if rc.is_failure:
             refused.append("auth" if is_auth_refusal(rc) else str(rc))
             ready.set()
             return
-        client.subscribe(f"{prefix}/{RESULT_LEAF}/{rid}", qos=1)
+        client.subscribe(result_topic, qos=1)
 
     def on_subscribe(client, *_a):  # noqa: ANN001, ANN202 - paho API
         ready.set()
 
     def on_message(client, userdata, msg):  # noqa: ANN001, ANN202 - paho API
         try:
-            body = json.loads(msg.payload)
+            answer = json.loads(msg.payload)
         except ValueError:
             return
-        if isinstance(body, dict) and body.get("request") == rid:
-            answer.update(body)
-            answered.set()
+        if not isinstance(answer, dict) or answer.get("request") != rid or finished.is_set():
+            return
+        with lock:
+            answers.append(answer)
+        if on_answer is not None:
+            on_answer(answer)
+        if done(answer):
+            finished.set()
 
     c.on_connect = on_connect
     c.on_subscribe = on_subscribe
@@ -104,19 +149,13 @@ def request_attend(
                     f"broker {addr} refused the operator credentials (check --broker-credentials)"
                 )
             raise ConnectionFailed(f"broker {addr} refused the connection ({refused[0]})")
-        info = c.publish(
-            f"{prefix}/{CONTROL_LEAF}",
-            json.dumps({"alert": alert_id, "operator": operator, "request": rid}),
-            qos=1,
-        )
+        info = c.publish(topic, json.dumps(body), qos=1)
         info.wait_for_publish(BROKER_TIMEOUT_S)
         if not info.is_published():
-            raise ConnectionFailed(f"broker {addr} did not confirm the attend request")
-        if not answered.wait(result_timeout):
-            return AttendResult(rid, alert_id, REQUESTED, "no answer from the gateway yet")
-        return AttendResult(
-            rid, alert_id, str(answer.get("state", FAILED)), str(answer.get("reason", ""))
-        )
+            raise ConnectionFailed(f"broker {addr} did not confirm the {what}")
+        finished.wait(result_timeout)
+        with lock:
+            return list(answers)
     finally:
         c.disconnect()
         c.loop_stop()

@@ -1,0 +1,108 @@
+"""`auxilio selftest --device ID`: the device sends a TEST frame through the gateway, and back.
+
+Exit 0 only when the TEST came back (verified, stored as a test, acked; never
+forwarded as an alert). 1 when the gateway refused or the device stayed
+silent, 3 for a device the gateway does not know, 4 when the broker or the
+gateway could not be reached. A thin shell over auxilio.selftest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+
+from auxilio.i18n import register
+
+register(
+    {
+        "{d}: prueba recibida por el C4 en {ms:.0f} ms (registrada como prueba)": (
+            "{d}: test received by the C4 in {ms:.0f} ms (recorded as a test)"
+        ),
+        "; de la pulsación al registro: {ms:.0f} ms": "; press to record: {ms:.0f} ms",
+        "{d}: la pasarela rechazó la prueba ({r})": "{d}: the gateway refused the test ({r})",
+        "{d}: el dispositivo no envió su prueba a tiempo": "{d}: the device did not send its test in time",
+        "{d}: la pasarela no respondió": "{d}: the gateway did not answer",
+        "la pasarela no respondió (¿está en marcha?)": "the gateway did not answer (is it running?)",
+        "dispositivo desconocido: {d}": "unknown device: {d}",
+    }
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", required=True, metavar="ID", help="printed device id (XXXX-XXXX)")
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
+        help="broker of the running gateway, which signs the CONFIG",
+    )
+    p.add_argument(
+        "--broker-credentials",
+        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
+        metavar="FILE",
+        help='JSON {"username", "password"} (operator.json from `auxilio broker config`)',
+    )
+    p.add_argument("--prefix", default="auxilio", help="topic prefix")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="S",
+        help="open a test window of S seconds (max 600): the wearer's next press sends TEST",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds to wait for the TEST"
+    )
+    p.add_argument("--operator", default=None, help="operator name for the audit log")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def message(res: object) -> str:
+    """One line, Spanish first, for field staff."""
+    from auxilio.i18n import _
+    from auxilio.selftest import FAILED, MISSED, NO_ANSWER, RECEIVED, TIMEOUT
+
+    state = getattr(res, "state", "")
+    dev = getattr(res, "device", "")
+    if state == RECEIVED:
+        line = _("{d}: prueba recibida por el C4 en {ms:.0f} ms (registrada como prueba)").format(
+            d=dev, ms=res.round_trip_ms or 0.0
+        )
+        if res.press_to_store_ms is not None:
+            line += _("; de la pulsación al registro: {ms:.0f} ms").format(ms=res.press_to_store_ms)
+        return line
+    if state == FAILED:
+        return _("{d}: la pasarela rechazó la prueba ({r})").format(d=dev, r=res.reason)
+    if state in (TIMEOUT, MISSED):
+        return _("{d}: el dispositivo no envió su prueba a tiempo").format(d=dev)
+    if state == NO_ANSWER:
+        return _("{d}: la pasarela no respondió").format(d=dev)
+    return f"{dev}: {state}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from auxilio.errors import ConnectionFailed, NotFoundError
+    from auxilio.i18n import _
+    from auxilio.selftest import FAILED, NO_ANSWER, RECEIVED, request_selftest
+
+    mode = "window" if args.window is not None else "now"
+    res = request_selftest(
+        args.broker,
+        args.broker_credentials,
+        args.prefix,
+        args.device,
+        mode=mode,
+        seconds=args.window,
+        timeout=args.timeout,
+        operator=args.operator or getpass.getuser(),
+    )
+    if args.json:
+        print(json.dumps(res.as_dict()))
+    if res.state == NO_ANSWER:
+        raise ConnectionFailed(_("la pasarela no respondió (¿está en marcha?)"))
+    if res.state == FAILED and res.reason == "unknown_device":
+        raise NotFoundError(_("dispositivo desconocido: {d}").format(d=res.device))
+    if not args.json:
+        print(message(res))
+    return 0 if res.state == RECEIVED else 1

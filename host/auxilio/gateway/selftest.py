@@ -1,0 +1,174 @@
+"""The gateway's side of a device self-test: validate the request, sign the CONFIG, report.
+
+Operators and provisioning stations hold no device key (DESIGN §1). They
+publish on ``<prefix>/c4/selftest``::
+
+    {"request": id, "device": "XXXX-XXXX", "mode": "now" | "window", "seconds": N}
+
+and read the answers on ``<prefix>/c4/selftest/result/<request>``, in order:
+
+- ``sent``: the gateway took a new config sequence from the registry (SPEC
+  §12.6), signed the CONFIG (``selftest = 1`` for ``now``, ``test_window_s = N``
+  for ``window``, SPEC §8.10.1) and the broker confirmed the downlink;
+- ``received``: a TEST frame from that device was verified, stored and acked.
+  It carries ``round_trip_ms`` (request -> TEST stored) and, for ``window``,
+  ``press_to_store_ms`` (the press on the device clock -> stored; 1 s
+  resolution, since ``pressed_at`` is whole seconds; null without a clock);
+- ``failed`` with a reason (``unknown_device``, ``device_revoked``, ...), or
+  ``missed``: no TEST came back within the deadline (a SELFTEST_MISSED event).
+
+Each request and each miss is an event row (SELFTEST_REQUESTED,
+SELFTEST_MISSED) so that the monitor and `auxilio report` show them; a miss
+is also forwarded to the C4 like a supervision loss. The TEST frame itself is
+never forwarded (pipeline.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from auxilio.protocol import codec
+
+CONTROL_LEAF = "c4/selftest"  # <prefix>/c4/selftest
+RESULT_LEAF = "c4/selftest/result"  # <prefix>/c4/selftest/result/<request>
+MAX_REQUEST_BYTES = 512  # a JSON object with four short fields
+_REQUEST_RE = re.compile(r"^[A-Za-z0-9_.-]{8,64}$")
+MODES = ("now", "window")
+# SPEC §8.10.1: devices cap a window at this; the gateway refuses more.
+WINDOW_MAX_S = 600
+WINDOW_DEFAULT_S = 120
+# How long a "now" self-test may take to come back before it counts as missed:
+# a device on LTE with PSM or a long MQTT backoff may need a couple of minutes.
+NOW_DEADLINE_S = 180.0
+# A window's TEST may come until the window closes, plus this for delivery.
+WINDOW_MARGIN_S = 60.0
+# Result states, in the order a request passes through them.
+SENT, RECEIVED, FAILED, MISSED = "sent", "received", "failed", "missed"
+# Event types (events table).
+SELFTEST_REQUESTED = "SELFTEST_REQUESTED"
+SELFTEST_MISSED = "SELFTEST_MISSED"
+
+
+class BadRequest(ValueError):
+    """A self-test request the gateway cannot read; .reason is a stable code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Request:
+    request: str
+    device: int
+    mode: str
+    seconds: int
+    operator: str = "operator"
+    scheduled: bool = False
+
+
+def _no_constants(name: str) -> Any:
+    raise BadRequest("bad_number")
+
+
+def parse_request(payload: bytes) -> Request:
+    """Validate a self-test request; BadRequest(reason) for anything else (never another error)."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise BadRequest("too_large")
+    try:
+        obj = json.loads(payload, parse_constant=_no_constants)
+    except BadRequest:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("bad_json") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("bad_json")
+    dev = obj.get("device")
+    try:
+        device = codec.device_int(dev) if isinstance(dev, str) else None
+    except codec.FrameError:
+        device = None
+    if device is None:
+        raise BadRequest("bad_device_id")
+    mode = obj.get("mode", "now")
+    if mode not in MODES:
+        raise BadRequest("bad_mode")
+    seconds = obj.get("seconds", WINDOW_DEFAULT_S if mode == "window" else 0)
+    if mode == "window" and (
+        not isinstance(seconds, int)
+        or isinstance(seconds, bool)
+        or not 1 <= seconds <= WINDOW_MAX_S
+    ):
+        raise BadRequest("bad_seconds")
+    operator = obj.get("operator", "operator")
+    if not isinstance(operator, str) or not 1 <= len(operator) <= 64 or not operator.isprintable():
+        raise BadRequest("bad_operator")
+    request = obj.get("request")
+    if request is None:
+        request = "gw-" + uuid.uuid4().hex
+    elif not isinstance(request, str) or not _REQUEST_RE.match(request):
+        raise BadRequest("bad_request_id")
+    return Request(request, device, mode, seconds if mode == "window" else 0, operator)
+
+
+def config_fields(req: Request, seq: int, now: float) -> dict[str, Any]:
+    """The CONFIG (SPEC §8.10) that asks req's device for its TEST frame."""
+    fields: dict[str, Any] = {
+        "type": "CONFIG",
+        "device": req.device,
+        "counter": seq,  # §12.6: the config sequence number
+        "timestamp": int(now),
+    }
+    if req.mode == "now":
+        fields["selftest"] = True
+    else:
+        fields["test_window_s"] = req.seconds
+    return fields
+
+
+@dataclass
+class Pending:
+    """A request whose TEST has not come back yet."""
+
+    req: Request
+    at: float  # when the gateway took the request
+    deadline: float
+    seq: int = 0
+    sent: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def deadline_for(req: Request, now: float) -> float:
+    if req.mode == "window":
+        return now + req.seconds + WINDOW_MARGIN_S
+    return now + NOW_DEADLINE_S
+
+
+def result(req: Request, state: str, reason: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "request": req.request,
+        "device": codec.device_str(req.device),
+        "mode": req.mode,
+        "state": state,
+        "reason": reason,
+        **extra,
+    }
+
+
+def received(p: Pending, now: float, counter: int, pressed_at: int | None) -> dict[str, Any]:
+    """The `received` answer for a stored TEST frame: round trip and press-to-store, in ms."""
+    press = None
+    if p.req.mode == "window" and pressed_at:
+        press = round(max(0.0, now - pressed_at) * 1000.0, 1)
+    return result(
+        p.req,
+        RECEIVED,
+        counter=counter,
+        config_seq=p.seq,
+        round_trip_ms=round((now - p.at) * 1000.0, 3),
+        press_to_store_ms=press,
+    )
