@@ -9,7 +9,8 @@
 #
 # RAM budget per Device: Keys ~0.5 KB, outbox ~2.2 KB (12 slots), gesture
 # ring ~0.1 KB, scratch buffers 0.2 KB, config ~1 KB, plus the MQTT session's
-# buffers and ~6 asyncio tasks. Steady state target: well under 8 KB.
+# buffers and ~6 asyncio tasks, and the test window (SPEC §8.10.1: 4 ints).
+# Steady state target: well under 8 KB.
 
 import asyncio
 import json
@@ -22,7 +23,7 @@ import gesture as gesture_mod
 from config import Config, join
 from counter_store import CounterStore
 from feedback import Feedback
-from outbox import Outbox
+from outbox import Outbox, type_flags
 from power import PowerWatch
 
 # How long a publish may wait for the broker's PUBACK before it counts as failed.
@@ -39,6 +40,8 @@ CLOCK_REANCHOR_MS = 3600000
 CRASH_LIMIT = 20
 # The sender must tick at least this often for the device to count as healthy.
 HEALTHY_TICK_MS = 30000
+# SPEC §8.10.1: the longest test window a CONFIG may open; longer asks are capped.
+TEST_WINDOW_MAX_S = 600
 
 _ATTENDING = 1  # SPEC §8.9 disposition values
 _RECEIVED = 0
@@ -131,6 +134,11 @@ class Device:
         self.was_connected = False
         self.t_detect_us = 0  # when the gesture decided ALERT (latency figure)
         self.last_latency_us = -1
+        # Test window (SPEC §8.10.1): RAM only, so a reboot closes it.
+        self.test_window = False
+        self.test_until = 0  # ticks_ms when it closes
+        self.test_press = False  # the current press sent TEST: a long hold escalates
+        self.silent_test = 0  # counter of a TEST whose ACK gives no feedback (selftest = 2)
 
     # -------------------------------------------------------------- misc ----
 
@@ -243,9 +251,7 @@ class Device:
     def queue(self, code, n):
         """Queue self._pl[:n] as a new frame of type code; return its counter (0 if dropped)."""
         c = self.counters.take()
-        fl = self.flags()
-        if code == codec.ALERT or code == codec.TEST:
-            fl |= codec.FLAG_ENCRYPTED
+        fl = self.flags() | type_flags(code)
         i = self.outbox.add(code, fl, self.cfg.device, c, self.now_ts(), memoryview(self._pl)[:n])
         self._wake.set()
         if i < 0:
@@ -257,6 +263,46 @@ class Device:
         """The gesture said ALERT: encode, persist, pulse, wake the sender."""
         self.t_detect_us = ticks_us()
         self.last_activity = ticks_ms()
+        c = self._queue_located(codec.ALERT)
+        self.feedback.show("queued")
+        if c:
+            self.last_alert = c
+            self.last_alert_t = ticks_ms()
+        return c
+
+    def raise_test(self, why):
+        """A TEST frame (SPEC §8.7): ALERT's layout and path, the test flag set, never dispatched."""
+        c = self._queue_located(codec.TEST)
+        self.log("test frame %d queued (%s)" % (c, why))
+        return c
+
+    def on_hold(self):
+        """The alert gesture: TEST for the one press an open test window allows, else ALERT."""
+        if self.test_window and ticks_diff(self.test_until, ticks_ms()) > 0:
+            self._close_window("press")  # SPEC §8.10.1 rule 2: one press per window
+            self.test_press = True
+            self.last_activity = ticks_ms()
+            self.feedback.show("queued")
+            return self.raise_test("press in the test window")
+        if self.test_window:
+            self._close_window("expired")  # rule 5: after the window a press is an ALERT
+        self.test_press = False
+        return self.raise_alert()
+
+    def on_long_hold(self):
+        """Still held at 3x hold_ms: a test press becomes a real ALERT too (SPEC §8.10.1 rule 3)."""
+        if not self.test_press:
+            return 0
+        self.test_press = False
+        self.log("test press held on: raising a real ALERT")
+        return self.raise_alert()
+
+    def _close_window(self, why):
+        self.test_window = False
+        self.log("test window closed (%s)" % why)
+        self.hal.state("test_window", 0)
+
+    def _queue_located(self, code):
         v = self._loc
         loc = self.hal.location()
         if loc is None:
@@ -270,13 +316,8 @@ class Device:
         v[5] = self._rssi_wire()
         v[6] = self.transport.bearer
         v[7] = self.now_ts()  # SPEC §8.1 pressed_at: 0 = no clock yet
-        n = codec.pack_payload_into(self._pl, 0, codec.ALERT, v)
-        c = self.queue(codec.ALERT, n)
-        self.feedback.show("queued")
-        if c:
-            self.last_alert = c
-            self.last_alert_t = ticks_ms()
-        return c
+        n = codec.pack_payload_into(self._pl, 0, code, v)
+        return self.queue(code, n)
 
     def cancel_gesture(self):
         """Tap sequence: CANCEL the last alert if still inside the cancel window."""
@@ -448,7 +489,11 @@ class Device:
                 self.hal.state("cancelled", ob.cancel_acked(i))  # the alert is retried no more
                 return
             ob.remove(i)
-            if acked_type != codec.ALERT:
+            if acked_type == codec.TEST:
+                if ctr != self.silent_test:
+                    self.feedback.show("received")  # SPEC §8.10.1: the wearer feels it got through
+                self.hal.state("acked", ctr)
+            elif acked_type != codec.ALERT:
                 self.hal.state("acked", ctr)
             elif disp == _RECEIVED:
                 self._remember(ctr)
@@ -471,6 +516,8 @@ class Device:
             ob.requeue(i, self.cfg.device, c, self.now_ts(), self.flags())
             if acked_type == codec.ALERT and self.last_alert == ctr:
                 self.last_alert = c
+            if acked_type == codec.TEST and self.silent_test == ctr:
+                self.silent_test = c
             why = "replay" if reason == _REASON_REPLAY else "collision"
             self.log("frame %d rejected (%s, C4 at %d): re-queued as %d" % (ctr, why, hw, c))
             self.hal.state("resync", c)
@@ -494,6 +541,8 @@ class Device:
         except codec.FrameError as e:
             self.log("config %d ignored: %s" % (seq, e.reason))
             return
+        window = fields.pop("test_window_s", None)  # actions, not settings (SPEC §8.10.1)
+        selftest = fields.pop("selftest", 0)  # 1: with feedback, 2: silent (scheduled)
         for k in fields:
             lim = _CONFIG_RANGES.get(k)
             if lim is not None and not (lim[0] <= fields[k] <= lim[1]):
@@ -511,6 +560,25 @@ class Device:
             self.log("config %d: could not persist (%r)" % (seq, e))
         self.log("config %d applied" % seq)
         self.hb_changed.set()
+        if window is not None:
+            self._open_window(window)
+        if selftest:
+            c = self.raise_test("self-test requested")
+            if selftest == 2:
+                self.silent_test = c  # no pulses on its ACK
+
+    def _open_window(self, seconds):
+        if seconds == 0:
+            if self.test_window:
+                self._close_window("closed by the C4")
+            return
+        if seconds > TEST_WINDOW_MAX_S:
+            self.log("test window of %d s capped at %d s" % (seconds, TEST_WINDOW_MAX_S))
+            seconds = TEST_WINDOW_MAX_S
+        self.test_window = True
+        self.test_until = ticks_add(ticks_ms(), seconds * 1000)
+        self.log("test window open for %d s: the next press sends TEST" % seconds)
+        self.hal.state("test_window", seconds)
 
     # ------------------------------------------------------------- tasks ----
 
@@ -523,7 +591,9 @@ class Device:
                 self.button_flag.clear()
             ev = g.poll(ticks_ms())
             if ev == gesture_mod.ALERT:
-                self.raise_alert()
+                self.on_hold()
+            elif ev == gesture_mod.LONG:
+                self.on_long_hold()
             elif ev == gesture_mod.TAPS:
                 self.cancel_gesture()
             if g.active():

@@ -5,6 +5,8 @@
 # task and turns raw edges into debounced presses:
 #   * a press held for hold_ms raises ALERT at the moment the threshold is
 #     reached (while still held); releasing it earlier raises nothing;
+#   * a press still held at LONG_FACTOR x hold_ms raises LONG once (the Device
+#     turns a test-window press held that long into a real ALERT, SPEC §8.10.1);
 #   * `taps` short presses (each <= TAP_MAX_MS, gaps <= TAP_GAP_MS) raise TAPS,
 #     which the Device turns into CANCEL only inside the cancel window.
 #
@@ -16,11 +18,13 @@ from time import ticks_diff
 NONE = 0
 ALERT = 1
 TAPS = 2
+LONG = 3
 
 DEBOUNCE_MS = 30  # contact bounce on tactile switches settles within ~5-20 ms
 TAP_MAX_MS = 600  # longer than this is not a deliberate short tap
 TAP_GAP_MS = 1500  # max pause between taps of one sequence
 POLL_MS = 10  # gesture task period while a gesture is in progress
+LONG_FACTOR = 3  # SPEC §8.10.1: a hold this many times hold_ms is a real ALERT in a test window
 _RING = 16  # power of two
 
 
@@ -39,6 +43,7 @@ class Gesture:
         self._cand_t = 0
         self._down_t = 0
         self._fired = False
+        self._long = False  # LONG already raised for this press
         self._taps = 0
         self._last_tap = 0
         self._pending = NONE
@@ -67,7 +72,7 @@ class Gesture:
         )
 
     def poll(self, now):
-        """Consume edges; return NONE, ALERT or TAPS (one event per call)."""
+        """Consume edges; return NONE, ALERT, LONG or TAPS (one event per call)."""
         while self._tail != self._head:
             i = self._tail
             self._feed(self._lv[i], self._t[i])
@@ -84,6 +89,14 @@ class Gesture:
             self._fired = True
             self._taps = 0
             return ALERT
+        if (
+            self.stable
+            and self._fired
+            and not self._long
+            and ticks_diff(end, self._down_t) >= self.hold_ms * LONG_FACTOR
+        ):
+            self._long = True
+            return LONG
         if self._taps and ticks_diff(now, self._last_tap) > TAP_GAP_MS:
             self._taps = 0
         return NONE
@@ -102,6 +115,7 @@ class Gesture:
         if level:
             self._down_t = t
             self._fired = False
+            self._long = False
             return
         if self._fired:
             return  # release after an alert hold: not a tap

@@ -54,6 +54,15 @@ def _prio(code):
     return _PRIO[code] if code < len(_PRIO) else _PRIO_NONE
 
 
+def type_flags(code):
+    """Header flags a frame type always carries: encrypted (§5) and, for TEST, test (§8.7)."""
+    if code == codec.TEST:
+        return codec.FLAG_ENCRYPTED | codec.FLAG_TEST
+    if code == codec.ALERT:
+        return codec.FLAG_ENCRYPTED
+    return 0
+
+
 # A slot is an int index into parallel arrays (no per-record objects: on the
 # 64-bit unix port an object per slot cost ~370 B, the arrays ~110 B).
 _USED = const(0x01)
@@ -218,8 +227,7 @@ class Outbox:
         """
         attempts = self.attempts[i]
         code, fl, dev, old, t, n = codec.verify_into(self.frame(i), self.keys, self._scratch)
-        if code == codec.ALERT or code == codec.TEST:
-            flags |= codec.FLAG_ENCRYPTED
+        flags |= type_flags(code)
         self.n[i] = codec.encode_into(
             self.views[i],
             self.keys,

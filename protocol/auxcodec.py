@@ -178,7 +178,7 @@ CONFIG_KEYS = {
     0x03: ("cancel_window_s", "H", _NUM),
     0x04: ("hold_ms", "H", _NUM),
     0x05: ("test_window_s", "H", _NUM),  # presses send TEST for this long (0 closes)
-    0x06: ("selftest", "B", _BOOL),  # 1: send one TEST frame now
+    0x06: ("selftest", "B", _NUM),  # 1: one TEST frame now, 2: the same, silently
 }
 
 # Heartbeat status byte (§8.3): flags in bits 0-3, the modem fault code in bits
@@ -458,6 +458,7 @@ _LIMITS = {
     "lon_e7": (-1800000000, 1800000000),
     "battery": (0, 100),
     "threshold": (0, 100),
+    "selftest": (0, 2),  # §8.10: 0 nothing, 1 TEST now, 2 TEST now without feedback
 }
 
 _RANGES = {
@@ -666,6 +667,10 @@ def _decode_config(payload, n, fields):
                 if v > 1:
                     raise FrameError("bad_payload", name)
                 v = v == 1
+            elif name in _LIMITS:
+                lo, hi = _LIMITS[name]
+                if v < lo or v > hi:
+                    raise FrameError("bad_payload", name)
             fields[name] = v
         i += size
     return fields

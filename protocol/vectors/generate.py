@@ -398,7 +398,7 @@ VALID: list[tuple[str, str, bytes, dict]] = [
             cancel_window_s=30,
             hold_ms=1500,
             test_window_s=300,
-            selftest=True,
+            selftest=1,
         ),
     ),
     (
@@ -411,7 +411,14 @@ VALID: list[tuple[str, str, bytes, dict]] = [
         "config_selftest_now",
         "CONFIG sequence 9 asking for one TEST frame now (selftest = 1, SPEC §8.10.1)",
         S_BRACELET,
-        _fields("CONFIG", DEV_BRACELET, 9, TS, clock_synced=True, selftest=True),
+        _fields("CONFIG", DEV_BRACELET, 9, TS, clock_synced=True, selftest=1),
+    ),
+    (
+        "config_selftest_silent",
+        "CONFIG sequence 13 asking for one TEST frame now, silently (selftest = 2: a scheduled "
+        "self-test gives the wearer no feedback, SPEC §8.10.1)",
+        S_BUTTON,
+        _fields("CONFIG", DEV_BUTTON, 13, TS, selftest=2),
     ),
     (
         "config_test_window",
@@ -659,9 +666,9 @@ def _invalid() -> list[tuple[str, str, bytes, bytes, str]]:
         ),
         (
             "invalid_config_selftest_value",
-            "CONFIG with selftest = 2 (§8.10: a u8 0/1), correctly signed",
+            "CONFIG with selftest = 3 (§8.10: 0, 1 or 2), correctly signed",
             S_BRACELET,
-            _sign(S_BRACELET, _header(0x82, 0, DEV_BRACELET, 12, TS, 3) + b"\x06\x01\x02"),
+            _sign(S_BRACELET, _header(0x82, 0, DEV_BRACELET, 12, TS, 3) + b"\x06\x01\x03"),
             "bad_payload",
         ),
         (

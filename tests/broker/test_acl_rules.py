@@ -56,6 +56,14 @@ def test_generated_acl_rules() -> None:
     assert acl.may_publish("operator", "op", "auxilio/c4/attend")
     assert acl.may_subscribe("gateway", "gw", "auxilio/c4/attend")
     assert not acl.may_publish(dev, dev, "auxilio/c4/attend")
+    # Self-test requests (gateway/selftest.py): the same shape, least privilege.
+    assert acl.may_publish("operator", "op", "auxilio/c4/selftest")
+    assert acl.may_subscribe("operator", "op", "auxilio/c4/selftest/result/st-1")
+    assert not acl.may_publish("operator", "op", "auxilio/c4/selftest/result/st-1")
+    assert acl.may_subscribe("gateway", "gw", "auxilio/c4/selftest")
+    assert acl.may_publish("gateway", "gw", "auxilio/c4/selftest/result/st-1")
+    assert not acl.may_publish(dev, dev, "auxilio/c4/selftest")
+    assert not acl.may_subscribe(dev, dev, "auxilio/c4/selftest/result/+")
     assert not acl.may_publish("operator", "op", f"auxilio/v1/{dev}/down")
     assert not acl.may_subscribe("operator", "op", "auxilio/v1/+/up")
     # A user name that would change a topic's shape gets no pattern rights.

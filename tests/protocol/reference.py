@@ -247,7 +247,9 @@ def _decode_config(p: bytes) -> dict:
             if size != struct.calcsize(fmt):
                 raise Reject("bad_payload")
             (v,) = struct.unpack(fmt, p[i : i + size])
-            if name in ("discreet", "selftest"):
+            if name == "selftest" and v > 2:  # §8.10: 0, 1 or 2
+                raise Reject("bad_payload")
+            if name == "discreet":
                 if v > 1:
                     raise Reject("bad_payload")
                 v = bool(v)

@@ -63,7 +63,7 @@ def fields(draw: st.DrawFn, ftype: str | None = None) -> dict:
             ("cancel_window_s", st.integers(0, 0xFFFF)),
             ("hold_ms", st.integers(0, 0xFFFF)),
             ("test_window_s", st.integers(0, 0xFFFF)),
-            ("selftest", st.booleans()),
+            ("selftest", st.integers(0, 2)),
         ):
             if draw(st.booleans()):
                 out[name] = draw(value)

@@ -91,6 +91,7 @@ class Turn:
     uplinks: list[Uplink] = field(default_factory=list)
     statuses: list[tuple[str, bytes]] = field(default_factory=list)
     controls: list[bytes] = field(default_factory=list)
+    selftests: list[bytes] = field(default_factory=list)  # self-test requests (selftest.py)
     dead: list[dict[str, Any]] = field(default_factory=list)
     dead_committed: int = 0  # dead letters already in a committed batch
     hold: set[int] = field(default_factory=set)  # mids not to PUBACK: redelivered after resync
@@ -145,6 +146,7 @@ class Pipeline:
         control_topic: str,
         forwarding: bool,
         clock_synced: Callable[[], bool],
+        selftest_topic: str | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -153,6 +155,7 @@ class Pipeline:
         self.stats = stats
         self.prefix = prefix
         self.control_topic = control_topic
+        self.selftest_topic = selftest_topic
         self.forwarding = forwarding
         self.clock_synced = clock_synced
         self.warn = RateLimitedLog(log)
@@ -168,6 +171,8 @@ class Pipeline:
                 turn.uplinks.append(Uplink(topic, bytes(payload), mid))
             elif topic == self.control_topic:
                 turn.controls.append(bytes(payload))
+            elif topic == self.selftest_topic:
+                turn.selftests.append(bytes(payload))
             elif topic.startswith(self.prefix + "/v1/") and topic.endswith("/status"):
                 turn.statuses.append((topic, bytes(payload)))
             else:
@@ -573,6 +578,17 @@ class Pipeline:
         batch.forward.append(forward_row(record, now))
 
     # ------------------------------------------------------------- acks ---
+
+    def tests_stored(self, turn: Turn) -> list[V.Verdict]:
+        """The TEST frames this (committed) turn stored and acked `received` (selftest.py)."""
+        return [
+            u.verdict
+            for u in turn.uplinks
+            if u.decision is not None
+            and u.decision.action == D.STORE
+            and u.decision.disposition == "received"
+            and u.verdict.code == codec.TEST
+        ]
 
     def acks(self, turn: Turn) -> list[AckOut]:
         out = []

@@ -124,7 +124,7 @@ def config_fields(req: Request, seq: int, now: float) -> dict[str, Any]:
         "timestamp": int(now),
     }
     if req.mode == "now":
-        fields["selftest"] = True
+        fields["selftest"] = 2 if req.scheduled else 1  # §8.10.1: scheduled ones stay silent
     else:
         fields["test_window_s"] = req.seconds
     return fields
@@ -172,3 +172,64 @@ def received(p: Pending, now: float, counter: int, pressed_at: int | None) -> di
         round_trip_ms=round((now - p.at) * 1000.0, 3),
         press_to_store_ms=press,
     )
+
+
+def actor_for(req: Request) -> str:
+    """The audit actor: the operator's name as the registry accepts it."""
+    name = re.sub(r"[^\w.@:+-]", "_", req.operator)[:48] or "operator"
+    return ("scheduler" if req.scheduled else "selftest:" + name)[:64]
+
+
+class SelftestDesk:
+    """Requests waiting for their TEST frame (in memory: a restart forgets them, and a
+    scheduled test is then asked again, SCHEDULE_RETRY_S later at most)."""
+
+    def __init__(self, registry: Any, verifier: Any, deadline_s: float | None = None) -> None:
+        self.registry = registry
+        self.verifier = verifier
+        self.deadline_s = deadline_s  # overrides NOW_DEADLINE_S (tests, scheduled runs)
+        self.pending: dict[str, Pending] = {}
+
+    def take(self, req: Request, now: float) -> tuple[Pending | None, Any, dict[str, Any] | None]:
+        """(the pending request, its device, None) to sign and send, or (None, None, a result)."""
+        if req.request in self.pending:
+            return None, None, None  # redelivered: its answers are on their way
+        dev = self.verifier.device(req.device)
+        if dev is None:
+            return None, None, result(req, FAILED, "unknown_device")
+        if dev.state in ("revoked", "retired", "lost"):
+            return None, None, result(req, FAILED, "device_" + dev.state)
+        detail = f"selftest mode={req.mode}" + (f" seconds={req.seconds}" if req.seconds else "")
+        seq = self.registry.next_config_seq(req.device, actor_for(req), detail)
+        deadline = deadline_for(req, now)
+        if self.deadline_s is not None and req.mode == "now":
+            deadline = now + self.deadline_s
+        p = Pending(req, now, deadline, seq)
+        self.pending[req.request] = p
+        return p, dev, None
+
+    def waiting(self, device: int) -> bool:
+        return any(p.req.device == device for p in self.pending.values())
+
+    def stored(
+        self, device: int, counter: int, pressed_at: int | None, now: float
+    ) -> Pending | None:
+        """A TEST frame from device was stored: the oldest request it answers, removed."""
+        mine = [p for p in self.pending.values() if p.req.device == device]
+        if not mine:
+            return None
+        p = min(mine, key=lambda q: q.at)
+        del self.pending[p.req.request]
+        p.extra = received(p, now, counter, pressed_at)
+        return p
+
+    def expired(self, now: float) -> list[Pending]:
+        out = [p for p in self.pending.values() if now >= p.deadline]
+        for p in out:
+            del self.pending[p.req.request]
+        return out
+
+
+def scheduled_request(device: int) -> Request:
+    """A scheduled self-test (gateway --selftest-every): mode now, answered to nobody."""
+    return Request("sched-" + uuid.uuid4().hex, device, "now", 0, "scheduler", scheduled=True)

@@ -35,6 +35,7 @@ from auxilio.broker.url import parse_broker_url
 from auxilio.errors import AuxilioError, ConnectionFailed
 from auxilio.gateway import attend as A
 from auxilio.gateway import records as R
+from auxilio.gateway import selftest as ST
 from auxilio.gateway import verifier as V
 from auxilio.gateway.clock import ClockState
 from auxilio.gateway.crash import CrashHook, env_crash_hook
@@ -75,6 +76,13 @@ ACKED_FLUSH_S = 1.0
 REACK_HORIZON_S = 7 * 24 * 3600
 REACK_LIMIT = 20_000
 CONTROL_LEAF = A.CONTROL_LEAF
+# Scheduled self-tests (--selftest-every): how often the registry is asked who is
+# due, how many devices are asked per look (a fleet is spread over several), and
+# how soon a device that missed one is asked again (at most; never more often
+# than the schedule itself).
+SELFTEST_SCHEDULE_TICK_S = 60.0
+SELFTEST_SCHEDULE_BATCH = 50
+SELFTEST_RETRY_S = 6 * 3600.0
 
 
 class Gateway:
@@ -97,6 +105,9 @@ class Gateway:
         crash: CrashHook | None = None,
         forward_options: dict[str, Any] | None = None,
         sms_sources: list[Any] | None = None,
+        selftest_every_s: float | None = None,
+        selftest_deadline_s: float | None = None,
+        selftest_tick_s: float = SELFTEST_SCHEDULE_TICK_S,
     ) -> None:
         self.registry = registry
         self.store = Store(registry)
@@ -116,6 +127,7 @@ class Gateway:
         self.supervisor = Supervisor(grace_s)
         self.sealer = RowSealer(private_key)
         self.control_topic = f"{prefix}/{A.CONTROL_LEAF}"
+        self.selftest_topic = f"{prefix}/{ST.CONTROL_LEAF}"
         self.pipeline = Pipeline(
             self.store,
             self.verifier,
@@ -126,8 +138,13 @@ class Gateway:
             control_topic=self.control_topic,
             forwarding=sink is not None,
             clock_synced=self.clock_state.synced,
+            selftest_topic=self.selftest_topic,
         )
         self.desk = A.AttendDesk(self.store, self.verifier, self.sealer)
+        self.tests = ST.SelftestDesk(registry, self.verifier, selftest_deadline_s)
+        self.selftest_every_s = selftest_every_s
+        self.selftest_tick_s = selftest_tick_s
+        self._next_schedule = 0.0
         self.forwarder: ForwardWorker | None = None
         self._crash = crash or env_crash_hook()
         if sink is not None:
@@ -206,6 +223,7 @@ class Gateway:
                 (f"{self.prefix}/v1/+/up", 1),
                 (f"{self.prefix}/v1/+/status", 1),
                 (self.control_topic, 1),
+                (self.selftest_topic, 1),
             ]
         )
 
@@ -242,6 +260,8 @@ class Gateway:
             self._pending_acked.append((*what, self.clock()))
         elif kind == "attend":
             self._attend_confirmed(what)
+        elif kind == "selftest":
+            self._selftest_sent(what)
 
     def _link(self, state: str) -> None:
         """Log the broker link once per state change (never once per retry)."""
@@ -501,6 +521,7 @@ class Gateway:
                 if now - last_tick >= SUPERVISION_TICK_S:
                     last_tick = now
                     self._supervise(now)
+                    self._selftest_tick(now)
                     self.summary.tick()
                 if self.retention_days and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_EVERY_S
@@ -607,10 +628,13 @@ class Gateway:
         p.decide(turn)
         self._commit_turn(turn)
         self._send_acks(p.acks(turn), int(turn.now))
+        self._tests_stored(turn)
         for topic, payload in turn.statuses:
             self._status(turn, topic, payload)
         for payload in turn.controls:
             self._control(turn, payload)
+        for payload in turn.selftests:
+            self._selftest(turn, payload)
         late = turn.dead[turn.dead_committed :]
         if late:  # statuses and attend requests found unusable: durable before PUBACK
             self._commit_retrying(Batch(dead=late))
@@ -756,11 +780,11 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - e.g. the registry is down: say so, go on
             self.stats["attend_error"] += 1
             log.warning("gateway: attend request failed (%s)", type(exc).__name__)
-            self._publish_result(A.result(req, A.FAILED, "gateway_error"))
+            self._publish_result(A.RESULT_LEAF, A.result(req, A.FAILED, "gateway_error"))
             return
         if result is not None:
             self.stats["attend_" + result["state"]] += 1
-            self._publish_result(result)
+            self._publish_result(A.RESULT_LEAF, result)
         if signed is not None:
             self._send_ack(
                 signed.device,
@@ -786,13 +810,136 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - the ACK is out; the record follows on retry
             log.warning("gateway: could not record attend %s (%s)", req.request, type(exc).__name__)
         self.stats["attend_sent"] += 1
-        self._publish_result(A.result(req, A.SENT))
+        self._publish_result(A.RESULT_LEAF, A.result(req, A.SENT))
 
-    def _publish_result(self, result: dict[str, Any]) -> None:
+    def _publish_result(self, leaf: str, result: dict[str, Any]) -> None:
+        """A console's answer on <prefix>/<leaf>/<request> (attend or self-test)."""
         import json
 
-        topic = f"{self.prefix}/{A.RESULT_LEAF}/{result['request']}"
+        topic = f"{self.prefix}/{leaf}/{result['request']}"
         self._client.publish(topic, json.dumps(result), qos=1)
+
+    # -------------------------------------------------------- self-test ---
+
+    def _selftest(self, turn: Turn, payload: bytes) -> None:
+        """A console or station asks for a device's TEST frame (selftest.py)."""
+        try:
+            req = ST.parse_request(payload)
+        except ST.BadRequest as exc:
+            self.pipeline.reject(
+                turn, "selftest", self.selftest_topic, payload, "selftest_" + exc.reason
+            )
+            return
+        self._start_selftest(req, turn.now)
+
+    def _start_selftest(self, req: ST.Request, now: float) -> None:
+        """Take a config sequence, record the request, sign and publish the CONFIG."""
+        who = codec.device_str(req.device)
+        try:
+            p, dev, res = self.tests.take(req, now)
+            if p is not None:
+                detail = {
+                    "request": req.request,
+                    "mode": req.mode,
+                    "seconds": req.seconds,
+                    "config_seq": p.seq,
+                    "scheduled": req.scheduled,
+                }
+                self._commit_retrying(
+                    Batch(events=[R.event_row(req.device, ST.SELFTEST_REQUESTED, now, detail)])
+                )
+                frame = codec.encode(ST.config_fields(req, p.seq, now), dev.keys)
+        except Exception as exc:  # noqa: BLE001 - e.g. the registry is down: say so, go on
+            self.tests.pending.pop(req.request, None)
+            self.stats["selftest_error"] += 1
+            log.warning("gateway: %s: self-test request failed (%s)", who, type(exc).__name__)
+            res, p = ST.result(req, ST.FAILED, "gateway_error"), None
+        if res is not None:
+            self.stats["selftest_" + res["state"]] += 1
+            log.warning("gateway: %s: self-test refused (%s)", who, res["reason"])
+            if not req.scheduled:
+                self._publish_result(ST.RESULT_LEAF, res)
+            return
+        if p is None:
+            return  # a redelivered request: its answers are already on their way
+        info = self._client.publish(codec.topic(self.prefix, req.device, "down"), frame, qos=1)
+        self._inflight[info.mid] = ("selftest", p)
+        log.info(
+            "gateway: %s: self-test (%s%s) CONFIG %d signed for %s",
+            who,
+            req.mode,
+            f" {req.seconds} s" if req.seconds else "",
+            p.seq,
+            req.operator,
+        )
+
+    def _selftest_sent(self, p: ST.Pending) -> None:
+        """The broker took the CONFIG: tell the console (the device gets it when it is online)."""
+        p.sent = True
+        self.stats["selftest_sent"] += 1
+        if not p.req.scheduled:
+            self._publish_result(ST.RESULT_LEAF, ST.result(p.req, ST.SENT, config_seq=p.seq))
+
+    def _tests_stored(self, turn: Turn) -> None:
+        """TEST frames this turn stored and acked: they answer the oldest waiting request."""
+        for v in self.pipeline.tests_stored(turn):
+            p = self.tests.stored(v.device.id, v.counter, v.fields.get("pressed_at"), turn.now)
+            if p is None:
+                continue
+            self.stats["selftest_received"] += 1
+            log.info(
+                "gateway: %s #%d: self-test TEST stored, %.1f ms after the request",
+                codec.device_str(v.device.id),
+                v.counter,
+                p.extra["round_trip_ms"],
+            )
+            if not p.req.scheduled:
+                self._publish_result(ST.RESULT_LEAF, p.extra)
+
+    def _selftest_tick(self, now: float) -> None:
+        """Requests whose TEST never came become SELFTEST_MISSED; due devices are asked."""
+        missed = self.tests.expired(now)
+        if missed:
+            batch = Batch()
+            for p in missed:
+                detail = {"request": p.req.request, "mode": p.req.mode, "config_seq": p.seq}
+                detail["scheduled"] = p.req.scheduled
+                batch.events.append(R.event_row(p.req.device, ST.SELFTEST_MISSED, now, detail))
+                if self.forwarder is not None:
+                    from auxilio.gateway.pipeline import forward_row
+
+                    rec = R.event_record(p.req.device, ST.SELFTEST_MISSED, now, detail)
+                    batch.forward.append(forward_row(rec, now))
+            self._commit_retrying(batch)
+            if self.forwarder is not None:
+                self.forwarder.wake()
+            for p in missed:
+                self.stats["selftest_missed"] += 1
+                log.warning(
+                    "gateway: %s: self-test missed (no TEST frame in time)",
+                    codec.device_str(p.req.device),
+                )
+                if not p.req.scheduled:
+                    self._publish_result(
+                        ST.RESULT_LEAF, ST.result(p.req, ST.MISSED, "no_test_frame")
+                    )
+        every = self.selftest_every_s
+        if not every or now < self._next_schedule:
+            return
+        self._next_schedule = now + self.selftest_tick_s
+        retry = min(every, SELFTEST_RETRY_S)
+        try:
+            due = self.store.selftest_due(now - every, now - retry)
+        except Exception as exc:  # noqa: BLE001 - asked again at the next tick
+            log.warning("gateway: could not look for due self-tests (%s)", type(exc).__name__)
+            return
+        asked = 0
+        for d in due:
+            if asked >= SELFTEST_SCHEDULE_BATCH:
+                break
+            if not self.tests.waiting(d):
+                self._start_selftest(ST.scheduled_request(d), now)
+                asked += 1
 
     # ------------------------------------------------------ supervision ---
 

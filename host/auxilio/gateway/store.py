@@ -696,6 +696,37 @@ class Store:
             r["lost"] = r["id"] in lost
         return devs
 
+    def selftest_due(self, tested_before: float, asked_before: float) -> list[int]:
+        """Devices in service (assigned, seen at least once) whose last TEST frame was stored
+        before tested_before and whose last self-test request was before asked_before."""
+        d, a, e = self.t.devices, self.t.alerts, self.t.events
+        last_test = (
+            select(a.c.device_id, func.max(a.c.received_at).label("t"))
+            .where(a.c.type == "TEST")
+            .group_by(a.c.device_id)
+            .subquery()
+        )
+        last_ask = (
+            select(e.c.device_id, func.max(e.c.at).label("t"))
+            .where(e.c.type == "SELFTEST_REQUESTED")
+            .group_by(e.c.device_id)
+            .subquery()
+        )
+        q = (
+            select(d.c.id)
+            .outerjoin(last_test, last_test.c.device_id == d.c.id)
+            .outerjoin(last_ask, last_ask.c.device_id == d.c.id)
+            .where(
+                d.c.state == "assigned",
+                d.c.last_seen.is_not(None),
+                or_(last_test.c.t.is_(None), last_test.c.t < _utc(tested_before)),
+                or_(last_ask.c.t.is_(None), last_ask.c.t < _utc(asked_before)),
+            )
+            .order_by(d.c.id)
+        )
+        with self.reader.connect() as conn:
+            return [int(r[0]) for r in conn.execute(q)]
+
     def alert(self, alert_id: int) -> dict[str, Any] | None:
         a = self.t.alerts
         with self.reader.connect() as conn:

@@ -643,6 +643,24 @@ class Registry:
             )
         return seq
 
+    def next_config_seq(self, device_id: int | str, actor: str, detail: str) -> int:
+        """Take the next CONFIG sequence number (SPEC §12.6) for a one-shot CONFIG, audited.
+
+        Durable before the CONFIG is signed, so a sequence is never sent twice
+        (a device ignores a CONFIG that is not newer than the last it applied).
+        """
+        device_id = v.device_id(device_id)
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            seq = rec.config_seq + 1
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(config_seq=seq, updated_at=utcnow())
+            )
+            self._audit(conn, v.actor(actor), "config", device_id, f"{detail} seq={seq}")
+        return seq
+
     def device_secret(self, device_id: int | str, private_key: Any) -> bytes:
         """Unseal a device's secret with the gateway private key (gateway only)."""
         from auxilio.keys import unseal
