@@ -92,6 +92,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the webhook's bearer token (one line; required with --sms-http)",
     )
+    p.add_argument(
+        "--selftest-every",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="ask each device in service for a silent self-test (a TEST frame) every DAYS days; "
+        "a device that misses it is a SELFTEST_MISSED event",
+    )
     p.add_argument("--json", action="store_true", help="status: print JSON")
 
 
@@ -116,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     retention = DEFAULT_RETENTION_DAYS if args.retention_days is None else args.retention_days
     if retention < 0:
         raise UsageError("--retention-days must be 0 (keep) or more")
+    if args.selftest_every is not None and not 0 < args.selftest_every <= 366:
+        raise UsageError("--selftest-every must be more than 0 and at most 366 days")
     sink = make_sink(fwd[0] if fwd else None, fwd[1] if len(fwd) > 1 else None)
     sms_sources = _sms_sources(args)
     key = load_private_key(args.keys)
@@ -133,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         retention_days=retention,
         metrics=args.metrics,
         sms_sources=sms_sources,
+        selftest_every_s=None if args.selftest_every is None else args.selftest_every * 86400,
     )
     try:
         gw.run()

@@ -151,6 +151,22 @@ class SecureChain:
 
         return f"mqtt://{quote(self.creds[i]['device'])}:{quote(self.password(i))}@127.0.0.1:{self.port}"
 
+    def board_config(self, i: int = 0, role: str = "bracelet", **extra: Any) -> dict[str, Any]:
+        """Device i's config.json for a virtual board running the real firmware (its own login)."""
+        from auxilio.emulator.roots import device_config
+
+        cfg = device_config(
+            self.device_id(i),
+            self.secret(i),
+            role,
+            self.url,
+            password=self.password(i),
+            prefix=self.prefix,
+            counter_floor=self.registry.counter_floor(self.device_id(i)),
+        )
+        cfg.update(extra)
+        return cfg
+
     def device(self, i: int = 0, **kw: Any) -> SimDevice:
         """A simulated device logged in with its own credentials."""
         sim = SimDevice(
