@@ -352,5 +352,18 @@ def test_scheduled_selftest_is_silent_and_a_miss_is_recorded(
             WAIT,
             "the miss forwarded",
         )
+        # It shows in the monitor's events list and in the programme report.
+        reg = str(b.chain.registry_path)
+        r = run_auxilio(["monitor", "--once", "--json", "--registry", reg])
+        assert r.returncode == 0, r.stderr
+        snap = json.loads(r.stdout)
+        assert any(
+            e["type"] == ST.SELFTEST_MISSED and e["device"] == b.name for e in snap["events"]
+        ), snap["events"]
+        r = run_auxilio(["report", "--json", "--registry", reg])
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        assert [m["device"] for m in rep["selftest_missed"]] == [b.name]
+        assert rep["selftest_missed"][0]["last_test"] is not None
     finally:
         b.close()

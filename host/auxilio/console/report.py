@@ -16,6 +16,8 @@ Definitions (also in the README and the JSON's `definitions`):
   wearer's CANCEL) / alerts.
 - Silent devices: assigned devices not heard from (no accepted frame) for more
   than --silent-days, or never.
+- Missed self-tests: devices in service whose latest self-test request went
+  unanswered (a SELFTEST_MISSED event newer than their latest stored TEST).
 - Low battery: devices in service whose latest battery reading is below
   --low-battery percent: the newer of the latest stored ALERT, TEST, POWER or
   LOW_BATTERY frame and the latest accepted HEARTBEAT (registry v8
@@ -197,6 +199,39 @@ def _low_battery(conn: Any, t: Any, threshold: int) -> list[dict[str, Any]]:
     return [latest[k] for k in sorted(latest) if latest[k]["battery"] < threshold]
 
 
+def _selftest_missed(conn: Any, t: Any) -> list[dict[str, Any]]:
+    a, d, e = t.alerts, t.devices, t.events
+    missed = {
+        r[0]: r[1]
+        for r in conn.execute(
+            select(e.c.device_id, func.max(e.c.at))
+            .where(e.c.type == "SELFTEST_MISSED")
+            .group_by(e.c.device_id)
+        )
+    }
+    if not missed:
+        return []
+    tested = {
+        r[0]: r[1]
+        for r in conn.execute(
+            select(a.c.device_id, func.max(a.c.received_at))
+            .where(a.c.type == "TEST", a.c.device_id.in_(list(missed)))
+            .group_by(a.c.device_id)
+        )
+    }
+    rows = conn.execute(
+        select(d.c.id, d.c.kind)
+        .where(d.c.id.in_(list(missed)), d.c.state.not_in(("revoked", "retired")))
+        .order_by(d.c.id)
+    ).mappings()
+    out = []
+    for r in rows:
+        last = tested.get(r["id"])
+        if last is None or missed[r["id"]] > last:
+            out.append({**dict(r), "missed_at": missed[r["id"]], "last_test": last})
+    return out
+
+
 def build(
     registry: Any,
     start: dt.date | None = None,
@@ -229,6 +264,7 @@ def build(
         ]
         asg = queries.assignments_of(conn, t, {r["id"] for r in devices})
         low = _low_battery(conn, t, low_battery)
+        missed = _selftest_missed(conn, t)
     by_month: dict[str, list[dict[str, Any]]] = {}
     month = start.replace(day=1)
     while month <= end:
@@ -287,6 +323,16 @@ def build(
         "rejected": rejected,
         "silent_days": silent_days,
         "silent_devices": silent,
+        "selftest_missed": [
+            {
+                "device": codec.device_str(r["id"]),
+                "kind": r["kind"],
+                "where": where(r["id"]),
+                "missed_at": timefmt.iso(r["missed_at"]),
+                "last_test": timefmt.iso(r["last_test"]) if r["last_test"] else None,
+            }
+            for r in missed
+        ],
         "low_battery_below": low_battery,
         "low_battery": [
             {
@@ -420,6 +466,19 @@ def render(rep: dict[str, Any]) -> Group:
             (N_("Última señal"), N_("Días")),
             rep["silent_devices"],
             seen,
+        )
+    )
+    parts.append(
+        devices(
+            _("Autopruebas sin respuesta"),
+            ("Sin respuesta", "Última prueba"),
+            rep["selftest_missed"],
+            lambda r: [
+                timefmt.stamp(dt.datetime.fromisoformat(r["missed_at"])),
+                timefmt.stamp(dt.datetime.fromisoformat(r["last_test"]))
+                if r["last_test"]
+                else _("nunca"),
+            ],
         )
     )
     parts.append(

@@ -73,10 +73,19 @@ EVENT_ES = {
     "COUNTER_JUMP": N_("salto de contador"),
     "REJECTED": N_("trama rechazada"),
     "LOST_DEVICE": N_("dispositivo perdido en uso"),
+    "SELFTEST_REQUESTED": N_("autoprueba solicitada"),
+    "SELFTEST_MISSED": N_("autoprueba sin respuesta"),
 }
 # Events that need an operator's eyes (shown in bold red); the rest are information.
 EVENT_ALARMS = frozenset(
-    {"TAMPER", "SUPERVISION_LOST", "FORWARD_FAILING", "COUNTER_COLLISION", "COUNTER_JUMP"}
+    {
+        "TAMPER",
+        "SUPERVISION_LOST",
+        "FORWARD_FAILING",
+        "COUNTER_COLLISION",
+        "COUNTER_JUMP",
+        "SELFTEST_MISSED",  # the device may not reach the C4 when it matters
+    }
 )
 EVENT_WARNINGS = frozenset({"LOW_BATTERY", "POWER", "REJECTED", "LOST_DEVICE"})
 
