@@ -152,10 +152,13 @@ def request_selftest(
     if operator:
         body["operator"] = operator
     heard: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0 = [time.perf_counter()]
+
+    def published() -> None:
+        t0[0] = time.perf_counter()
 
     def seen(answer: dict[str, Any]) -> None:
-        heard.setdefault(str(answer.get("state")), (time.perf_counter() - t0) * 1000.0)
+        heard.setdefault(str(answer.get("state")), (time.perf_counter() - t0[0]) * 1000.0)
         if on_state is not None:
             on_state(answer)
 
@@ -168,8 +171,9 @@ def request_selftest(
         timeout,
         what="self-test request",
         on_answer=seen,
+        on_publish=published,
     )
-    elapsed = (time.perf_counter() - t0) * 1000.0
+    elapsed = (time.perf_counter() - t0[0]) * 1000.0
     states = tuple(str(a.get("state")) for a in answers)
     last = answers[-1] if answers else {}
     state = str(last.get("state", NO_ANSWER))

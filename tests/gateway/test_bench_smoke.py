@@ -72,3 +72,15 @@ def test_bench_gateway_reports_forwarder_figures(
         # The forwarder delivered everything once the load was over.
         assert len(f[f"fwd_{sink}_backlog_after_load"]) == 1
         assert f[f"fwd_{sink}_drain_s"][0] is not None
+
+
+def test_bench_selftest_reports_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.bench import bench_selftest
+
+    monkeypatch.setattr(bench_selftest, "SAMPLES", 3)
+    monkeypatch.setattr(bench_selftest, "WINDOW_SAMPLES", 1)
+    monkeypatch.setattr(bench_selftest, "RTT_SAMPLES", 10)
+    f = bench_selftest.run()
+    for name in ("bare_rtt", "selftest_now", "selftest_gateway", "window_decided_to_received"):
+        assert 0 < f[f"{name}_ms_p50"] <= f[f"{name}_ms_p99"], name
+    assert f["selftest_over_bare_p50"] > 1

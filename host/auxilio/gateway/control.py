@@ -89,12 +89,14 @@ def ask_gateway(
     *,
     what: str = "request",
     on_answer: Callable[[dict[str, Any]], None] | None = None,
+    on_publish: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Publish one JSON request to the gateway and collect its answers on result_topic.
 
     Subscribes before publishing (so no answer is missed), then returns every
     answer for body["request"] in arrival order, up to and including the
     first one done() accepts, or what came before result_timeout ran out.
+    on_publish is called just before the request goes out (for timings).
     Raises ConnectionFailed (broker unreachable, or it did not take the
     request) or AuthenticationFailed (wrong credentials): nothing was asked.
     """
@@ -149,6 +151,8 @@ def ask_gateway(
                     f"broker {addr} refused the operator credentials (check --broker-credentials)"
                 )
             raise ConnectionFailed(f"broker {addr} refused the connection ({refused[0]})")
+        if on_publish is not None:
+            on_publish()
         info = c.publish(topic, json.dumps(body), qos=1)
         info.wait_for_publish(BROKER_TIMEOUT_S)
         if not info.is_published():
