@@ -115,6 +115,24 @@ class Bench:
         t.start()
         return t, out
 
+    def cli(self, *extra: str) -> tuple[int, dict[str, Any]]:
+        """`auxilio selftest --device ... --json` with the operator's login: (exit code, result)."""
+        r = run_auxilio(
+            [
+                "selftest",
+                "--device",
+                self.name,
+                "--broker",
+                self.chain.url,
+                "--broker-credentials",
+                str(self.chain.files.operator),
+                "--json",
+                *extra,
+            ]
+        )
+        assert "Traceback" not in r.stderr, r.stderr
+        return r.returncode, json.loads(r.stdout.strip().splitlines()[-1])
+
     def close(self) -> None:
         self.chain.close()
 
@@ -144,20 +162,8 @@ def test_selftest_now_comes_back_acked_recorded_and_never_forwarded(bench: Bench
     b = bench
     mark = b.vd.mark()
     seq0 = b.chain.registry.get_device(b.dev).config_seq
-    r = run_auxilio(
-        [
-            "selftest",
-            "--device",
-            b.name,
-            "--broker",
-            b.chain.url,
-            "--broker-credentials",
-            str(b.chain.files.operator),
-            "--json",
-        ]
-    )
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    rc, res = b.cli()
+    assert rc == 0
     assert res["state"] == RECEIVED and res["ok"]
     assert res["states"][-1] == RECEIVED and "sent" in res["states"]
     assert res["round_trip_ms"] > 0
@@ -214,22 +220,8 @@ def test_cli_one_line_errors(bench: Bench, tmp_path: Path) -> None:
 def test_silent_device_times_out_and_exits_nonzero(bench: Bench) -> None:
     b = bench
     b.vd.network(False)  # the CONFIG waits in the broker; no TEST can come back
-    r = run_auxilio(
-        [
-            "selftest",
-            "--device",
-            b.name,
-            "--broker",
-            b.chain.url,
-            "--broker-credentials",
-            str(b.chain.files.operator),
-            "--timeout",
-            "3",
-            "--json",
-        ]
-    )
-    assert r.returncode == 1
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    rc, res = b.cli("--timeout", "3")
+    assert rc == 1
     assert res["state"] == "timeout" and res["states"] == ["sent"]
 
 

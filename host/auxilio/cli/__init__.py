@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,22 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("modem-check", "modem_check", "check a board's modem: SIM, network, signal, data, GNSS, SMS"),
     ("power-budget", "power_budget", "battery life projection from datasheet currents x emulation"),
 ]
+
+
+def add_console_broker(p: argparse.ArgumentParser, broker_help: str) -> None:
+    """--broker, --broker-credentials and --prefix of a console that asks the running gateway."""
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
+        help=broker_help,
+    )
+    p.add_argument(
+        "--broker-credentials",
+        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
+        metavar="FILE",
+        help=_('JSON {"username", "password"} (operator.json de `auxilio broker config`)'),
+    )
+    p.add_argument("--prefix", default="auxilio", help=_("prefijo de los temas MQTT"))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 
+from auxilio.cli import add_console_broker
 from auxilio.i18n import _
 
 
@@ -24,18 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help=_("nombre del operador para la bitácora (por omisión: el usuario de la sesión)"),
     )
-    p.add_argument(
-        "--broker",
-        default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
-        help=_("broker de la pasarela en marcha, que firma el ACK"),
-    )
-    p.add_argument(
-        "--broker-credentials",
-        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
-        metavar="FILE",
-        help=_('JSON {"username", "password"} (operator.json de `auxilio broker config`)'),
-    )
-    p.add_argument("--prefix", default="auxilio", help=_("prefijo de los temas MQTT"))
+    add_console_broker(p, _("broker de la pasarela en marcha, que firma el ACK"))
     p.add_argument(
         "--wait",
         type=float,

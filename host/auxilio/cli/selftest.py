@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 
+from auxilio.cli import add_console_broker
 from auxilio.i18n import register
 
 register(
@@ -32,18 +32,7 @@ register(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True, metavar="ID", help="printed device id (XXXX-XXXX)")
-    p.add_argument(
-        "--broker",
-        default=os.environ.get("AUXILIO_BROKER", "mqtt://127.0.0.1:1883"),
-        help="broker of the running gateway, which signs the CONFIG",
-    )
-    p.add_argument(
-        "--broker-credentials",
-        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
-        metavar="FILE",
-        help='JSON {"username", "password"} (operator.json from `auxilio broker config`)',
-    )
-    p.add_argument("--prefix", default="auxilio", help="topic prefix")
+    add_console_broker(p, "signs the CONFIG")
     p.add_argument(
         "--window",
         type=int,

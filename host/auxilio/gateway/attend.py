@@ -58,9 +58,9 @@ def _no_constants(name: str) -> Any:
     raise BadRequest("bad_number")  # Infinity, -Infinity, NaN are not JSON numbers
 
 
-def parse_request(payload: bytes) -> Request:
-    """Validate an attend request; BadRequest(reason) for anything else (never another error)."""
-    if len(payload) > MAX_REQUEST_BYTES:
+def read_request(payload: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> dict[str, Any]:
+    """The JSON object of a console request (attend, self-test); BadRequest otherwise."""
+    if len(payload) > max_bytes:
         raise BadRequest("too_large")
     try:
         obj = json.loads(payload, parse_constant=_no_constants)
@@ -70,9 +70,11 @@ def parse_request(payload: bytes) -> Request:
         raise BadRequest("bad_json") from None
     if not isinstance(obj, dict):
         raise BadRequest("bad_json")
-    alert = obj.get("alert")
-    if not isinstance(alert, int) or isinstance(alert, bool) or not 1 <= alert <= _MAX_ID:
-        raise BadRequest("bad_alert_id")
+    return obj
+
+
+def operator_and_request(obj: dict[str, Any]) -> tuple[str, str]:
+    """A request's operator name and request id, checked (a bare request gets an id)."""
     operator = obj.get("operator", "operator")
     if not isinstance(operator, str) or not 1 <= len(operator) <= 64 or not operator.isprintable():
         raise BadRequest("bad_operator")
@@ -81,6 +83,16 @@ def parse_request(payload: bytes) -> Request:
         request = "gw-" + uuid.uuid4().hex  # a bare request from a script: still answered
     elif not isinstance(request, str) or not _REQUEST_RE.match(request):
         raise BadRequest("bad_request_id")
+    return operator, request
+
+
+def parse_request(payload: bytes) -> Request:
+    """Validate an attend request; BadRequest(reason) for anything else (never another error)."""
+    obj = read_request(payload)
+    alert = obj.get("alert")
+    if not isinstance(alert, int) or isinstance(alert, bool) or not 1 <= alert <= _MAX_ID:
+        raise BadRequest("bad_alert_id")
+    operator, request = operator_and_request(obj)
     return Request(alert, operator, request)
 
 

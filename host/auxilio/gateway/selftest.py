@@ -25,18 +25,19 @@ never forwarded (pipeline.py).
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from auxilio.gateway.attend import BadRequest, operator_and_request, read_request
 from auxilio.protocol import codec
+
+__all__ = ["BadRequest", "Request", "SelftestDesk", "parse_request"]
 
 CONTROL_LEAF = "c4/selftest"  # <prefix>/c4/selftest
 RESULT_LEAF = "c4/selftest/result"  # <prefix>/c4/selftest/result/<request>
 MAX_REQUEST_BYTES = 512  # a JSON object with four short fields
-_REQUEST_RE = re.compile(r"^[A-Za-z0-9_.-]{8,64}$")
 MODES = ("now", "window")
 # SPEC §8.10.1: devices cap a window at this; the gateway refuses more.
 WINDOW_MAX_S = 600
@@ -53,14 +54,6 @@ SELFTEST_REQUESTED = "SELFTEST_REQUESTED"
 SELFTEST_MISSED = "SELFTEST_MISSED"
 
 
-class BadRequest(ValueError):
-    """A self-test request the gateway cannot read; .reason is a stable code."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Request:
     request: str
@@ -71,22 +64,9 @@ class Request:
     scheduled: bool = False
 
 
-def _no_constants(name: str) -> Any:
-    raise BadRequest("bad_number")
-
-
 def parse_request(payload: bytes) -> Request:
     """Validate a self-test request; BadRequest(reason) for anything else (never another error)."""
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise BadRequest("too_large")
-    try:
-        obj = json.loads(payload, parse_constant=_no_constants)
-    except BadRequest:
-        raise
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("bad_json") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("bad_json")
+    obj = read_request(payload, MAX_REQUEST_BYTES)
     dev = obj.get("device")
     try:
         device = codec.device_int(dev) if isinstance(dev, str) else None
@@ -104,14 +84,7 @@ def parse_request(payload: bytes) -> Request:
         or not 1 <= seconds <= WINDOW_MAX_S
     ):
         raise BadRequest("bad_seconds")
-    operator = obj.get("operator", "operator")
-    if not isinstance(operator, str) or not 1 <= len(operator) <= 64 or not operator.isprintable():
-        raise BadRequest("bad_operator")
-    request = obj.get("request")
-    if request is None:
-        request = "gw-" + uuid.uuid4().hex
-    elif not isinstance(request, str) or not _REQUEST_RE.match(request):
-        raise BadRequest("bad_request_id")
+    operator, request = operator_and_request(obj)
     return Request(request, device, mode, seconds if mode == "window" else 0, operator)
 
 

@@ -768,12 +768,8 @@ class Gateway:
 
     def _control(self, turn: Turn, payload: bytes) -> None:
         """An operator console asks for the `attending` ACK of an alert (attend.py)."""
-        try:
-            req = A.parse_request(payload)
-        except A.BadRequest as exc:
-            self.pipeline.reject(
-                turn, "attend", self.control_topic, payload, "attend_" + exc.reason
-            )
+        req = self._parse(turn, A.parse_request, "attend", self.control_topic, payload)
+        if req is None:
             return
         try:
             signed, result = self.desk.handle(req, turn.now)
@@ -823,14 +819,19 @@ class Gateway:
 
     def _selftest(self, turn: Turn, payload: bytes) -> None:
         """A console or station asks for a device's TEST frame (selftest.py)."""
+        req = self._parse(turn, ST.parse_request, "selftest", self.selftest_topic, payload)
+        if req is not None:
+            self._start_selftest(req, turn.now)
+
+    def _parse(
+        self, turn: Turn, parse: Callable[[bytes], Any], kind: str, topic: str, payload: bytes
+    ) -> Any:
+        """A console request, or None once an unreadable one is a dead letter (kind_reason)."""
         try:
-            req = ST.parse_request(payload)
-        except ST.BadRequest as exc:
-            self.pipeline.reject(
-                turn, "selftest", self.selftest_topic, payload, "selftest_" + exc.reason
-            )
-            return
-        self._start_selftest(req, turn.now)
+            return parse(payload)
+        except A.BadRequest as exc:
+            self.pipeline.reject(turn, kind, topic, payload, f"{kind}_{exc.reason}")
+            return None
 
     def _start_selftest(self, req: ST.Request, now: float) -> None:
         """Take a config sequence, record the request, sign and publish the CONFIG."""

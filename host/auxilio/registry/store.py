@@ -627,21 +627,11 @@ class Registry:
 
     def set_heartbeat(self, device_id: int | str, heartbeat_s: int | None, actor: str) -> int:
         """Record a new heartbeat interval to push by CONFIG; returns the new config_seq."""
-        device_id = v.device_id(device_id)
         if heartbeat_s is not None and not 10 <= int(heartbeat_s) <= 86400:
             raise UsageError("heartbeat must be between 10 s and 86400 s")
-        with self.engine.begin() as conn:
-            rec = self._lock_device(conn, device_id)
-            seq = rec.config_seq + 1
-            conn.execute(
-                schema.devices.update()
-                .where(schema.devices.c.id == device_id)
-                .values(heartbeat_s=heartbeat_s, config_seq=seq, updated_at=utcnow())
-            )
-            self._audit(
-                conn, v.actor(actor), "config", device_id, f"heartbeat_s={heartbeat_s} seq={seq}"
-            )
-        return seq
+        return self._bump_config(
+            device_id, actor, f"heartbeat_s={heartbeat_s}", heartbeat_s=heartbeat_s
+        )
 
     def next_config_seq(self, device_id: int | str, actor: str, detail: str) -> int:
         """Take the next CONFIG sequence number (SPEC §12.6) for a one-shot CONFIG, audited.
@@ -649,6 +639,10 @@ class Registry:
         Durable before the CONFIG is signed, so a sequence is never sent twice
         (a device ignores a CONFIG that is not newer than the last it applied).
         """
+        return self._bump_config(device_id, actor, detail)
+
+    def _bump_config(self, device_id: int | str, actor: str, detail: str, **values: Any) -> int:
+        """config_seq + 1 (and the settings in values) in one audited transaction."""
         device_id = v.device_id(device_id)
         with self.engine.begin() as conn:
             rec = self._lock_device(conn, device_id)
@@ -656,7 +650,7 @@ class Registry:
             conn.execute(
                 schema.devices.update()
                 .where(schema.devices.c.id == device_id)
-                .values(config_seq=seq, updated_at=utcnow())
+                .values(config_seq=seq, updated_at=utcnow(), **values)
             )
             self._audit(conn, v.actor(actor), "config", device_id, f"{detail} seq={seq}")
         return seq
