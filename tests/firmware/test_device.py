@@ -317,6 +317,48 @@ def test_heartbeat_cadence_and_config_downlink(rig: Rig) -> None:
     assert boots[-1]["reset_cause"] == "soft_reset"
 
 
+def test_selftest_and_test_window_from_config(rig: Rig) -> None:
+    """SPEC §8.10.1 on the device alone: TEST now (with or without feedback), a capped,
+    one-press window that a soft reset closes, and CONFIG replays ignored."""
+    rig.start(hold_ms=300)
+    peer = rig.peer
+    # selftest = 2 (scheduled): a TEST with the test flag, acked, no pulse on the wrist.
+    mark = rig.ctl.mark()
+    peer.send_config(rig.dev, 2, selftest=2)
+    (t1,) = peer.wait("TEST")
+    assert t1["test"] and t1["encrypted"] and t1["device"] == rig.dev
+    rig.ctl.wait_event(ev="state", name="acked", counter=t1["counter"], since=mark)
+    # selftest = 1: the same, and the wearer feels "received" on its ACK.
+    peer.send_config(rig.dev, 3, selftest=1)
+    t2 = peer.wait("TEST", 2)[1]
+    rig.ctl.wait_event(ev="state", name="acked", counter=t2["counter"], since=mark)
+    rig.ctl.wait_event(ev="haptic", pattern="double", since=mark)
+    assert [e["pattern"] for e in rig.ctl.events(mark) if e.get("ev") == "haptic"] == ["double"]
+    # A replayed CONFIG (sequence not newer) sends nothing.
+    m = rig.ctl.mark()
+    peer.send_config(rig.dev, 3, selftest=1)
+    rig.ctl.wait_event(ev="log", since=m, match=lambda e: "config 3 ignored" in e["msg"])
+    # A window longer than 600 s is capped; 0 closes it; a press is then an ALERT.
+    m = rig.ctl.mark()
+    peer.send_config(rig.dev, 4, test_window_s=5000)
+    assert rig.ctl.wait_event(ev="state", name="test_window", since=m)["counter"] == 600
+    peer.send_config(rig.dev, 5, test_window_s=0)
+    rig.ctl.wait_event(ev="state", name="test_window", counter=0, since=m)
+    rig.ctl.hold(500)
+    (alert,) = peer.wait("ALERT")
+    assert not alert["test"] and len(peer.of("TEST")) == 2
+    # A window does not survive a reboot (it is an action, never a setting).
+    m = rig.ctl.mark()
+    peer.send_config(rig.dev, 6, test_window_s=120)
+    rig.ctl.wait_event(ev="state", name="test_window", counter=120, since=m)
+    saved = json.loads((rig.root / "data" / "settings.json").read_text())
+    assert saved["seq"] == 6 and "test_window_s" not in saved and "selftest" not in saved
+    rig.ctl.send("reset")
+    rig.wait_boot(2)
+    rig.ctl.hold(500)
+    assert len(peer.wait("ALERT", 2)) == 2 and len(peer.of("TEST")) == 2
+
+
 def test_button_tamper_power_and_low_battery(rig: Rig) -> None:
     rig.start(board="button-s3")
     ctl, peer = rig.ctl, rig.peer

@@ -54,6 +54,9 @@ cases = {
   "slow_taps": [[100, 1], [250, 0], [2500, 1], [2650, 0], [5000, 1], [5150, 0]],
   "glitches": [[100, 1], [110, 0], [500, 1], [510, 0], [900, 1], [905, 0]],
   "release_in_debounce": [[100, 1], [2090, 0]],
+  "long_hold": [[100, 1], [6300, 0]],
+  "let_go_before_3x": [[100, 1], [6050, 0]],
+  "two_long_holds": [[100, 1], [200, 0], [300, 1], [3000, 0], [3100, 1], [6900, 0]],
 }
 for k in cases:
     print("J " + json.dumps([k, run(cases[k], 7000)]))
@@ -74,6 +77,12 @@ def test_gestures(fw_path: list[Path]) -> None:
     assert res["glitches"] == []  # sub-debounce spikes are not presses
     assert res["release_in_debounce"] == []  # released at 1.99 s: no alert
     assert res["overrun"] is True
+    # SPEC §8.10.1 rule 3: LONG once, at 3x hold_ms into a press that already raised ALERT.
+    assert res["long_hold"] == [[1, 2100], [3, 6100]]
+    assert res["let_go_before_3x"] == [[1, 2100]]
+    # Each press is judged on its own: a 2.7 s press is an ALERT only, the next one gets no
+    # LONG before its own 6 s.
+    assert res["two_long_holds"] == [[1, 2300], [1, 5100]]
 
 
 COUNTER = """
