@@ -5,7 +5,8 @@ Record schema (one JSON object; documented in the README):
   key         idempotency key, stable across redeliveries and restarts:
               "alert:<device>:<key epoch>:<counter>" for ALERT/CANCEL,
               "event:<device>:<TYPE>:<key epoch>:<counter>" for frame events, and
-              "event:<device>:<TYPE>:<unix ms>" for events with no frame (supervision)
+              "event:<device>:<TYPE>:<unix ms>" for events with no frame (supervision,
+              SELFTEST_MISSED)
   kind        "alert" (ALERT, CANCEL) | "event"
   type        frame type name or event type
   device      printed device id "XXXX-XXXX"
