@@ -273,7 +273,10 @@ class Device:
     def raise_test(self, why):
         """A TEST frame (SPEC §8.7): ALERT's layout and path, the test flag set, never dispatched."""
         c = self._queue_located(codec.TEST)
-        self.log("test frame %d queued (%s)" % (c, why))
+        if c:
+            self.log("test frame %d queued (%s)" % (c, why))
+        else:
+            self.log("test frame not queued (%s): the outbox is full of alerts" % why)
         return c
 
     def on_hold(self):

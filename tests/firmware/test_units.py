@@ -180,6 +180,43 @@ def test_outbox_priority_bounds_and_persistence(fw_path: list[Path], tmp_path: P
     assert res["a5"] is True and res["dropped"] == 5
 
 
+TEST_FRAMES = """
+import json
+import auxcodec as codec
+from outbox import Outbox, type_flags
+keys = codec.Keys(bytes(range(32)))
+DEV = 0x09380001
+ob = Outbox(ROOT + "/outbox.bin", 3, keys, print, lambda: 0, 400, 1600)
+pl = bytearray(64)
+LOC = (-2147483648, -2147483648, 0xFFFF, 0xFFFF, 50, -60, 1, 0)
+def add(code, counter):
+    n = codec.pack_payload_into(pl, 0, code, LOC)
+    return ob.add(code, type_flags(code), DEV, counter, 0, memoryview(pl)[:n])
+for c in (1, 2, 3):
+    add(codec.TEST, c)
+a = add(codec.ALERT, 4)  # full of TESTs: the alert still gets a slot
+kept = sorted(ob.counter[i] for i in range(3) if ob.flags[i] & 1)
+first = ob.counter[ob.next_due(0)[0]]
+t = ob.find(3, codec.TEST)
+ob.requeue(t, DEV, 9, 0, 0)  # a replay rejection: fresh counter, still a TEST
+f = codec.decode(bytes(ob.frame(ob.find(9, codec.TEST))), bytes(range(32)))
+full = [add(codec.TEST, 10), add(codec.ALERT, 11) >= 0]  # a TEST never evicts an ALERT
+print("J " + json.dumps({"a": a >= 0, "kept": kept, "first": first,
+                         "requeued": [f["type"], f["test"], f["encrypted"]], "full": full,
+                         "left": sorted(ob.counter[i] for i in range(3) if ob.flags[i] & 1)}))
+"""
+
+
+def test_test_frames_never_stand_in_an_alerts_way(fw_path: list[Path], tmp_path: Path) -> None:
+    """SPEC §8.10.1 rule 4: a TEST yields its slot and its turn to an ALERT, never the reverse."""
+    (res,) = mp(f"ROOT = {str(tmp_path)!r}\n" + TEST_FRAMES, fw_path)
+    assert res["a"] and res["kept"] == [2, 3, 4]  # the oldest TEST made room
+    assert res["first"] == 4  # the alert goes out first
+    assert res["requeued"] == ["TEST", True, True]  # the test flag survives a re-queue
+    assert res["full"][1]  # another alert still fits, a TEST leaving instead
+    assert 4 in res["left"] and 11 in res["left"]
+
+
 SENDING = """
 import json
 import auxcodec as codec
