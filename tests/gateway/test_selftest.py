@@ -217,6 +217,18 @@ def test_cli_one_line_errors(bench: Bench, tmp_path: Path) -> None:
 
 
 @e2e
+def test_revoked_device_is_refused_and_gets_no_config(bench: Bench) -> None:
+    b = bench
+    assert b.ask().ok  # the gateway has the device's key cached from now on
+    seq = b.chain.registry.get_device(b.dev).config_seq
+    b.chain.registry.set_state(b.dev, "revoked", "test")
+    res = b.ask(timeout=10)
+    assert (res.state, res.reason) == ("failed", "device_revoked")
+    assert b.chain.registry.get_device(b.dev).config_seq == seq  # no CONFIG was signed
+    assert len(b.rows("TEST")) == 1
+
+
+@e2e
 def test_silent_device_times_out_and_exits_nonzero(bench: Bench) -> None:
     b = bench
     b.vd.network(False)  # the CONFIG waits in the broker; no TEST can come back

@@ -167,11 +167,17 @@ class SelftestDesk:
         """(the pending request, its device, None) to sign and send, or (None, None, a result)."""
         if req.request in self.pending:
             return None, None, None  # redelivered: its answers are on their way
-        dev = self.verifier.device(req.device)
-        if dev is None:
+        rec = self.registry.get_device(req.device)  # the state now, not a cached one
+        if rec is None:
             return None, None, result(req, FAILED, "unknown_device")
-        if dev.state in ("revoked", "retired", "lost"):
-            return None, None, result(req, FAILED, "device_" + dev.state)
+        if rec.state in ("revoked", "retired", "lost"):
+            return None, None, result(req, FAILED, "device_" + rec.state)
+        dev = self.verifier.device(req.device)
+        if dev is not None and dev.key_epoch != rec.key_epoch:  # re-keyed since it was cached
+            self.verifier.forget(req.device)
+            dev = self.verifier.device(req.device)
+        if dev is None:
+            return None, None, result(req, FAILED, "no_device_key")
         detail = f"selftest mode={req.mode}" + (f" seconds={req.seconds}" if req.seconds else "")
         seq = self.registry.next_config_seq(req.device, actor_for(req), detail)
         deadline = deadline_for(req, now)
