@@ -371,3 +371,20 @@ def test_scheduled_selftest_is_silent_and_a_miss_is_recorded(
         assert rep["selftest_missed"][0]["last_test"] is not None
     finally:
         b.close()
+
+
+def test_desk_bounds_requests_per_device() -> None:
+    """An operator login flooding the topic is refused before any registry write."""
+
+    class NoRegistry:
+        def get_device(self, device: int) -> None:
+            raise AssertionError("the registry must not be asked")
+
+    desk = ST.SelftestDesk(NoRegistry(), verifier=None)
+    for i in range(ST.MAX_PENDING_PER_DEVICE):
+        req = ST.Request(f"req-{i:08d}", 0x12345678, "now", 0)
+        desk.pending[req.request] = ST.Pending(req, 0.0, 1.0)
+    p, dev, res = desk.take(ST.Request("req-extra00", 0x12345678, "now", 0), 0.0)
+    assert p is None and res["state"] == ST.FAILED and res["reason"] == "too_many_requests"
+    # Expiry frees them: each becomes a miss.
+    assert len(desk.expired(2.0)) == ST.MAX_PENDING_PER_DEVICE and not desk.pending

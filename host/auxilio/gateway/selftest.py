@@ -47,6 +47,10 @@ WINDOW_DEFAULT_S = 120
 NOW_DEADLINE_S = 180.0
 # A window's TEST may come until the window closes, plus this for delivery.
 WINDOW_MARGIN_S = 60.0
+# Bounds on requests waiting for their TEST: an operator login that floods the topic
+# costs registry writes and downlinks, so it is refused past these.
+MAX_PENDING = 10_000
+MAX_PENDING_PER_DEVICE = 4
 # Result states, in the order a request passes through them.
 SENT, RECEIVED, FAILED, MISSED = "sent", "received", "failed", "missed"
 # Event types (events table).
@@ -167,6 +171,9 @@ class SelftestDesk:
         """(the pending request, its device, None) to sign and send, or (None, None, a result)."""
         if req.request in self.pending:
             return None, None, None  # redelivered: its answers are on their way
+        mine = sum(1 for p in self.pending.values() if p.req.device == req.device)
+        if mine >= MAX_PENDING_PER_DEVICE or len(self.pending) >= MAX_PENDING:
+            return None, None, result(req, FAILED, "too_many_requests")
         rec = self.registry.get_device(req.device)  # the state now, not a cached one
         if rec is None:
             return None, None, result(req, FAILED, "unknown_device")
