@@ -217,6 +217,24 @@ def test_cli_one_line_errors(bench: Bench, tmp_path: Path) -> None:
 
 
 @e2e
+def test_a_selftest_outlives_a_gateway_restart(bench: Bench) -> None:
+    """The request is durable (its event row): a restarted gateway still answers it."""
+    b = bench
+    b.vd.network(False)  # the CONFIG waits in the device's persistent session
+    t, out = b.ask_in_background(timeout=WAIT)
+    wait_for(lambda: b.events(ST.SELFTEST_REQUESTED), WAIT, "the request recorded")
+    wait_for(lambda: b.gw.stats["selftest_sent"], WAIT, "the CONFIG taken by the broker")
+    b.chain.stop_gateways()
+    b.gw = b.chain.start_gateway(sink=JsonlSink(b.jsonl))
+    assert b.gw.tests.pending  # reloaded from the registry
+    b.vd.network(True)
+    t.join(WAIT)
+    assert out and out[0].ok, out
+    assert out[0].states == ("sent", "received")
+    assert not b.events(ST.SELFTEST_MISSED)
+
+
+@e2e
 def test_revoked_device_is_refused_and_gets_no_config(bench: Bench) -> None:
     b = bench
     assert b.ask().ok  # the gateway has the device's key cached from now on

@@ -194,6 +194,27 @@ class SelftestDesk:
         self.pending[req.request] = p
         return p, dev, None
 
+    def restore(self, rows: list[dict[str, Any]]) -> int:
+        """Requests a previous run of the gateway took and never closed (Store.selftest_open)."""
+        n = 0
+        for r in rows:
+            d = r["detail"] or {}
+            rid, deadline = d.get("request"), d.get("deadline")
+            if not isinstance(rid, str) or not isinstance(deadline, (int, float)):
+                continue  # written by an older gateway: nothing to wait for
+            mode = d.get("mode") if d.get("mode") in MODES else "now"
+            req = Request(
+                rid,
+                int(r["device_id"]),
+                mode,
+                int(d.get("seconds") or 0),
+                scheduled=bool(d.get("scheduled")),
+            )
+            at = r["at"].timestamp()
+            self.pending[rid] = Pending(req, at, float(deadline), int(d.get("config_seq") or 0))
+            n += 1
+        return n
+
     def waiting(self, device: int) -> bool:
         return any(p.req.device == device for p in self.pending.values())
 

@@ -329,6 +329,7 @@ class Gateway:
 
     def start(self, connect_attempts: int | None = None) -> Gateway:
         self._load_supervision()
+        self._load_selftests()
         if self.metrics_address:
             self._stop_metrics = serve_metrics(self.metrics_address, self.stats, self.gauges)
         self.connect(connect_attempts)
@@ -845,6 +846,7 @@ class Gateway:
                     "seconds": req.seconds,
                     "config_seq": p.seq,
                     "scheduled": req.scheduled,
+                    "deadline": p.deadline,  # a restarted gateway still waits until then
                 }
                 self._commit_retrying(
                     Batch(events=[R.event_row(req.device, ST.SELFTEST_REQUESTED, now, detail)])
@@ -873,6 +875,17 @@ class Gateway:
             p.seq,
             req.operator,
         )
+
+    def _load_selftests(self) -> None:
+        """Self-tests asked before a restart are still waited for (and missed when due)."""
+        horizon = ST.WINDOW_MAX_S + ST.WINDOW_MARGIN_S + ST.NOW_DEADLINE_S
+        try:
+            n = self.tests.restore(self.store.selftest_open(self.clock() - horizon))
+        except Exception as exc:  # noqa: BLE001 - they will time out at the console instead
+            log.warning("gateway: could not reload open self-tests (%s)", type(exc).__name__)
+            return
+        if n:
+            log.info("gateway: %d self-test(s) from before the restart still awaited", n)
 
     def _selftest_sent(self, p: ST.Pending) -> None:
         """The broker took the CONFIG: tell the console (the device gets it when it is online)."""

@@ -696,6 +696,45 @@ class Store:
             r["lost"] = r["id"] in lost
         return devs
 
+    def selftest_open(self, since: float) -> list[dict[str, Any]]:
+        """SELFTEST_REQUESTED events since `since` with no later TEST from their device and no
+        SELFTEST_MISSED of their own: the requests a restarted gateway still waits for."""
+        a, e = self.t.alerts, self.t.events
+        with self.reader.connect() as conn:
+            evs = [
+                dict(r)
+                for r in conn.execute(
+                    select(e.c.device_id, e.c.type, e.c.at, e.c.detail)
+                    .where(
+                        e.c.type.in_(("SELFTEST_REQUESTED", "SELFTEST_MISSED")),
+                        e.c.at >= _utc(since),
+                    )
+                    .order_by(e.c.id)
+                ).mappings()
+            ]
+            asked = [r for r in evs if r["type"] == "SELFTEST_REQUESTED"]
+            if not asked:
+                return []
+            tests = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    select(a.c.device_id, func.max(a.c.received_at))
+                    .where(
+                        a.c.type == "TEST",
+                        a.c.device_id.in_({r["device_id"] for r in asked}),
+                        a.c.received_at >= _utc(since),
+                    )
+                    .group_by(a.c.device_id)
+                )
+            }
+        missed = {(r["detail"] or {}).get("request") for r in evs if r["type"] == "SELFTEST_MISSED"}
+        return [
+            r
+            for r in asked
+            if (r["detail"] or {}).get("request") not in missed
+            and not (r["device_id"] in tests and tests[r["device_id"]] >= r["at"])
+        ]
+
     def selftest_due(self, tested_before: float, asked_before: float) -> list[int]:
         """Devices in service (assigned, seen at least once) whose last TEST frame was stored
         before tested_before and whose last self-test request was before asked_before."""
