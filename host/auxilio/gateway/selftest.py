@@ -158,8 +158,8 @@ def actor_for(req: Request) -> str:
 
 
 class SelftestDesk:
-    """Requests waiting for their TEST frame (in memory: a restart forgets them, and a
-    scheduled test is then asked again, SCHEDULE_RETRY_S later at most)."""
+    """Requests waiting for their TEST frame: in memory, and durable as their
+    SELFTEST_REQUESTED event (with its deadline), from which a restarted gateway reloads them."""
 
     def __init__(self, registry: Any, verifier: Any, deadline_s: float | None = None) -> None:
         self.registry = registry
