@@ -193,6 +193,10 @@ def test_selftest_now_comes_back_acked_recorded_and_never_forwarded(bench: Bench
 def test_cli_one_line_errors(bench: Bench, tmp_path: Path) -> None:
     b = bench
     common = ["--broker-credentials", str(b.chain.files.operator), "--timeout", "5"]
+    # The plain (staff) output of a good run: progress, then the result, exit 0.
+    r = run_auxilio(["selftest", "--device", b.name, "--broker", b.chain.url, *common])
+    assert r.returncode == 0 and "Traceback" not in r.stderr and r.stdout.count("\n") == 2
+    assert len(b.rows("TEST")) == 1
     # A device the gateway does not know: exit 3, one line.
     unknown = codec.device_str(0x00ABCDEF)
     r = run_auxilio(["selftest", "--device", unknown, "--broker", b.chain.url, *common])
@@ -213,7 +217,7 @@ def test_cli_one_line_errors(bench: Bench, tmp_path: Path) -> None:
     # A bad device id: a usage error before any connection.
     r = run_auxilio(["selftest", "--device", "0938-NKRU", "--broker", b.chain.url, *common])
     assert r.returncode == 2 and r.stderr.count("error:") == 1
-    assert not b.rows("TEST")  # none of these made the device send anything
+    assert len(b.rows("TEST")) == 1  # none of the failures made the device send anything
 
 
 @e2e

@@ -26,6 +26,12 @@ register(
         "{d}: la pasarela no respondió": "{d}: the gateway did not answer",
         "la pasarela no respondió (¿está en marcha?)": "the gateway did not answer (is it running?)",
         "dispositivo desconocido: {d}": "unknown device: {d}",
+        "{d}: solicitud firmada y entregada al broker (configuración {n}); esperando la prueba…": (
+            "{d}: request signed and handed to the broker (config {n}); waiting for the test…"
+        ),
+        "{d}: ventana de prueba de {s} s: pida a la usuaria que mantenga pulsado el botón": (
+            "{d}: {s} s test window: ask the wearer to hold the button"
+        ),
     }
 )
 
@@ -70,10 +76,35 @@ def message(res: object) -> str:
     return f"{dev}: {state}"
 
 
+def progress(mode: str, seconds: int | None) -> object:
+    """on_state for request_selftest: one line per step, for staff at a provisioning table."""
+    from auxilio.i18n import _
+
+    def show(answer: dict) -> None:
+        if answer.get("state") != "sent":
+            return
+        d = answer.get("device", "")
+        print(
+            _(
+                "{d}: solicitud firmada y entregada al broker (configuración {n}); esperando la prueba…"
+            ).format(d=d, n=answer.get("config_seq")),
+            flush=True,
+        )
+        if mode == "window":
+            print(
+                _(
+                    "{d}: ventana de prueba de {s} s: pida a la usuaria que mantenga pulsado el botón"
+                ).format(d=d, s=seconds),
+                flush=True,
+            )
+
+    return show
+
+
 def run(args: argparse.Namespace) -> int:
     from auxilio.errors import ConnectionFailed, NotFoundError
     from auxilio.i18n import _
-    from auxilio.selftest import FAILED, NO_ANSWER, RECEIVED, request_selftest
+    from auxilio.selftest import FAILED, NO_ANSWER, RECEIVED, WINDOW_DEFAULT_S, request_selftest
 
     mode = "window" if args.window is not None else "now"
     res = request_selftest(
@@ -85,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         seconds=args.window,
         timeout=args.timeout,
         operator=args.operator or getpass.getuser(),
+        on_state=None if args.json else progress(mode, args.window or WINDOW_DEFAULT_S),
     )
     if args.json:
         print(json.dumps(res.as_dict()))
