@@ -410,3 +410,81 @@ def test_desk_bounds_requests_per_device() -> None:
     assert p is None and res["state"] == ST.FAILED and res["reason"] == "too_many_requests"
     # Expiry frees them: each becomes a miss.
     assert len(desk.expired(2.0)) == ST.MAX_PENDING_PER_DEVICE and not desk.pending
+
+
+# ------------------------------------------------------------ store queries ---
+
+
+def _store_queries(url: str) -> None:
+    """Who is due a scheduled self-test, and which requests are still open, on one registry."""
+    import datetime as dt
+
+    from auxilio.gateway.store import Store
+    from auxilio.registry import open_registry
+    from auxilio.registry.enrol import enrol_device
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from sqlalchemy import insert, update
+
+    reg = open_registry(url)
+    try:
+        pub = X25519PrivateKey.generate().public_key()
+        dev = enrol_device(reg, pub, "bracelet", "bracelet-c3", actor="test").device_id
+        spare = enrol_device(reg, pub, "bracelet", "bracelet-c3", actor="test").device_id
+        reg.assign_case(dev, "PR-2026-00001", actor="test")
+        t = reg.tables
+        now = time.time()
+
+        def at(s: float) -> dt.datetime:
+            return dt.datetime.fromtimestamp(now + s, dt.timezone.utc)
+
+        with reg.engine.begin() as conn:
+            conn.execute(update(t.devices).values(last_seen=at(-100)))
+        store = Store(reg)
+        assert store.selftest_due(now, now) == [dev]  # never tested, never asked; spare is not
+        with reg.engine.begin() as conn:
+            conn.execute(
+                insert(t.events).values(
+                    device_id=dev,
+                    type=ST.SELFTEST_REQUESTED,
+                    at=at(-50),
+                    detail={"request": "r1", "deadline": now + 100},
+                )
+            )
+        assert store.selftest_due(now, now - 10) == [dev]  # asked 50 s ago, retry after 10 s
+        assert store.selftest_due(now, now - 60) == []  # asked 50 s ago, retry after 60 s
+        assert [e["detail"]["request"] for e in store.selftest_open(now - 1000)] == ["r1"]
+        with reg.engine.begin() as conn:
+            conn.execute(
+                insert(t.alerts).values(
+                    device_id=dev, key_epoch=1, counter=5, type="TEST", received_at=at(-40)
+                )
+            )
+            conn.execute(
+                insert(t.events).values(
+                    device_id=dev,
+                    type=ST.SELFTEST_REQUESTED,
+                    at=at(-30),
+                    detail={"request": "r2", "deadline": now + 100},
+                )
+            )
+        assert store.selftest_due(now - 60, now - 60) == []  # tested since
+        assert [e["detail"]["request"] for e in store.selftest_open(now - 1000)] == ["r2"]
+        with reg.engine.begin() as conn:
+            conn.execute(
+                insert(t.events).values(
+                    device_id=dev, type=ST.SELFTEST_MISSED, at=at(-1), detail={"request": "r2"}
+                )
+            )
+        assert store.selftest_open(now - 1000) == []
+        assert spare not in store.selftest_due(now + 10, now + 10)
+    finally:
+        reg.close()
+
+
+def test_store_queries_sqlite(tmp_path: Path) -> None:
+    _store_queries(str(tmp_path / "registry.db"))
+
+
+@pytest.mark.postgres
+def test_store_queries_postgres(postgres_url: str) -> None:
+    _store_queries(postgres_url)

@@ -721,7 +721,7 @@ class Store:
                     select(a.c.device_id, func.max(a.c.received_at))
                     .where(
                         a.c.type == "TEST",
-                        a.c.device_id.in_({r["device_id"] for r in asked}),
+                        a.c.device_id.in_(sorted({r["device_id"] for r in asked})),
                         a.c.received_at >= _utc(since),
                     )
                     .group_by(a.c.device_id)
