@@ -896,8 +896,10 @@ class Gateway:
 
     def _tests_stored(self, turn: Turn) -> None:
         """TEST frames this turn stored and acked: they answer the oldest waiting request."""
-        for v in self.pipeline.tests_stored(turn):
-            p = self.tests.stored(v.device.id, v.counter, v.fields.get("pressed_at"), turn.now)
+        tests = self.pipeline.tests_stored(turn)
+        stored = self.clock()  # committed and acked by now: the round trip ends here
+        for v in tests:
+            p = self.tests.stored(v.device.id, v.counter, v.fields.get("pressed_at"), stored)
             if p is None:
                 continue
             self.stats["selftest_received"] += 1
