@@ -13,49 +13,41 @@ import getpass
 import json
 
 from auxilio.cli import add_console_broker
-from auxilio.i18n import register
-
-register(
-    {
-        "{d}: prueba recibida por el C4 en {ms:.0f} ms (registrada como prueba)": (
-            "{d}: test received by the C4 in {ms:.0f} ms (recorded as a test)"
-        ),
-        "; de la pulsación al registro: {ms:.0f} ms": "; press to record: {ms:.0f} ms",
-        "{d}: la pasarela rechazó la prueba ({r})": "{d}: the gateway refused the test ({r})",
-        "{d}: el dispositivo no envió su prueba a tiempo": "{d}: the device did not send its test in time",
-        "{d}: la pasarela no respondió": "{d}: the gateway did not answer",
-        "la pasarela no respondió (¿está en marcha?)": "the gateway did not answer (is it running?)",
-        "dispositivo desconocido: {d}": "unknown device: {d}",
-        "{d}: solicitud firmada y entregada al broker (configuración {n}); esperando la prueba…": (
-            "{d}: request signed and handed to the broker (config {n}); waiting for the test…"
-        ),
-        "{d}: ventana de prueba de {s} s: pida a la usuaria que mantenga pulsado el botón": (
-            "{d}: {s} s test window: ask the wearer to hold the button"
-        ),
-    }
-)
+from auxilio.i18n import _
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", required=True, metavar="ID", help="printed device id (XXXX-XXXX)")
-    add_console_broker(p, "signs the CONFIG")
+    p.add_argument(
+        "--device", required=True, metavar="ID", help=_("id impreso del dispositivo (XXXX-XXXX)")
+    )
+    add_console_broker(p, _("broker de la pasarela en marcha, que firma la configuración"))
     p.add_argument(
         "--window",
         type=int,
         default=None,
         metavar="S",
-        help="open a test window of S seconds (max 600): the wearer's next press sends TEST",
+        help=_(
+            "abre una ventana de prueba de S segundos (máx. 600): la siguiente pulsación de "
+            "la usuaria envía una prueba, no una alerta"
+        ),
     )
     p.add_argument(
-        "--timeout", type=float, default=None, metavar="S", help="seconds to wait for the TEST"
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=_("segundos de espera por la prueba"),
     )
-    p.add_argument("--operator", default=None, help="operator name for the audit log")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--operator",
+        default=None,
+        help=_("nombre del operador para la bitácora (por omisión: el usuario de la sesión)"),
+    )
+    p.add_argument("--json", action="store_true", help=_("el resultado en JSON"))
 
 
 def message(res: object) -> str:
     """One line, Spanish first, for field staff."""
-    from auxilio.i18n import _
     from auxilio.selftest import FAILED, MISSED, NO_ANSWER, RECEIVED, TIMEOUT
 
     state = getattr(res, "state", "")
@@ -78,7 +70,6 @@ def message(res: object) -> str:
 
 def progress(mode: str, seconds: int | None) -> object:
     """on_state for request_selftest: one line per step, for staff at a provisioning table."""
-    from auxilio.i18n import _
 
     def show(answer: dict) -> None:
         if answer.get("state") != "sent":
@@ -103,7 +94,6 @@ def progress(mode: str, seconds: int | None) -> object:
 
 def run(args: argparse.Namespace) -> int:
     from auxilio.errors import ConnectionFailed, NotFoundError
-    from auxilio.i18n import _
     from auxilio.selftest import FAILED, NO_ANSWER, RECEIVED, WINDOW_DEFAULT_S, request_selftest
 
     mode = "window" if args.window is not None else "now"

@@ -471,7 +471,7 @@ def render(rep: dict[str, Any]) -> Group:
     parts.append(
         devices(
             _("Autopruebas sin respuesta"),
-            ("Sin respuesta", "Última prueba"),
+            (N_("Sin respuesta"), N_("Última prueba")),
             rep["selftest_missed"],
             lambda r: [
                 timefmt.stamp(dt.datetime.fromisoformat(r["missed_at"])),
