@@ -270,25 +270,23 @@ class Device:
             self.last_alert_t = ticks_ms()
         return c
 
-    def raise_test(self, why):
+    def raise_test(self):
         """A TEST frame (SPEC §8.7): ALERT's layout and path, the test flag set, never dispatched."""
-        c = self._queue_located(codec.TEST)
+        c = self._queue_located(codec.TEST)  # a full outbox says so itself
         if c:
-            self.log("test frame %d queued (%s)" % (c, why))
-        else:
-            self.log("test frame not queued (%s): the outbox is full of alerts" % why)
+            self.log("test frame %d queued" % c)
         return c
 
     def on_hold(self):
         """The alert gesture: TEST for the one press an open test window allows, else ALERT."""
         if self.test_window and ticks_diff(self.test_until, ticks_ms()) > 0:
-            self._close_window("press")  # SPEC §8.10.1 rule 2: one press per window
+            self._close_window()  # SPEC §8.10.1 rule 2: one press per window
             self.test_press = True
             self.last_activity = ticks_ms()
             self.feedback.show("queued")
-            return self.raise_test("press in the test window")
+            return self.raise_test()
         if self.test_window:
-            self._close_window("expired")  # rule 5: after the window a press is an ALERT
+            self._close_window()  # rule 5: after the window a press is an ALERT
         self.test_press = False
         return self.raise_alert()
 
@@ -300,9 +298,9 @@ class Device:
         self.log("test press held on: raising a real ALERT")
         return self.raise_alert()
 
-    def _close_window(self, why):
+    def _close_window(self):
         self.test_window = False
-        self.log("test window closed (%s)" % why)
+        self.log("test window closed")
         self.hal.state("test_window", 0)
 
     def _queue_located(self, code):
@@ -566,21 +564,21 @@ class Device:
         if window is not None:
             self._open_window(window)
         if selftest:
-            c = self.raise_test("self-test requested")
+            c = self.raise_test()
             if selftest == 2:
                 self.silent_test = c  # no pulses on its ACK
 
     def _open_window(self, seconds):
         if seconds == 0:
             if self.test_window:
-                self._close_window("closed by the C4")
+                self._close_window()
             return
         if seconds > TEST_WINDOW_MAX_S:
             self.log("test window of %d s capped at %d s" % (seconds, TEST_WINDOW_MAX_S))
             seconds = TEST_WINDOW_MAX_S
         self.test_window = True
         self.test_until = ticks_add(ticks_ms(), seconds * 1000)
-        self.log("test window open for %d s: the next press sends TEST" % seconds)
+        self.log("test window open: %d s" % seconds)
         self.hal.state("test_window", seconds)
 
     # ------------------------------------------------------------- tasks ----
