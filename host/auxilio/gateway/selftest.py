@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auxilio.gateway.attend import BadRequest, operator_and_request, read_request
+from auxilio.gateway.records import event_row
 from auxilio.protocol import codec
 
 __all__ = ["BadRequest", "Request", "SelftestDesk", "parse_request"]
@@ -186,10 +187,26 @@ class SelftestDesk:
         if dev is None:
             return None, None, result(req, FAILED, "no_device_key")
         detail = f"selftest mode={req.mode}" + (f" seconds={req.seconds}" if req.seconds else "")
-        seq = self.registry.next_config_seq(req.device, actor_for(req), detail)
         deadline = deadline_for(req, now)
         if self.deadline_s is not None and req.mode == "now":
             deadline = now + self.deadline_s
+
+        def event(seq: int) -> dict[str, Any]:
+            return event_row(
+                req.device,
+                SELFTEST_REQUESTED,
+                now,
+                {
+                    "request": req.request,
+                    "mode": req.mode,
+                    "seconds": req.seconds,
+                    "config_seq": seq,
+                    "scheduled": req.scheduled,
+                    "deadline": deadline,  # a restarted gateway still waits until then
+                },
+            )
+
+        seq = self.registry.next_config_seq(req.device, actor_for(req), detail, event)
         p = Pending(req, now, deadline, seq)
         self.pending[req.request] = p
         return p, dev, None

@@ -838,19 +838,8 @@ class Gateway:
         """Take a config sequence, record the request, sign and publish the CONFIG."""
         who = codec.device_str(req.device)
         try:
-            p, dev, res = self.tests.take(req, now)
+            p, dev, res = self.tests.take(req, now)  # seq, audit and event: one transaction
             if p is not None:
-                detail = {
-                    "request": req.request,
-                    "mode": req.mode,
-                    "seconds": req.seconds,
-                    "config_seq": p.seq,
-                    "scheduled": req.scheduled,
-                    "deadline": p.deadline,  # a restarted gateway still waits until then
-                }
-                self._commit_retrying(
-                    Batch(events=[R.event_row(req.device, ST.SELFTEST_REQUESTED, now, detail)])
-                )
                 frame = codec.encode(ST.config_fields(req, p.seq, now), dev.keys)
         except Exception as exc:  # noqa: BLE001 - e.g. the registry is down: say so, go on
             self.tests.pending.pop(req.request, None)

@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -633,15 +634,30 @@ class Registry:
             device_id, actor, f"heartbeat_s={heartbeat_s}", heartbeat_s=heartbeat_s
         )
 
-    def next_config_seq(self, device_id: int | str, actor: str, detail: str) -> int:
+    def next_config_seq(
+        self,
+        device_id: int | str,
+        actor: str,
+        detail: str,
+        record: Callable[[int], dict[str, Any]] | None = None,
+    ) -> int:
         """Take the next CONFIG sequence number (SPEC §12.6) for a one-shot CONFIG, audited.
 
         Durable before the CONFIG is signed, so a sequence is never sent twice
         (a device ignores a CONFIG that is not newer than the last it applied).
+        record(seq): an `events` row written in the same transaction (the gateway's
+        record of why it sends this CONFIG).
         """
-        return self._bump_config(device_id, actor, detail)
+        return self._bump_config(device_id, actor, detail, record)
 
-    def _bump_config(self, device_id: int | str, actor: str, detail: str, **values: Any) -> int:
+    def _bump_config(
+        self,
+        device_id: int | str,
+        actor: str,
+        detail: str,
+        record: Callable[[int], dict[str, Any]] | None = None,
+        **values: Any,
+    ) -> int:
         """config_seq + 1 (and the settings in values) in one audited transaction."""
         device_id = v.device_id(device_id)
         with self.engine.begin() as conn:
@@ -653,6 +669,8 @@ class Registry:
                 .values(config_seq=seq, updated_at=utcnow(), **values)
             )
             self._audit(conn, v.actor(actor), "config", device_id, f"{detail} seq={seq}")
+            if record is not None:
+                conn.execute(schema.events.insert().values(**record(seq)))
         return seq
 
     def device_secret(self, device_id: int | str, private_key: Any) -> bytes:
