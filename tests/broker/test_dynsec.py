@@ -100,6 +100,24 @@ def test_device_role_grants_exactly_what_the_pattern_acl_grants() -> None:
     }
 
 
+def test_console_roles_grant_exactly_what_the_file_acl_grants() -> None:
+    """Attend and self-test topics: the dynsec gateway and operator roles and the ACL file agree."""
+    from auxilio.broker.authority import gateway_rules, operator_rules
+
+    acl = Acl.parse(render_acl("city"))
+    topics = [f"city/c4/{leaf}" for leaf in ("attend", "selftest")]
+    topics += [f"city/c4/{leaf}/result/st-1" for leaf in ("attend", "selftest")]
+    for user, rules in (("gateway", gateway_rules("city")), ("operator", operator_rules("city"))):
+        acls = dynsec.role_acls(rules)
+        sends = {a["topic"] for a in acls if a["acltype"] == "publishClientSend"}
+        reads = {a["topic"] for a in acls if a["acltype"] == "publishClientReceive"}
+        for topic in topics:
+            pattern = topic.replace("/st-1", "/+")
+            assert acl.may_publish(user, user, topic) == (pattern in sends), (user, topic)
+            assert acl.may_receive(user, user, topic) == (pattern in reads), (user, topic)
+        assert any("selftest" in t for t in sends | reads), user
+
+
 # --------------------------------------------------- live behaviour ---
 
 

@@ -68,19 +68,27 @@ def device_rules(prefix: str, label: str) -> tuple[Rule, ...]:
 
 
 def gateway_rules(prefix: str) -> tuple[Rule, ...]:
-    """The gateway: every uplink and status, every downlink, the attend requests and answers."""
+    """The gateway: every uplink and status, every downlink, the attend and self-test
+    requests and their answers."""
     return (
         (READ, f"{prefix}/v1/+/up"),
         (READ, f"{prefix}/v1/+/status"),
         (WRITE, f"{prefix}/v1/+/down"),
         (READ, f"{prefix}/c4/attend"),
         (WRITE, f"{prefix}/c4/attend/result/+"),
+        (READ, f"{prefix}/c4/selftest"),
+        (WRITE, f"{prefix}/c4/selftest/result/+"),
     )
 
 
 def operator_rules(prefix: str) -> tuple[Rule, ...]:
-    """Operator consoles: only attend requests, and the gateway's answers."""
-    return ((WRITE, f"{prefix}/c4/attend"), (READ, f"{prefix}/c4/attend/result/+"))
+    """Operator consoles: only attend and self-test requests, and the gateway's answers."""
+    return (
+        (WRITE, f"{prefix}/c4/attend"),
+        (READ, f"{prefix}/c4/attend/result/+"),
+        (WRITE, f"{prefix}/c4/selftest"),
+        (READ, f"{prefix}/c4/selftest/result/+"),
+    )
 
 
 def is_device_username(name: str) -> bool:
