@@ -169,7 +169,7 @@ def test_vectors_micropython_small_heap(micropython: str, tmp_path: Path) -> Non
 DEVICE_HEAP = "33K"
 
 
-def test_every_vector_in_a_32k_heap(micropython: str, tmp_path: Path) -> None:
+def test_every_vector_in_a_device_sized_heap(micropython: str, tmp_path: Path) -> None:
     _compile(PROTOCOL / "auxcodec.py", tmp_path / "auxcodec.mpy")
     _compile(HERE / "mp_one.py", tmp_path / "mp_one.mpy")
     vec = tmp_path / "v.bin"
