@@ -97,9 +97,13 @@ def parse_broker(url):
 class Config:
     """Validated settings for one Device: identity, broker, role behaviour, tunables."""
 
-    def __init__(self, root, codec):
-        board = read_json(join(root, "board.json"), "board.json")
-        cfg = read_json(join(root, "config.json"), "config.json")
+    def __init__(self, root, codec, board=None, cfg=None):
+        # board/cfg given as dicts: the host's provisioning tool checks a config
+        # with this same code before it writes it (issue 11: one validator).
+        if board is None:
+            board = read_json(join(root, "board.json"), "board.json")
+        if cfg is None:
+            cfg = read_json(join(root, "config.json"), "config.json")
         # board is not kept: parsed JSON costs ~12 KB of heap on the unix port.
         w = "config.json"
         try:
@@ -193,6 +197,9 @@ class Config:
         self.watchdog_ms = t.get("watchdog_ms", 30000)
         self.keepalive_s = t.get("keepalive_s", 60)
         self.deep_sleep_idle_s = t.get("deep_sleep_idle_s", 0)
+        # The first HEARTBEAT this long after boot (None: a full interval). The
+        # provisioning tool sets it so the C4 sees a beat within seconds of a boot.
+        self.first_heartbeat_s = t.get("first_heartbeat_s")
         # Optional MQTT reconnect backoff overrides (None = the session's defaults).
         self.mqtt_backoff_min_ms = t.get("mqtt_backoff_min_ms")
         self.mqtt_backoff_max_ms = t.get("mqtt_backoff_max_ms")

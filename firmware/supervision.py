@@ -8,7 +8,7 @@
 # RAM budget: no buffers of its own; frames are built in the Device's scratch.
 
 import asyncio
-from time import ticks_diff, ticks_ms
+from time import ticks_add, ticks_diff, ticks_ms
 
 import auxcodec as codec
 
@@ -16,6 +16,10 @@ import auxcodec as codec
 async def heartbeats(dev):
     """Queue a HEARTBEAT every heartbeat_s seconds; reschedule when CONFIG changes it."""
     last = ticks_ms()
+    first = dev.cfg.first_heartbeat_s
+    if first is not None and first < dev.cfg.heartbeat_s:
+        # Pretend the last beat was long enough ago that the first one is due in `first` s.
+        last = ticks_add(last, (first - dev.cfg.heartbeat_s) * 1000)
     while True:
         wait = dev.cfg.heartbeat_s * 1000 - ticks_diff(ticks_ms(), last)
         if wait > 0:

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.emulator.control import ControlServer
-from auxilio.emulator.roots import device_config, micropython_with_firmware, write_device_root
 from auxilio.i18n import N_, _
 from auxilio.protocol import codec
+from auxilio.provision.config import device_config
+from auxilio.provision.identity import Identity, new_identity
+from auxilio.provision.writer import micropython_with_firmware, write_root
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def run_demo(once: bool = True) -> dict[str, Any]:
 
     from auxilio.gateway import Gateway
     from auxilio.gateway.control import request_attend
-    from auxilio.keys import new_device_secret, seal
+    from auxilio.keys import seal
     from auxilio.registry import open_registry
 
     quiet = once
@@ -102,10 +104,10 @@ def run_demo(once: bool = True) -> dict[str, Any]:
         stack.callback(registry.close)
         devices = []
         for i, (role, board, assignment) in enumerate(DEMO_DEVICES):
-            device = 0x0D3300 + i
-            secret = new_device_secret()
+            ident = new_identity(0x0D3300 + i, password="demo")
+            device = ident.device
             registry.add_device(
-                device, role, board, seal(secret, key.public_key(), device), actor="demo"
+                device, role, board, seal(ident.secret, key.public_key(), device), actor="demo"
             )
             if "case_ref" in assignment:
                 registry.assign_case(device, assignment["case_ref"], actor="demo")
@@ -119,7 +121,14 @@ def run_demo(once: bool = True) -> dict[str, Any]:
                     actor="demo",
                 )
             devices.append(
-                {"index": i, "role": role, "board": board, "device": device, "secret": secret}
+                {
+                    "index": i,
+                    "role": role,
+                    "board": board,
+                    "device": device,
+                    "secret": ident.secret,
+                    "identity": ident,
+                }
             )
         gw = Gateway(registry, key, broker.url)
         gw.start(connect_attempts=20)
@@ -203,16 +212,14 @@ def _run_firmware(
     roots = []
     for d in devices:
         root = tmp / f"dev{d['index']}"
-        floor = registry.counter_floor(d["device"])
-        cfg = device_config(
-            d["device"],
-            d["secret"],
-            d["role"],
-            broker_url,
-            password="demo",
-            counter_floor=floor,  # SPEC §12.1: from the registry, for a known secret
+        ident: Identity = d["identity"]
+        rec = registry.require_device(ident.device)
+        # SPEC §12.1: the epoch and counter floor come from the registry, for a known secret.
+        ident = ident.with_registry(
+            rec.key_epoch, registry.counter_floor(rec.id), rec.sealed_secret
         )
-        write_device_root(root, cfg, d["board"], firmware=True)
+        cfg = device_config(ident, d["role"], broker_url)
+        write_root(root, cfg, d["board"], firmware=True)
         roots.append(str(root))
     script = f"import sys\nsys.path.insert(0, {roots[0]!r})\nimport app\napp.run_fleet({roots!r})\n"
     env = {**os.environ, "AUXILIO_HAL_CONTROL": f"127.0.0.1:{ctl.port}"}

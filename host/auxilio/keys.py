@@ -62,6 +62,21 @@ def new_device_secret() -> bytes:
     return os.urandom(SECRET_LEN)
 
 
+# Hex digits of a sealed secret's fingerprint: 64 bits tell two sealings apart beyond doubt.
+SEALED_ID_HEX = 16
+
+
+def sealed_id(blob: bytes) -> str:
+    """Fingerprint of one sealed secret (SHA-256 prefix, hex), stored on the device as key_id.
+
+    A station cannot unseal, so this is how it tells whether a device holds the
+    secret a registry row was sealed from: the device's config carries the
+    fingerprint of the blob written with it (issue 11 §7). It says nothing about
+    the secret itself.
+    """
+    return hashlib.sha256(bytes(blob)).hexdigest()[:SEALED_ID_HEX]
+
+
 def _raw_public(key: X25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

@@ -126,7 +126,8 @@ def measure(
     progress: Callable[[str], None] | None = None,
 ) -> list[Cycle]:
     """Run the firmware with an emulated modem and book `beats` heartbeat cycles."""
-    from auxilio.emulator.vdevice import VirtualDevice, new_identity
+    from auxilio.emulator.vdevice import VirtualDevice
+    from auxilio.provision.config import new_config
     from auxilio.testing.peer import C4Peer
 
     say = progress or (lambda _m: None)
@@ -159,7 +160,7 @@ def measure(
         from auxilio.boards import load_board
 
         b = load_board(board)
-        cfg = new_identity(b.role, broker_url)
+        cfg = new_config(b.role, broker_url)
         # Production behaviour, shorter beat: one GNSS refresh per beat, as at 15 min.
         cfg.update(heartbeat_s=heartbeat_s, tunables={"gnss_every_s": heartbeat_s})
         vd = VirtualDevice(

@@ -388,16 +388,19 @@ def firmware_round_trip(
     ("rtt_observed", "sent_observed").
     """
     from auxilio.emulator.control import ControlServer
-    from auxilio.emulator.roots import device_config, micropython_with_firmware, write_device_root
+    from auxilio.provision.config import device_config
+    from auxilio.provision.identity import Identity
+    from auxilio.provision.writer import micropython_with_firmware, write_root
 
     mp = micropython_with_firmware()
     if mp is None:
         return None
     dev = _roles(secrets)["firmware"]
     root = tmp / "fw0"
-    cfg = device_config(dev, secrets[dev], "button", broker.url, password="bench", counter_floor=1)
+    ident = Identity(dev, secrets[dev], "bench", counter_floor=1)
+    cfg = device_config(ident, "button", broker.url)
     cfg["hold_ms"] = FIRMWARE_HOLD_MS
-    write_device_root(root, cfg, "button-s3", firmware=True)
+    write_root(root, cfg, "button-s3", firmware=True)
     ctl = ControlServer()
 
     def _wait(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from auxilio.boards import load_board
 from auxilio.build import build
-from auxilio.emulator.vdevice import new_identity
 from auxilio.paths import find_micropython, repo_root
+from auxilio.provision.config import new_config
 
 NPM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
 NPM_VERSION = "1.27.0"  # 32-bit, loads mpy-cross 1.29's .mpy (v6.3); runs on node 20
@@ -85,7 +85,7 @@ def _root(tmp: Path) -> Path:
     (root / "data").mkdir(parents=True)
     board = load_board(BOARD)
     (root / "board.json").write_text(json.dumps(board.device_data()))
-    cfg = new_identity(board.role, "mqtt://127.0.0.1:9")  # nothing listens: offline steady state
+    cfg = new_config(board.role, "mqtt://127.0.0.1:9")  # nothing listens: offline steady state
     (root / "config.json").write_text(json.dumps(cfg))
     return root
 

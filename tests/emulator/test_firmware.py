@@ -162,9 +162,9 @@ def test_cli_hold_and_events_through_vboard(tmp_path, mqtt_broker) -> None:
     # No registry knows this identity (emulate says so in one warning line).
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path), AUXILIO_REGISTRY=str(tmp_path / "r.db"))
     # A provisioning file as `auxilio devices add --secret-out` writes it.
-    from auxilio.emulator.vdevice import new_identity
+    from auxilio.provision.config import new_config
 
-    ident = new_identity("bracelet", mqtt_broker.url)
+    ident = new_config("bracelet", mqtt_broker.url)
     prov = {k: ident[k] for k in ("device", "role", "secret", "username", "password")}
     (tmp_path / "prov.json").write_text(json.dumps(prov))
     emu = Emulator(

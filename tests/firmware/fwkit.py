@@ -12,13 +12,12 @@ it: ``auxilio.testing.control.ControlServer`` (the host HAL control channel),
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from auxilio.build import build
@@ -26,7 +25,7 @@ from auxilio.protocol import codec
 from auxilio.testing.control import ControlServer
 from auxilio.testing.mosquitto import Mosquitto
 
-from tests.conftest import BOARDS, FIRMWARE, PROTOCOL, micropython_binary
+from tests.conftest import FIRMWARE, PROTOCOL, micropython_binary
 
 # Short timers so scenarios finish in seconds (retry base 0.5 s, cap 2 s).
 FAST_TUNABLES = {
@@ -62,42 +61,40 @@ def make_root(
     modem: str | None = None,
     **overrides: object,
 ) -> dict:
-    """Create a device filesystem root; return its config dict (with the secret).
+    """Create a device filesystem root (auxilio.provision); return its config dict (with the secret).
 
     counter_floor: SPEC §12.1, for a known secret (``secret=`` in overrides):
     the registry's floor (Registry.counter_floor), or a test's own value.
     modem: deploy this modem profile (boards/modems/<name>.json) as modem.json and
     make it the board's modem (the board's own profile when modem="board").
     """
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(BOARDS / f"{board}.json", root / "board.json")
+    from auxilio.boards import load_board
+    from auxilio.provision.config import device_config, network
+    from auxilio.provision.identity import new_identity
+    from auxilio.provision.writer import write_root
+
+    b = load_board(board)
+    data = b.device_data()
+    files: dict[str, bytes] = {}
     if modem is not None:
         from auxilio import modems
 
-        data = json.loads((BOARDS / f"{board}.json").read_text())
         if modem != "board":
             data = modems.with_profile(data, modem)
-        (root / "board.json").write_text(json.dumps(data))
-        for name, blob in modems.device_files(data).items():
-            (root / name).write_bytes(blob)
+        files = modems.device_files(data)
     dev = device_id(n)
-    cfg: dict = {
-        "device": dev,
-        "secret": os.urandom(32).hex(),
-        "broker": broker_url,
-        "username": dev,
-        "password": "pw-" + dev,
-        "tls_ca": None,
-        "wifi": {"ssid": "lab", "password": "lab-pass"},
-        "prefix": "auxilio",
-        "tunables": dict(FAST_TUNABLES, **(tunables or {})),
-    }
-    if role:
-        cfg["role"] = role
+    ident = new_identity(dev, password="pw-" + dev)
     if counter_floor is not None:
-        cfg["counter_floor"] = counter_floor
+        ident = replace(ident, counter_floor=counter_floor)
+    cfg = device_config(
+        ident,
+        role or b.role,
+        broker_url,
+        net=network(wifi_ssid="lab", wifi_password="lab-pass"),
+        tunables=dict(FAST_TUNABLES, **(tunables or {})),
+    )
     cfg.update(overrides)
-    (root / "config.json").write_text(json.dumps(cfg))
+    write_root(root, cfg, data, files=files)
     return cfg
 
 

@@ -151,7 +151,7 @@ def _run_board(args: argparse.Namespace) -> int:
     from auxilio.boards import load_board
     from auxilio.emulator.admin import AdminServer, default_pty_link
     from auxilio.emulator.board import State
-    from auxilio.emulator.vdevice import VirtualDevice, new_identity
+    from auxilio.emulator.vdevice import VirtualDevice
     from auxilio.errors import AuxilioError, UsageError
 
     board = load_board(args.board)
@@ -170,7 +170,9 @@ def _run_board(args: argparse.Namespace) -> int:
     floor = _counter_floor(args, config) if config is not None else None
     identity_file = None
     if config is None and args.broker and args.firmware is not None:
-        config = new_identity(board.role, args.broker)
+        from auxilio.provision.config import new_config
+
+        config = new_config(board.role, args.broker)
         identity_file = image.with_suffix(".identity.json")
         write_private(identity_file, json.dumps(config, indent=1))
     vd = VirtualDevice(

@@ -592,6 +592,7 @@ class VirtualBoard:
         env["AUXILIO_VB_MODE"] = "raw" if self._raw else "normal"
         # What machine.reset_cause() would say on the chip; the host HAL reports it in BOOT.
         env["AUXILIO_RESET_CAUSE"] = self._reset_cause
+        env["AUXILIO_VB_MAC"] = self.mac.hex()  # machine.unique_id() on the board (vboot_mpy)
         env.pop("AUXILIO_VB_TASK", None)
         master, slave = pty.openpty()
         tty.setraw(slave)

@@ -27,7 +27,6 @@ from auxilio.broker.url import parse_broker_url
 from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import micropython_binary
 from auxilio.emulator.netem import BrokerProxy
-from auxilio.emulator.roots import copy_firmware, random_config, write_device_root
 from auxilio.emulator.vdevice import (
     DROP_PCT,
     LATENCY_MS,
@@ -38,6 +37,8 @@ from auxilio.emulator.vdevice import (
 )
 from auxilio.errors import AuxilioError, UsageError
 from auxilio.procs import die_with_parent
+from auxilio.provision.config import new_config
+from auxilio.provision.writer import copy_firmware, write_root
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,12 @@ class VirtualFleet:
                 cfg = json.loads(cfg_path.read_text())
                 self._counter_floor(cfg)
             else:
-                cfg = random_config(self.board_def.role, self.broker_url)
+                cfg = new_config(self.board_def.role, self.broker_url)
             cfg.update(self.overrides)
             if self.heartbeat_s is not None:
                 cfg["heartbeat_s"] = int(self.heartbeat_s)
             deployed = dict(cfg, broker=f"mqtt://127.0.0.1:{self.proxy.port}")
-            write_device_root(root, deployed, board_data)
+            write_root(root, deployed, board_data)
             interp, dev = divmod(i, self.per_interpreter)
             self.devices.append(FleetDevice(i, cfg["device"], root, interp, dev, dict(cfg)))
         self._close_floors()

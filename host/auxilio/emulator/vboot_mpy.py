@@ -150,7 +150,36 @@ def _inisetup(bdev):
     return vfs.VfsLfs2(bdev)
 
 
+class _Machine:
+    """The unix port's machine module plus the chip's eFuse MAC as unique_id() (ESP32 port)."""
+
+    def __init__(self, base, mac):
+        self._base = base
+        self._mac = mac
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    def unique_id(self):
+        return self._mac
+
+
+def _efuse_mac():
+    # The unix port's machine has no unique_id(); on an ESP32 it returns the base MAC
+    # (6 bytes), which the provisioning tool reads to identify the chip.
+    mac = os.getenv("AUXILIO_VB_MAC")
+    if not mac:
+        return
+    import binascii
+
+    import machine
+
+    if not hasattr(machine, "unique_id"):
+        sys.modules["machine"] = _Machine(machine, binascii.unhexlify(mac))
+
+
 def _boot(g):
+    _efuse_mac()
     bdev = _bdev()
     fresh = False
     try:

@@ -23,9 +23,10 @@ from auxilio.emulator.control import ControlServer, Event
 from auxilio.emulator.image import FlashImage
 from auxilio.emulator.modem import EmulatedModem, ModemServer, attach
 from auxilio.emulator.netem import BrokerProxy
-from auxilio.emulator.roots import VIRTUAL_WIFI, firmware_files, random_config
 from auxilio.emulator.smsc import Smsc
 from auxilio.errors import UsageError
+from auxilio.provision.config import VIRTUAL_WIFI, complete_config
+from auxilio.provision.writer import firmware_files
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,6 @@ def default_hold_s(board: Board) -> float:
     """The board's alert hold (roles.<role>.hold_ms) plus a margin."""
     roles = board.data.get("roles") or {}
     return (roles.get(board.role) or {}).get("hold_ms", 2000) / 1000 + HOLD_MARGIN_S
-
-
-def new_identity(role: str, broker_url: str, prefix: str = "auxilio") -> dict[str, Any]:
-    """A fresh config.json for one device: random id and 32-byte secret (never logged)."""
-    return random_config(role, broker_url, prefix)
 
 
 class VirtualDevice:
@@ -229,24 +225,17 @@ class VirtualDevice:
             upstream = parse_broker_url(self.broker_url)
             self.proxy = BrokerProxy(upstream.host, upstream.port)
         if self.config is None and self.broker_url and self.deploy:
-            self.config = new_identity(self.board_def.role, self.broker_url)
+            self.config = {}  # a fresh identity (auxilio.provision)
         if self.config is not None:
-            if "broker" not in self.config and not self.broker_url:
-                raise UsageError("the config has no broker: give a broker URL")
             # A provisioning file (auxilio devices add --secret-out) holds only the
-            # enrolment fields; the rest of config.json comes from the board and here.
-            defaults = {
-                "role": self.board_def.role,
-                "broker": self.broker_url,
-                "username": self.config.get("device"),
-                "tls_ca": None,
-                "wifi": dict(VIRTUAL_WIFI),
-                "prefix": "auxilio",
-            }
+            # enrolment fields; the provisioning library completes the rest.
+            net: dict[str, Any] = {"wifi": dict(VIRTUAL_WIFI)}
             if self.modem is not None:
-                defaults["sms"] = {"to": EMULATED_C4_SMS}
-                defaults["lte"] = {"apn": "iot.auxilio.emu"}
-            self.config = {**defaults, **self.config}
+                net["sms"] = {"to": EMULATED_C4_SMS}
+                net["lte"] = {"apn": "iot.auxilio.emu"}
+            self.config = complete_config(
+                self.config, self.board_def.role, self.broker_url, net=net
+            )
             cfg = dict(self.config)
             if self.proxy is not None:
                 # The device's network is the proxy: it forwards to the real broker.
