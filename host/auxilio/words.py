@@ -10,6 +10,7 @@ from auxilio.i18n import N_, _
 
 KIND_WORDS = {"bracelet": N_("pulsera"), "button": N_("botón")}
 STATE_WORDS = {
+    "provisioning": N_("en aprovisionamiento"),
     "spare": N_("repuesto"),
     "assigned": N_("asignado"),
     "lost": N_("perdido"),
@@ -37,6 +38,9 @@ ACTION_WORDS = {
     "close-amend": N_("corrección del cierre"),
     "export-csv": N_("exportación CSV"),
     "import-csv": N_("importación CSV"),
+    "provision-begin": N_("inicio de aprovisionamiento"),
+    "provision-commit": N_("aprovisionamiento confirmado"),
+    "provision-abandon": N_("aprovisionamiento deshecho"),
 }
 
 

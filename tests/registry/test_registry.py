@@ -9,6 +9,7 @@ import socket
 import pytest
 from auxilio import keys
 from auxilio.errors import ConnectionFailed, NotFoundError, UsageError
+from auxilio.protocol import codec
 from auxilio.registry import (
     LATEST_VERSION,
     STATES,
@@ -92,6 +93,11 @@ def test_duplicate_and_bad_input(registry: Registry) -> None:
 def test_every_transition(registry: Registry, start: str, target: str) -> None:
     did = _add(registry)
     # Reach the start state through the API.
+    if start == "provisioning":  # issue 11 §7: a re-key for provisioning
+        sealed = keys.seal(keys.new_device_secret(), PRIV.public_key(), did)
+        registry.begin_provisioning(
+            did, "bracelet", "esp32-test", sealed, actor="t", mqtt_password_hash=None
+        )
     if start in ("assigned", "lost"):
         registry.assign_case(did, "PR-2026-00123", actor="t")
     if start in ("lost", "revoked", "retired"):
@@ -383,3 +389,40 @@ def test_counter_floor_from_high_water_and_stored_frames(registry_url: str) -> N
     # Read-only consoles and host tools can ask too (open_registry(readonly=True)).
     with open_registry(registry_url, readonly=True) as ro:
         assert ro.counter_floor(did) == 0xFFFFFFFF
+
+
+def test_provisioning_commits_only_the_registered_secret(registry: Registry) -> None:
+    """Issue 11 §7: a row is in service only once the device holds its sealed secret."""
+    did = next(_ids)
+    sealed = keys.seal(keys.new_device_secret(), PRIV.public_key(), did)
+    assert (
+        registry.begin_provisioning(
+            did, "bracelet", "esp32-test", sealed, actor="t", mqtt_password_hash=None, mac="02:aa"
+        )
+        == 1
+    )
+    assert registry.get_device(did).state == "provisioning"
+    assert registry.provisioning_for_mac("02:aa") == did
+    other = keys.seal(keys.new_device_secret(), PRIV.public_key(), did)
+    with pytest.raises(RegistryError, match="another secret"):
+        registry.commit_provisioning(did, keys.sealed_id(other), "t")
+    registry.commit_provisioning(did, keys.sealed_id(sealed), "t")
+    assert registry.get_device(did).state == "spare"
+    assert registry.provisioning_for_mac("02:aa") is None
+    # Re-provisioning re-keys: a new epoch, back out of service until committed.
+    assert (
+        registry.begin_provisioning(
+            did, "bracelet", "esp32-test", other, actor="t", mqtt_password_hash=None
+        )
+        == 2
+    )
+    assert not registry.abandon_provisioning(did, "t")  # it was in service: kept
+    assert registry.get_device(did).state == "provisioning"
+    fresh = next(_ids)
+    registry.begin_provisioning(
+        fresh, "button", "esp32-test", sealed, actor="t", mqtt_password_hash=None
+    )
+    assert registry.abandon_provisioning(fresh, "t", "error=test")  # never in service: gone
+    assert registry.get_device(fresh) is None
+    actions = [a["action"] for a in registry.audit_log(target=codec.device_str(fresh))]
+    assert actions == ["provision-abandon", "provision-begin"]

@@ -80,7 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
     ls = sub.add_parser("list", parents=[common], help=_("lista los dispositivos"))
-    ls.add_argument("--state", choices=["spare", "assigned", "lost", "revoked", "retired"])
+    ls.add_argument(
+        "--state", choices=["provisioning", "spare", "assigned", "lost", "revoked", "retired"]
+    )
 
     sh = sub.add_parser(
         "show", parents=[common], help=_("un dispositivo, su asignación y su historial")

@@ -31,7 +31,8 @@ TIME_NAK = "time_nak"  # ACK time_nak with server time, store nothing, counter n
 IGNORE = "ignore"  # a repeated heartbeat: nothing to store, nothing to answer
 
 # Lifecycle states whose frames are stored (as evidence) but rejected, with the wire reason.
-REJECTED_STATES = {"revoked": "revoked", "retired": "retired"}
+# A device still being provisioned holds no secret the C4 may trust yet (issue 11 §7).
+REJECTED_STATES = {"revoked": "revoked", "retired": "retired", "provisioning": "policy"}
 
 # Actions that consume the counter: the only frames that are signs of life (SPEC §12.2, §12.7).
 ACCEPTED = frozenset({STORE, HEARTBEAT})

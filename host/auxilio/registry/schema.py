@@ -28,7 +28,9 @@ from sqlalchemy.types import DateTime, TypeDecorator
 LATEST_VERSION = 8
 
 KINDS = ("bracelet", "button")
-STATES = ("spare", "assigned", "lost", "revoked", "retired")
+# provisioning (issue 11 §7): registered while its secret is being written to the device;
+# not in service (no broker login, frames rejected) until the device has it.
+STATES = ("provisioning", "spare", "assigned", "lost", "revoked", "retired")
 # What became of an alert, as the operator who closed it judged (v6 `outcomes`).
 OUTCOMES = ("resolved", "false_alarm", "no_contact", "test")
 

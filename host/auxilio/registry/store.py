@@ -37,6 +37,7 @@ PG_CONNECT_TIMEOUT_S = 5
 # abuser's hands, so it never returns to service with the same secret: revoke or
 # retire it and re-provision (rekey) instead. retired is final.
 TRANSITIONS: dict[str, frozenset[str]] = {
+    "provisioning": frozenset({"revoked", "retired"}),  # ends with commit/abandon_provisioning
     "spare": frozenset({"lost", "revoked", "retired"}),
     "assigned": frozenset({"lost", "revoked", "retired"}),
     "lost": frozenset({"revoked", "retired"}),
@@ -572,6 +573,159 @@ class Registry:
                 .where(d.c.prev_valid_until.is_not(None), d.c.prev_valid_until <= when)
                 .values(**NO_PREVIOUS_KEY)
             ).rowcount
+
+    # --------------------------------------------------------- provisioning ---
+    # Issue 11 §7: a device is registered in state "provisioning" (no broker login,
+    # frames rejected) with the secret about to be written to it; only once the
+    # device holds that secret does commit_provisioning put it in service. So no
+    # device in service ever has a secret the device itself does not hold.
+
+    def begin_provisioning(
+        self,
+        device_id: int | str,
+        kind: str,
+        board: str,
+        sealed_secret: bytes,
+        *,
+        actor: str,
+        mqtt_password_hash: str | None,
+        mac: str | None = None,
+        station: str | None = None,
+        fw_version: str | None = None,
+    ) -> int:
+        """Register a new device, or re-key a known one, in state provisioning; its key epoch.
+
+        A known device's key epoch goes up and its replay state restarts (a new
+        key is a new sequence); its assignment ends (re-provisioning is a new
+        hand-over). A retired device stays retired.
+        """
+        device_id = v.device_id(device_id)
+        if kind not in schema.KINDS:
+            raise UsageError(f"kind must be one of {', '.join(schema.KINDS)}")
+        board = v.board(board)
+        fw_version = v.fw_version(fw_version)
+        actor = v.actor(actor)
+        now = utcnow()
+        d = schema.devices
+        with self.engine.begin() as conn:
+            row = conn.execute(select(d).where(d.c.id == device_id).with_for_update()).first()
+            if row is None:
+                epoch = 1
+                conn.execute(
+                    d.insert().values(
+                        id=device_id,
+                        kind=kind,
+                        board=board,
+                        fw_version=fw_version,
+                        state="provisioning",
+                        key_epoch=epoch,
+                        sealed_secret=bytes(sealed_secret),
+                        mqtt_password_hash=mqtt_password_hash,
+                        config_seq=0,
+                        window=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            else:
+                rec = _record(row)
+                if rec.kind != kind:
+                    raise RegistryError(f"device {rec.label} is a {rec.kind}, not a {kind}")
+                if rec.state == "retired":
+                    raise RegistryError(f"device {rec.label} is retired")
+                epoch = rec.key_epoch + 1
+                conn.execute(
+                    d.update()
+                    .where(d.c.id == device_id)
+                    .values(
+                        board=board,
+                        sealed_secret=bytes(sealed_secret),
+                        mqtt_password_hash=mqtt_password_hash,
+                        key_epoch=epoch,
+                        high_water=None,
+                        window=0,
+                        state="provisioning",
+                        updated_at=now,
+                    )
+                )
+                self._end_assignment(conn, device_id, now)
+            detail = f"kind={kind} board={board} epoch={epoch}"
+            if station:
+                detail += f" station={station[:64]}"
+            if mac:
+                detail += f" mac={mac}"  # last: provisioning_for_mac matches the end
+            self._audit(conn, actor, "provision-begin", device_id, detail)
+        return epoch
+
+    def commit_provisioning(self, device_id: int | str, key_id: str, actor: str) -> None:
+        """The device holds the secret sealed in its row (its key_id says so): spare, in service."""
+        from auxilio.keys import sealed_id
+
+        device_id = v.device_id(device_id)
+        actor = v.actor(actor)
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            if rec.state != "provisioning":
+                raise RegistryError(f"device {rec.label} is {rec.state}, not being provisioned")
+            if sealed_id(rec.sealed_secret) != key_id:
+                raise RegistryError(
+                    f"device {rec.label} holds another secret than its registry row "
+                    "(an interrupted provisioning): provision it again"
+                )
+            conn.execute(
+                schema.devices.update()
+                .where(schema.devices.c.id == device_id)
+                .values(state="spare", updated_at=utcnow())
+            )
+            self._audit(conn, actor, "provision-commit", device_id, f"epoch={rec.key_epoch}")
+
+    def abandon_provisioning(
+        self,
+        device_id: int | str,
+        actor: str,
+        reason: str = "",
+        states: tuple[str, ...] = ("provisioning",),
+    ) -> bool:
+        """Roll back a provisioning that did not finish; True when the row is gone.
+
+        A device that never was in service (first epoch, no stored frame, never
+        assigned) is removed; any other stays as it is (a provisioning one has
+        lost its old secret) until it is provisioned again. ``states``: also
+        "spare" for a pass that committed but never heard the device boot.
+        """
+        device_id = v.device_id(device_id)
+        actor = v.actor(actor)
+        with self.engine.begin() as conn:
+            rec = self._lock_device(conn, device_id)
+            if rec.state not in states:
+                raise RegistryError(f"device {rec.label} is {rec.state}, not being provisioned")
+            used = any(
+                conn.execute(select(t.c.id).where(t.c.device_id == device_id).limit(1)).first()
+                for t in (schema.alerts, schema.assignments, schema.events)
+            )
+            removed = rec.key_epoch == 1 and not used
+            if removed:
+                conn.execute(schema.devices.delete().where(schema.devices.c.id == device_id))
+            detail = ("removed" if removed else "kept") + (f" {reason}" if reason else "")
+            self._audit(conn, actor, "provision-abandon", device_id, detail[:200])
+        return removed
+
+    def provisioning_for_mac(self, mac: str) -> int | None:
+        """The device still in state provisioning whose last provision-begin named this chip MAC."""
+        t, d = schema.audit, schema.devices
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.target)
+                .where(t.c.action == "provision-begin", t.c.detail.like(f"% mac={mac}"))
+                .order_by(t.c.id.desc())
+                .limit(10)
+            ).all()
+            for (target,) in rows:
+                did = v.device_id(target)
+                state = conn.execute(select(d.c.state).where(d.c.id == did)).scalar()
+                if state == "provisioning":
+                    return did
+        return None
 
     def counter_floor(self, device_id: int | str) -> int:
         """The lowest counter a known secret may restart at (SPEC §12.1 counter_floor).

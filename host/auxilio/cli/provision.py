@@ -1,0 +1,258 @@
+"""`auxilio provision`: one board (--port) or a tray (--batch FILE.csv) from blank to a tested, labelled device.
+
+A thin shell over auxilio.provision.run (one pass) and auxilio.provision.batch
+(a CSV of rows in parallel). Progress lines are for field staff (Spanish
+first); with --json they go to stderr and stdout carries the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from auxilio.i18n import _, register
+
+register(
+    {
+        "Aprovisionamiento": "Provisioning",
+        "Dispositivo": "Device",
+        "Tipo": "Kind",
+        "Placa": "Board",
+        "Puerto": "Port",
+        "MAC": "MAC",
+        "Época de clave": "Key epoch",
+        "Piso de contador": "Counter floor",
+        "Config. sha256": "Config sha256",
+        "Asignación": "Assignment",
+        "Arranque (s)": "Boot (s)",
+        "Primer latido (s)": "First heartbeat (s)",
+        "Prueba (ms)": "Test (ms)",
+        "Etiqueta": "Label",
+        "retomado": "resumed",
+        "Paso": "Step",
+        "Segundos": "Seconds",
+    }
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port, rfc2217:// URL or USB serial number")
+    where.add_argument(
+        "--batch", metavar="FILE.csv", help="a tray: one row per device (see README)"
+    )
+    p.add_argument("--role", choices=["bracelet", "button"], help="what the device becomes")
+    p.add_argument("--board", help="board name in boards/ (default: the board.json on the device)")
+    p.add_argument("--case", help="bracelet: pseudonymous case reference, e.g. PR-2026-00123")
+    p.add_argument("--site", help="button: public site name")
+    p.add_argument("--lat", help="button: latitude")
+    p.add_argument("--lon", help="button: longitude")
+    p.add_argument("--sector", help="button: C4 sector")
+    p.add_argument(
+        "--reassign", action="store_true", help="re-provision a device assigned to someone else"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="allow a case reference another bracelet holds"
+    )
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("AUXILIO_BROKER"),
+        help="the broker URL devices connect to (default $AUXILIO_BROKER)",
+    )
+    p.add_argument("--tls-ca", type=Path, help="the broker's CA (DER) for an mqtts:// broker")
+    p.add_argument("--prefix", default="auxilio", help="MQTT topic prefix (default auxilio)")
+    p.add_argument("--wifi-ssid", help="Wi-Fi network name")
+    p.add_argument(
+        "--wifi-password",
+        default=os.environ.get("AUXILIO_WIFI_PASSWORD"),
+        help="Wi-Fi password (default $AUXILIO_WIFI_PASSWORD; argv is visible to other users)",
+    )
+    p.add_argument("--apn", help="LTE APN")
+    p.add_argument("--sim-pin", default=os.environ.get("AUXILIO_SIM_PIN"), help=argparse.SUPPRESS)
+    p.add_argument("--sms-to", help="the C4's SMS number (E.164) for the SMS fallback")
+    p.add_argument("--heartbeat", type=int, help="heartbeat interval in seconds (role default)")
+    p.add_argument(
+        "--registry", help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)"
+    )
+    p.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
+    p.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    p.add_argument(
+        "--broker-config",
+        type=Path,
+        help="an `auxilio broker config` directory: refresh its users and reload the broker "
+        "after each registration (brokers without live user management)",
+    )
+    p.add_argument("--actor", help="who provisions, for the audit log (default $AUXILIO_ACTOR)")
+    p.add_argument("--station", help="this station's name for the audit log (default hostname)")
+    p.add_argument("--labels", type=Path, default=Path("labels"), help="label directory")
+    p.add_argument("--reports", type=Path, help="batch report directory (default ./reports)")
+    p.add_argument("--no-live-test", action="store_true", help="skip the wearer's button test")
+    p.add_argument("--boot-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+
+
+def _actor(args: argparse.Namespace) -> str:
+    from auxilio.cli.devices import _actor as devices_actor
+
+    return devices_actor(args)
+
+
+def base_request(args: argparse.Namespace, registry: Any) -> dict[str, Any]:
+    """The Request fields every row of this run shares (the CLI's options)."""
+    from auxilio import keys
+    from auxilio.errors import UsageError
+    from auxilio.provision.config import network
+    from auxilio.provision.run import BOOT_TIMEOUT_S
+
+    if not args.broker:
+        raise UsageError("--broker URL is needed (or $AUXILIO_BROKER): what devices connect to")
+    pub = keys.load_public_key(args.pubkey or keys.keys_dir(args.keys_dir) / keys.PUBLIC_KEY_FILE)
+    ca = None
+    if args.tls_ca:
+        try:
+            ca = args.tls_ca.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.tls_ca}: {exc.strerror}") from None
+    sync = None
+    if args.broker_config:
+        sync = _reload_sync(args.broker_config, registry)
+    out: dict[str, Any] = {
+        "broker_url": args.broker,
+        "registry": registry,
+        "public_key": pub,
+        "net": network(
+            wifi_ssid=args.wifi_ssid,
+            wifi_password=args.wifi_password,
+            apn=args.apn,
+            sim_pin=args.sim_pin,
+            sms_to=args.sms_to,
+        )
+        or None,
+        "tls_ca": ca,
+        "prefix": args.prefix,
+        "settings": {"heartbeat_s": args.heartbeat} if args.heartbeat else {},
+        "actor": _actor(args),
+        "label_dir": args.labels,
+        "live_test": not args.no_live_test,
+        "boot_timeout": args.boot_timeout or BOOT_TIMEOUT_S,
+        "broker_sync": sync,
+        "reassign": args.reassign,
+        "force": args.force,
+    }
+    if args.station:
+        out["station"] = args.station
+    return out
+
+
+def _reload_sync(directory: Path, registry: Any) -> Any:
+    """Refresh the password file and SIGHUP the broker (until it manages users live)."""
+    import threading
+
+    from auxilio.broker.config import refresh_users, reload_broker
+
+    lock = threading.Lock()  # batch rows commit from several threads; one writer at a time
+
+    def sync() -> None:
+        with lock:
+            refresh_users(directory, registry)
+            reload_broker(directory)
+
+    return sync
+
+
+def run(args: argparse.Namespace) -> int:
+    from auxilio.errors import UsageError
+    from auxilio.registry import open_registry
+
+    if args.port and not args.role:
+        raise UsageError("--port needs --role bracelet|button")
+    if args.batch:
+        from auxilio.provision.batch import read_batch
+
+        rows = read_batch(args.batch)  # every row checked before any board is touched
+    registry = open_registry(args.registry, create=False)
+    try:
+        base = base_request(args, registry)
+        if args.batch:
+            return _run_batch(args, rows, base)
+        return _run_one(args, base)
+    finally:
+        registry.close()
+
+
+def _say_to(args: argparse.Namespace) -> Any:
+    stream = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    return say
+
+
+def _run_one(args: argparse.Namespace, base: dict[str, Any]) -> int:
+    from auxilio.provision.run import Request, provision, resolve_port
+
+    req = Request(
+        port=resolve_port(args.port),
+        role=args.role,
+        board=args.board,
+        case=args.case,
+        site=args.site,
+        lat=args.lat,
+        lon=args.lon,
+        sector=args.sector,
+        **base,
+    )
+    res = provision(req, _say_to(args))
+    if args.json:
+        print(json.dumps(res.as_dict()))
+        return 0
+    _summary(res)
+    return 0
+
+
+def _summary(res: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from auxilio.provision import label
+    from auxilio.words import word
+
+    t = Table(title=_("Aprovisionamiento"), show_header=False)
+    for k, val in (
+        ("Dispositivo", res.device + (f" ({_('retomado')})" if res.resumed else "")),
+        ("Tipo", word(res.role)),
+        ("Placa", res.board),
+        ("Puerto", res.port),
+        ("MAC", res.mac or "—"),
+        ("Época de clave", str(res.key_epoch)),
+        ("Piso de contador", str(res.counter_floor) if res.counter_floor else "—"),
+        ("Config. sha256", res.config_sha256 or "—"),
+        ("Asignación", res.assignment or "—"),
+        ("Arranque (s)", f"{res.boot_s:.1f}" if res.boot_s is not None else "—"),
+        ("Primer latido (s)", f"{res.heartbeat_s:.1f}" if res.heartbeat_s is not None else "—"),
+        ("Prueba (ms)", f"{res.test_ms:.0f}" if res.test_ms is not None else "—"),
+        ("Etiqueta", f"{res.label_png}\n{res.label_svg}"),
+    ):
+        t.add_row(_(k), val)
+    con = Console(soft_wrap=False)
+    con.print(t)
+    sys.stdout.write(label.terminal(res.device))
+    sys.stdout.flush()
+
+
+def _run_batch(args: argparse.Namespace, rows: list[Any], base: dict[str, Any]) -> int:
+    from auxilio.provision.batch import run_batch
+
+    result = run_batch(rows, base, _say_to(args), reports_dir=args.reports)
+    if args.json:
+        for r in result.results:
+            print(json.dumps(r))
+    else:
+        sys.stdout.write(f"{result.ok}/{len(result.results)} ok → {result.csv}\n")
+    return 0 if result.ok == len(result.results) else 1
