@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch:
         from auxilio.provision.batch import read_batch
 
-        rows = read_batch(args.batch)  # every row checked before any board is touched
+        rows = read_batch(args.batch, args.force)  # every row checked before any board
     registry = open_registry(args.registry, create=False)
     try:
         base = base_request(args, registry)

@@ -178,12 +178,13 @@ def _die_here(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def check_request(req: Request) -> tuple[dict[str, Any], str | None]:
+def check_request(req: Request, offline: bool = False) -> tuple[dict[str, Any], str | None]:
     """Everything checked before any board or registry is touched: (assignment, board name).
 
     One line per mistake (UsageError): role, case reference (never a name), site
     fields and coordinates, board, broker reachable. (A duplicate case reference
     is checked once the board is identified: its own case is no duplicate.)
+    ``offline``: only what needs no network (a batch checks every row first).
     """
     if req.role not in ("bracelet", "button"):
         raise UsageError("--role must be bracelet or button")
@@ -209,7 +210,8 @@ def check_request(req: Request) -> tuple[dict[str, Any], str | None]:
     board = None
     if req.board:
         board = board_for(req.board, req.role).name
-    _broker_reachable(req.broker_url)
+    if not offline:
+        _broker_reachable(req.broker_url)
     return assignment, board
 
 
