@@ -53,7 +53,9 @@ def test_a_tray_of_six_with_bad_rows(station, virtual_board, tmp_path) -> None:
     proc = run_auxilio(station.cli_args("--batch", str(path), "--reports", str(reports), "--json"))
     assert proc.returncode == 1, proc.stderr[-3000:]  # some rows refused
     results = [json.loads(ln) for ln in proc.stdout.splitlines()]
-    assert [r["result"] for r in results] == ["ok"] * 6 + ["refused"] * 3
+    assert [r["result"] for r in results] == ["ok"] * 6 + ["refused"] * 3, [
+        r.get("error") for r in results
+    ]
     assert "never a name" in results[6]["error"] and "latitude" in results[7]["error"]
     assert "already on row 2" in results[8]["error"]
     # One line per row in the progress, each row's outcome.

@@ -128,16 +128,30 @@ def test_unreachable_broker(station, virtual_board) -> None:
     _nothing_registered(station, vd)
 
 
-def test_unreachable_gateway_rolls_back(station, virtual_board) -> None:
+def test_unreachable_gateway_is_refused_first(station, virtual_board) -> None:
+    station.chain.stop_gateways()
+    vd = station.blank_board(virtual_board)
+    proc = run_auxilio(station.cli_args("--port", vd.board.rfc2217_url, "--role", "bracelet"))
+    _one_error_line(proc)
+    assert "gateway does not answer" in proc.stderr
+    _nothing_registered(station, vd)
+    assert station.registry.audit_log() == []  # not even begun
+
+
+def test_a_gateway_that_never_hears_the_boot_rolls_back(station, virtual_board) -> None:
+    """Without the station's broker login the gateway is not checked first: the BOOT
+    wait times out, and what the run created is undone."""
     station.chain.stop_gateways()
     vd = station.blank_board(virtual_board)
     args = station.cli_args("--port", vd.board.rfc2217_url, "--role", "bracelet")
+    i = args.index("--broker-credentials")
+    del args[i : i + 2]
     proc = run_auxilio([*args, "--boot-timeout", "8"])
     _one_error_line(proc)
     assert "gateway" in proc.stderr
     _nothing_registered(station, vd)
     actions = [a["action"] for a in station.registry.audit_log()][::-1]
-    assert actions[-1] == "provision-abandon"
+    assert actions == ["provision-begin", "provision-commit", "provision-abandon"]
 
 
 def test_duplicate_case_warns_and_force_allows(station, virtual_board) -> None:

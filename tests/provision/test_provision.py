@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from auxilio.errors import AuxilioError
 from auxilio.keys import sealed_id
+from auxilio.protocol import codec
 from auxilio.provision import writer
 from auxilio.provision.run import provision
+from auxilio.registry.schema import alerts
 from auxilio.testing.chain import Login
 from auxilio.testing.station import ProvisionStation
 from PIL import Image
+from sqlalchemy import select
 
 zxingcpp = pytest.importorskip("zxingcpp")
 
@@ -37,7 +41,16 @@ def device_config(vd) -> tuple[dict, bytes]:
 def test_one_blank_bracelet_one_pass(station: ProvisionStation, virtual_board) -> None:
     vd = station.blank_board(virtual_board)
     lines: list[str] = []
-    res = provision(station.request(vd, "bracelet", case="PR-2026-00123"), lines.append)
+    stop = threading.Event()
+    wearer = station.press_when_asked(vd, lines, stop)
+    mark = vd.mark()
+    try:
+        res = provision(
+            station.request(vd, "bracelet", live=True, case="PR-2026-00123"), lines.append
+        )
+    finally:
+        stop.set()
+        wearer.join(10)
     assert res.ok and not res.resumed
     reg = station.registry
     rec = reg.require_device(res.device)
@@ -47,8 +60,10 @@ def test_one_blank_bracelet_one_pass(station: ProvisionStation, virtual_board) -
     assert rec.key_epoch == res.key_epoch == 1
     # The audit: begin (station and MAC), commit, assign, by the operator.
     audit = [(a["action"], a["actor"], a["detail"]) for a in reg.audit_log(target=rec.label)][::-1]
-    assert [a[0] for a in audit] == ["provision-begin", "provision-commit", "assign"]
-    assert all(a[1] == "staff-test" for a in audit)
+    # (the live test's CONFIG is audited by the gateway, on the operator's behalf)
+    assert [a[0] for a in audit] == ["provision-begin", "provision-commit", "config", "assign"]
+    assert [a[1] for a in audit] == ["staff-test"] * 2 + ["selftest:staff-test", "staff-test"]
+    assert "selftest mode=window" in audit[2][2]
     assert "station=station-1" in audit[0][2] and f"mac={res.mac}" in audit[0][2]
     assert res.mac == ":".join(f"{b:02x}" for b in vd.board.mac)
     # The config on the device's flash: hash as reported, the registered key, the floor.
@@ -63,6 +78,25 @@ def test_one_blank_bracelet_one_pass(station: ProvisionStation, virtual_board) -
     # The gateway stored the BOOT under the new key, then the heartbeat moved the mark.
     assert res.boot_s is not None and res.heartbeat_s is not None
     assert rec.high_water is not None and rec.last_seen is not None
+    # The live test: the wearer's press came back as a TEST, stored as a test, acked (she
+    # felt "received"), and never forwarded as an alert.
+    assert res.test_counter is not None and res.press_wait_s is not None
+    with reg.reader.connect() as conn:
+        rows = (
+            conn.execute(select(alerts).where(alerts.c.device_id == rec.id).order_by(alerts.c.id))
+            .mappings()
+            .all()
+        )
+    (test,) = [r for r in rows if r["type"] == "TEST"]
+    assert test["counter"] == res.test_counter and test["test"]
+    assert test["flags"] & codec.FLAG_TEST and test["disposition"] == "received"
+    assert not [r for r in rows if r["type"] == "ALERT"]
+    vd.wait_event(ev="state", name="acked", counter=res.test_counter, since=mark)
+    vd.wait_event(ev="haptic", pattern="double", since=mark)
+    assert not [f for f in station.forwarded_records() if f.get("type") in ("TEST", "ALERT")]
+    i_ask = next(i for i, ln in enumerate(lines) if "mantenga pulsado" in ln)
+    i_ok = next(i for i, ln in enumerate(lines) if "Prueba recibida" in ln)
+    assert i_ask < i_ok
     # The label: the QR in the PNG decodes to the printed id and nothing else.
     texts = [r.text for r in zxingcpp.read_barcodes(Image.open(res.label_png))]
     assert texts == [f"AUXILIO:{rec.label}"] == [res.qr_payload]

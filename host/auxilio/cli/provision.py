@@ -90,6 +90,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--station", help="this station's name for the audit log (default hostname)")
     p.add_argument("--labels", type=Path, default=Path("labels"), help="label directory")
     p.add_argument("--reports", type=Path, help="batch report directory (default ./reports)")
+    p.add_argument(
+        "--broker-credentials",
+        type=Path,
+        default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
+        help="the station's broker login (operator.json): checks the gateway first and runs "
+        "the live test through it (default $AUXILIO_BROKER_CREDENTIALS; none: no live test)",
+    )
+    p.add_argument(
+        "--test-window",
+        type=int,
+        default=120,
+        help="seconds the wearer has for the test press (default 120; the device caps 600)",
+    )
     p.add_argument("--no-live-test", action="store_true", help="skip the wearer's button test")
     p.add_argument("--boot-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
@@ -138,6 +151,8 @@ def base_request(args: argparse.Namespace, registry: Any) -> dict[str, Any]:
         "actor": _actor(args),
         "label_dir": args.labels,
         "live_test": not args.no_live_test,
+        "broker_credentials": args.broker_credentials,
+        "test_window_s": args.test_window,
         "boot_timeout": args.boot_timeout or BOOT_TIMEOUT_S,
         "broker_sync": sync,
         "reassign": args.reassign,

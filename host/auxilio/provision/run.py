@@ -71,6 +71,12 @@ BOOT_TIMEOUT_S = 60.0
 HEARTBEAT_TIMEOUT_S = 30.0
 POLL_S = 0.1  # registry polling while waiting for the gateway
 BROKER_CONNECT_TIMEOUT_S = 3.0  # the broker pre-check (a TCP connect)
+# The live test's window (SPEC §8.10.1): the wearer's one press in it is a TEST, not an
+# ALERT. Two minutes to explain and press; the device caps it at 600 s.
+TEST_WINDOW_S = 120
+# The gateway pre-check: a self-test request for an unregistered id is answered
+# "failed: unknown_device" at once by a running gateway (and changes nothing).
+GATEWAY_CHECK_TIMEOUT_S = 10.0
 
 register(
     {
@@ -132,8 +138,13 @@ class Request:
     # Called after the registry changed what the broker must know (commit, rollback):
     # the broker's own interface (dynsec) or a reload. None: the broker learns by itself.
     broker_sync: Callable[[], None] | None = None
-    # The live test: (registry, device id, key epoch, say) -> latency in ms; None skips it.
-    selftest: Callable[..., float] | None = None
+    # The station's own broker login (operator.json path or {"username", "password"}): it
+    # asks the gateway for the live test (auxilio.selftest) and checks the gateway answers.
+    # None: no live test, and no gateway check before registering.
+    broker_credentials: Any = None
+    test_window_s: int = TEST_WINDOW_S
+    press_lock: threading.Lock | None = None  # a batch: one wearer's press at a time
+    gateway_checked: bool = False  # a batch checks the gateway once (one operator login)
     cancel: threading.Event | None = None
 
 
@@ -158,7 +169,8 @@ class Result:
     boot_s: float | None = None
     heartbeat_s: float | None = None
     test_ms: float | None = None
-    press_wait_s: float | None = None
+    press_wait_s: float | None = None  # how long the wearer took to press (reported apart)
+    test_counter: int | None = None  # the TEST frame's counter at the C4
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
     ok: bool = False
     error: str | None = None
@@ -212,7 +224,31 @@ def check_request(req: Request, offline: bool = False) -> tuple[dict[str, Any], 
         board = board_for(req.board, req.role).name
     if not offline:
         _broker_reachable(req.broker_url)
+        if req.broker_credentials is not None and not req.gateway_checked:
+            gateway_answers(req)
     return assignment, board
+
+
+def gateway_answers(req: Request) -> None:
+    """The C4 gateway is running and listening (before anything is registered)."""
+    from auxilio.selftest import NO_ANSWER, request_selftest
+
+    probe = random_device_id()
+    while req.registry.get_device(probe) is not None:  # pragma: no cover - 2^32 ids
+        probe = random_device_id()
+    res = request_selftest(
+        req.broker_url,
+        req.broker_credentials,
+        req.prefix,
+        probe,
+        mode="now",
+        timeout=GATEWAY_CHECK_TIMEOUT_S,
+    )
+    if res.state == NO_ANSWER:
+        raise ConnectionFailed(
+            f"the C4 gateway does not answer on {req.broker_url} (is it running?); "
+            "nothing was provisioned"
+        )
 
 
 def check_duplicate_case(req: Request, assignment: dict[str, Any], device: int | None) -> None:
@@ -550,16 +586,55 @@ class Pass:
         time.sleep(POLL_S)
 
     def _live_test(self, device: int) -> None:
-        if not self.req.live_test or self.req.selftest is None:
+        """Window mode (SPEC §8.10.1): staff ask the wearer to press; that press is a TEST."""
+        if not self.req.live_test or self.req.broker_credentials is None:
             self.say(_("Prueba en vivo omitida"))
             return
-        self.say(_("Prueba en vivo: pida a la usuaria que mantenga pulsado el botón"))
-        out = self.req.selftest(self.reg, device, self.res.key_epoch, self.say)
-        self.res.test_ms = round(float(out["latency_ms"]), 1)
-        self.res.press_wait_s = out.get("press_wait_s")
+        if self.req.press_lock is not None:
+            with self.req.press_lock:
+                self._press_test(device)
+        else:
+            self._press_test(device)
+
+    def _press_test(self, device: int) -> None:
+        from auxilio.selftest import request_selftest
+
+        asked: list[float] = []
+
+        def on_state(answer: dict[str, Any]) -> None:
+            # Only once the gateway sent the window: a press before it would be an ALERT.
+            if answer.get("state") == "sent" and not asked:
+                asked.append(time.monotonic())
+                self.say(_("Prueba en vivo: pida a la usuaria que mantenga pulsado el botón"))
+
+        res = request_selftest(
+            self.req.broker_url,
+            self.req.broker_credentials,
+            self.req.prefix,
+            device,
+            mode="window",
+            seconds=self.req.test_window_s,
+            operator=self.req.actor,
+            on_state=on_state,
+        )
+        if not res.ok:
+            why = res.reason or res.state
+            raise ConnectionFailed(
+                f"no TEST from the device ({why}); it is registered and configured: "
+                "run provision again to repeat the test"
+            )
+        done = time.monotonic()
+        # The latency: the press to the C4 storing its TEST (the device stamps the press
+        # in whole seconds); the rest of the time the station waited is the wearer's press.
+        latency = res.press_to_store_ms
+        self.res.test_ms = round(float(latency), 1) if latency is not None else None
+        if asked:
+            wait = done - asked[0] - (latency or 0.0) / 1000.0
+            self.res.press_wait_s = round(max(wait, 0.0), 2)
+        self.res.test_counter = res.counter
         self.say(
             _("Prueba recibida y confirmada en {ms:.0f} ms (no se reenvía como alerta)").format(
-                ms=self.res.test_ms
+                ms=self.res.test_ms or 0.0
             )
         )
 

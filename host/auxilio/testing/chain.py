@@ -153,17 +153,14 @@ class SecureChain:
 
     def board_config(self, i: int = 0, role: str = "bracelet", **extra: Any) -> dict[str, Any]:
         """Device i's config.json for a virtual board running the real firmware (its own login)."""
-        from auxilio.emulator.roots import device_config
+        from auxilio.provision.config import device_config
+        from auxilio.provision.identity import Identity
 
-        cfg = device_config(
-            self.device_id(i),
-            self.secret(i),
-            role,
-            self.url,
-            password=self.password(i),
-            prefix=self.prefix,
-            counter_floor=self.registry.counter_floor(self.device_id(i)),
+        rec = self.registry.require_device(self.device_id(i))
+        ident = Identity(self.device_id(i), self.secret(i), self.password(i)).with_registry(
+            rec.key_epoch, self.registry.counter_floor(rec.id), rec.sealed_secret
         )
+        cfg = device_config(ident, role, self.url, prefix=self.prefix)
         cfg.update(extra)
         return cfg
 

@@ -14,6 +14,7 @@ change (so a `auxilio provision` process needs no reload either).
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 from collections.abc import Callable
@@ -39,9 +40,14 @@ class ProvisionStation:
         self.public_key = self.chain.key.public_key()
         self.pubkey_file = self.dir / "gateway.pub"
         self.pubkey_file.write_text(public_key_text(self.public_key) + "\n")
-        self.gateway = self.chain.start_gateway()
+        from auxilio.gateway.forward import JsonlSink
+
+        self.forwarded = io.StringIO()  # what the gateway sends on to dispatch (JSONL)
+        self.gateway = self.chain.start_gateway(sink=JsonlSink(self.forwarded))
+        self.operator = self.chain.files.operator  # the station's broker login
         self.labels = self.dir / "labels"
         self._stop = threading.Event()
+        self._boards: list[Any] = []
         self._seen: object = None
         self._watcher = threading.Thread(target=self._watch, name="station-sync", daemon=True)
         self._watcher.start()
@@ -74,15 +80,46 @@ class ProvisionStation:
             except Exception:  # noqa: BLE001 - a locked registry: try again next tick
                 continue
 
+    @staticmethod
+    def press_when_asked(vd: Any, lines: list[str], stop: threading.Event) -> threading.Thread:
+        """A wearer: when staff are told to ask for the press, hold the button (once)."""
+        import time
+
+        def wearer() -> None:
+            while not stop.is_set():
+                if any("mantenga pulsado" in ln or "hold the button" in ln for ln in lines):
+                    vd.hold()
+                    return
+                time.sleep(0.05)
+
+        t = threading.Thread(target=wearer, name="wearer", daemon=True)
+        t.start()
+        return t
+
+    def start_board(self, board: str = "bracelet-c3", **kw: Any) -> Any:
+        """A blank board outside pytest (benches): started, closed with the station."""
+        from auxilio.emulator.vdevice import VirtualDevice
+
+        n = len(self._boards) + 1
+        vd = VirtualDevice(board, self.dir / f"board-{n}.img", format=True, name=f"tray-{n}", **kw)
+        self._boards.append(vd)
+        vd.start(wait=True)
+        return vd
+
     def blank_board(self, virtual_board: Callable[..., Any], board: str = "bracelet-c3") -> Any:
         """A virtual board with MicroPython and the application, as `auxilio flash` leaves it."""
         # No config.json: the firmware says "config error" and waits (main.py keeps running).
         return virtual_board(board, firmware=True)
 
-    def request(self, vd: Any, role: str, **kw: Any) -> Any:
-        """A provision Request for virtual board `vd` against this station."""
+    def request(self, vd: Any, role: str, live: bool = False, **kw: Any) -> Any:
+        """A provision Request for virtual board `vd` against this station.
+
+        ``live``: with the live test (someone must press: `press_when_asked`).
+        """
         from auxilio.provision.run import Request
 
+        kw.setdefault("broker_credentials", self.operator)
+        kw.setdefault("live_test", live)
         kw.setdefault("boot_timeout", BOOT_TIMEOUT_S)
         kw.setdefault("label_dir", self.labels)
         kw.setdefault("broker_sync", self.sync)
@@ -97,8 +134,12 @@ class ProvisionStation:
             **kw,
         )
 
-    def cli_args(self, *extra: str) -> list[str]:
-        """`auxilio provision` arguments for this station (registry, key, broker, labels)."""
+    def cli_args(self, *extra: str, live: bool = False) -> list[str]:
+        """`auxilio provision` arguments for this station (registry, key, broker, labels).
+
+        The station's broker login is given (so the gateway is checked first); the
+        live test only with ``live`` (someone must press).
+        """
         return [
             "provision",
             "--registry",
@@ -113,10 +154,20 @@ class ProvisionStation:
             "staff-test",
             "--station",
             "station-1",
+            "--broker-credentials",
+            str(self.operator),
+            *(() if live else ("--no-live-test",)),
             *extra,
         ]
 
+    def forwarded_records(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(ln) for ln in self.forwarded.getvalue().splitlines() if ln]
+
     def close(self) -> None:
+        for vd in self._boards:
+            vd.close()
         self._stop.set()
         self._watcher.join(5)
         self.chain.close()
