@@ -19,7 +19,6 @@ mosquitto with per-device logins and the real gateway (auxilio.testing.station).
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,16 +43,7 @@ def run() -> dict[str, object]:
             t0 = time.monotonic()
             vd = st.start_board("bracelet-c3")
             on_s = time.monotonic() - t0
-            lines: list[str] = []
-            stop = threading.Event()
-            wearer = st.press_when_asked(vd, lines, stop)
-            try:
-                res = provision(
-                    st.request(vd, "bracelet", live=True, case="PR-2026-00001"), lines.append
-                )
-            finally:
-                stop.set()
-                wearer.join(10)
+            res, _lines = st.provision_live(vd, "bracelet", case="PR-2026-00001")
             total = time.monotonic() - t0
             press = res.press_wait_s or 0.0
             serial_s = min(_session(vd.board.rfc2217_url) for _ in range(3))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -40,17 +39,8 @@ def device_config(vd) -> tuple[dict, bytes]:
 
 def test_one_blank_bracelet_one_pass(station: ProvisionStation, virtual_board) -> None:
     vd = station.blank_board(virtual_board)
-    lines: list[str] = []
-    stop = threading.Event()
-    wearer = station.press_when_asked(vd, lines, stop)
     mark = vd.mark()
-    try:
-        res = provision(
-            station.request(vd, "bracelet", live=True, case="PR-2026-00123"), lines.append
-        )
-    finally:
-        stop.set()
-        wearer.join(10)
+    res, lines = station.provision_live(vd, "bracelet", case="PR-2026-00123")
     assert res.ok and not res.resumed
     reg = station.registry
     rec = reg.require_device(res.device)

@@ -17,25 +17,13 @@ import sys
 import pytest
 from auxilio.keys import sealed_id
 from auxilio.protocol import codec
-from auxilio.provision.run import DIE_ENV, provision
+from auxilio.provision.run import DIE_ENV, STEPS, provision
 from auxilio.testing.station import ProvisionStation
 
 CASE = "PR-2026-00777"
 IN_SERVICE = ("spare", "assigned")
 # Where a run is killed: after each step, and halfway through the config write.
-KILL_POINTS = (
-    "identify",
-    "identity",
-    "register",
-    "configure-copied",
-    "configure",
-    "commit",
-    "reboot",
-    "boot",
-    "test",
-    "assign",
-    "label",
-)
+KILL_POINTS = STEPS[:3] + ("configure-copied",) + STEPS[3:]
 CLI_TIMEOUT_S = 180
 
 

@@ -28,10 +28,9 @@ from auxilio.flash.link import pulse_reset
 
 log = logging.getLogger(__name__)
 
-MARK = "AUXDEPLOY "  # prefix of the one JSON line the device-side script prints
-# Runs on the board (MicroPython): hash the listed files, say which dirs exist.
-_DEVICE_SCRIPT = """
-import os, json, hashlib, binascii
+# Board-side (MicroPython): the sha256 of a file in hex, None when it is not there.
+# Shared with the provisioning scripts (auxilio.provision.writer).
+BOARD_SHA256 = """
 def _h(p):
     try:
         s = hashlib.sha256()
@@ -44,6 +43,15 @@ def _h(p):
         return binascii.hexlify(s.digest()).decode()
     except OSError:
         return None
+"""
+MARK = "AUXDEPLOY "  # prefix of the one JSON line the device-side script prints
+# Runs on the board (MicroPython): hash the listed files, say which dirs exist.
+_DEVICE_SCRIPT = (
+    """
+import os, json, hashlib, binascii
+"""
+    + BOARD_SHA256
+    + """
 def _d(p):
     try:
         return os.stat(p)[0] & 0x4000 != 0
@@ -51,6 +59,7 @@ def _d(p):
         return False
 print('AUXDEPLOY ' + json.dumps({'files': {p: _h(p) for p in %(files)r}, 'dirs': [d for d in %(dirs)r if _d(d)]}))
 """
+)
 
 
 class DeployError(AuxilioError):

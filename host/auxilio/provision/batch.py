@@ -86,9 +86,27 @@ class BatchResult:
         return sum(1 for r in self.results if r.get("result") == "ok")
 
 
+def _request(row: Row, port: str, **base: Any) -> Any:
+    """The provision Request for one row (base: the run's shared fields)."""
+    from auxilio.provision.run import Request
+
+    f = row.fields
+    return Request(
+        port=port,
+        role=row.role,
+        board=f.get("board"),
+        case=f.get("case"),
+        site=f.get("site"),
+        lat=f.get("lat"),
+        lon=f.get("lon"),
+        sector=f.get("sector"),
+        **base,
+    )
+
+
 def parse_batch(text: str, force: bool = False) -> list[Row]:
     """Every row, checked on its own (no board, no registry yet): bad ones carry `error`."""
-    from auxilio.provision.run import Request, check_request
+    from auxilio.provision.run import check_request
 
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
@@ -114,19 +132,7 @@ def parse_batch(text: str, force: bool = False) -> list[Row]:
             if row.port in ports:
                 raise UsageError(f"port {row.port} is already on row {ports[row.port]}")
             ports[row.port] = i
-            probe = Request(
-                port=row.port,
-                role=row.role,
-                broker_url="",
-                registry=None,
-                public_key=None,
-                board=row.fields.get("board"),
-                case=row.fields.get("case"),
-                site=row.fields.get("site"),
-                lat=row.fields.get("lat"),
-                lon=row.fields.get("lon"),
-                sector=row.fields.get("sector"),
-            )
+            probe = _request(row, row.port, broker_url="", registry=None, public_key=None)
             want, _board = check_request(probe, offline=True)
             if "case" in want:
                 if want["case"] in cases and not force:
@@ -191,17 +197,7 @@ def run_batch(
                     **(net or {}),
                     **network(wifi_ssid=row.fields.get("wifi_ssid"), apn=row.fields.get("apn")),
                 }
-            req = Request(
-                port=resolve_port(row.port),
-                role=row.role,
-                board=row.fields.get("board"),
-                case=row.fields.get("case"),
-                site=row.fields.get("site"),
-                lat=row.fields.get("lat"),
-                lon=row.fields.get("lon"),
-                sector=row.fields.get("sector"),
-                **{**base, "net": net},
-            )
+            req = _request(row, resolve_port(row.port), **{**base, "net": net})
 
             def progress(text: str) -> None:
                 line(_("fila {n} ({port}): {line}").format(n=row.n, port=row.port, line=text))

@@ -624,13 +624,13 @@ class Pass:
                 "run provision again to repeat the test"
             )
         done = time.monotonic()
-        # The latency: the press to the C4 storing its TEST (the device stamps the press
-        # in whole seconds); the rest of the time the station waited is the wearer's press.
+        # test_ms: the press (its start, as the device stamps it, in whole seconds) to the
+        # C4 storing the TEST, the hold gesture included. press_wait_s: staff asked -> TEST
+        # stored, the part of a provisioning that is the wearer's (reported apart).
         latency = res.press_to_store_ms
         self.res.test_ms = round(float(latency), 1) if latency is not None else None
         if asked:
-            wait = done - asked[0] - (latency or 0.0) / 1000.0
-            self.res.press_wait_s = round(max(wait, 0.0), 2)
+            self.res.press_wait_s = round(done - asked[0], 2)
         self.res.test_counter = res.counter
         self.say(
             _("Prueba recibida y confirmada en {ms:.0f} ms (no se reenvía como alerta)").format(

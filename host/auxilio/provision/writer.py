@@ -28,6 +28,7 @@ from typing import Any
 from auxilio.boards import Board, load_board
 from auxilio.build import HOST_ONLY, PROTOCOL_MODULES
 from auxilio.errors import AuxilioError, ConnectionFailed, UsageError
+from auxilio.flash.deploy import BOARD_SHA256
 from auxilio.paths import find_micropython, firmware_dir, protocol_dir
 from auxilio.private import write_private
 
@@ -46,20 +47,12 @@ DEVICE_FIELDS = ("device", "role", "key_epoch", "key_id", "counter_floor", "pref
 SERIAL_TIMEOUT_S = 60.0
 
 # Runs on the board: who it is (MAC, MicroPython) and what config it holds.
-_IDENTIFY = """
+_IDENTIFY = (
+    """
 import sys, json, hashlib, binascii
-def _h(p):
-    try:
-        s = hashlib.sha256()
-        with open(p, 'rb') as f:
-            while True:
-                b = f.read(512)
-                if not b:
-                    break
-                s.update(b)
-        return binascii.hexlify(s.digest()).decode()
-    except OSError:
-        return None
+"""
+    + BOARD_SHA256
+    + """
 r = {'impl': sys.implementation.name, 'version': '.'.join(str(x) for x in sys.implementation.version[:3])}
 try:
     import machine
@@ -85,27 +78,24 @@ except Exception:
     pass
 print('AUXPROV ' + json.dumps(r))
 """
+)
 # Runs on the board after the copy: rename only a temp file whose hash is the host's.
-_COMMIT = """
+_COMMIT = (
+    """
 import os, json, hashlib, binascii
-def _h(p):
-    s = hashlib.sha256()
-    with open(p, 'rb') as f:
-        while True:
-            b = f.read(512)
-            if not b:
-                break
-            s.update(b)
-    return binascii.hexlify(s.digest()).decode()
+"""
+    + BOARD_SHA256
+    + """
 got = _h('config.json.tmp')
 ok = got == %(want)r
 if ok:
     os.rename('config.json.tmp', 'config.json')
     got = _h('config.json')
-else:
+elif got is not None:
     os.remove('config.json.tmp')
 print('AUXPROV ' + json.dumps({'ok': ok and got == %(want)r, 'sha256': got}))
 """
+)
 _REMOVE = """
 import os, json
 gone = []

@@ -421,25 +421,17 @@ class Registry:
         actor = v.actor(actor)
         if not isinstance(sealed_secret, (bytes, bytearray)) or not sealed_secret:
             raise UsageError("sealed secret is missing")
-        now = utcnow()
-        d = schema.devices
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    d.insert().values(
-                        id=device_id,
-                        kind=kind,
-                        board=board,
-                        fw_version=fw_version,
-                        state="spare",
-                        key_epoch=1,
-                        sealed_secret=bytes(sealed_secret),
-                        mqtt_password_hash=mqtt_password_hash,
-                        config_seq=0,
-                        window=0,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                self._insert_device(
+                    conn,
+                    device_id,
+                    kind,
+                    board,
+                    fw_version,
+                    sealed_secret,
+                    mqtt_password_hash,
+                    "spare",
                 )
                 self._audit(conn, actor, "add", device_id, f"kind={kind} board={board}")
         except IntegrityError:
@@ -611,21 +603,15 @@ class Registry:
             row = conn.execute(select(d).where(d.c.id == device_id).with_for_update()).first()
             if row is None:
                 epoch = 1
-                conn.execute(
-                    d.insert().values(
-                        id=device_id,
-                        kind=kind,
-                        board=board,
-                        fw_version=fw_version,
-                        state="provisioning",
-                        key_epoch=epoch,
-                        sealed_secret=bytes(sealed_secret),
-                        mqtt_password_hash=mqtt_password_hash,
-                        config_seq=0,
-                        window=0,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                self._insert_device(
+                    conn,
+                    device_id,
+                    kind,
+                    board,
+                    fw_version,
+                    sealed_secret,
+                    mqtt_password_hash,
+                    "provisioning",
                 )
             else:
                 rec = _record(row)
@@ -1024,6 +1010,36 @@ class Registry:
         conn.execute(
             schema.audit.insert().values(
                 at=utcnow(), actor=actor, action=action[:32], target=str(target)[:64], detail=detail
+            )
+        )
+
+    @staticmethod
+    def _insert_device(
+        conn: Connection,
+        device_id: int,
+        kind: str,
+        board: str,
+        fw_version: str | None,
+        sealed_secret: bytes,
+        mqtt_password_hash: str | None,
+        state: str,
+    ) -> None:
+        """A new device row at key epoch 1 (add_device, begin_provisioning)."""
+        now = utcnow()
+        conn.execute(
+            schema.devices.insert().values(
+                id=device_id,
+                kind=kind,
+                board=board,
+                fw_version=fw_version,
+                state=state,
+                key_epoch=1,
+                sealed_secret=bytes(sealed_secret),
+                mqtt_password_hash=mqtt_password_hash,
+                config_seq=0,
+                window=0,
+                created_at=now,
+                updated_at=now,
             )
         )
 

@@ -96,6 +96,19 @@ class ProvisionStation:
         t.start()
         return t
 
+    def provision_live(self, vd: Any, role: str, **kw: Any) -> tuple[Any, list[str]]:
+        """Provision `vd` with the live test, a wearer pressing when staff ask: (result, lines)."""
+        from auxilio.provision.run import provision
+
+        lines: list[str] = []
+        stop = threading.Event()
+        wearer = self.press_when_asked(vd, lines, stop)
+        try:
+            return provision(self.request(vd, role, live=True, **kw), lines.append), lines
+        finally:
+            stop.set()
+            wearer.join(10)
+
     def start_board(self, board: str = "bracelet-c3", **kw: Any) -> Any:
         """A blank board outside pytest (benches): started, closed with the station."""
         from auxilio.emulator.vdevice import VirtualDevice
