@@ -168,8 +168,10 @@ def test_duplicate_case_warns_and_force_allows(station, virtual_board) -> None:
     assert "--force" in dup.stderr
     assert len(station.registry.list_devices()) == 1
     assert "config.json" not in b.image.listdir()
-    forced = run_auxilio([*args, "--case", "PR-2026-00500", "--force"])
+    forced = run_auxilio([*args, "--case", "PR-2026-00500", "--force", "--json"])
     assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "ya tiene otra pulsera" in forced.stderr  # the warning, on the progress stream
+    assert json.loads(forced.stdout)["warnings"]
     assert len(station.registry.list_devices()) == 2
 
 

@@ -35,77 +35,146 @@ register(
         "retomado": "resumed",
         "Paso": "Step",
         "Segundos": "Seconds",
+        "puerto serie, URL rfc2217:// o número de serie USB": "serial port, rfc2217:// URL or USB serial number",
+        "una bandeja: una fila por dispositivo (ver README)": "a tray: one row per device (see README)",
+        "en qué se convierte el dispositivo": "what the device becomes",
+        "nombre de placa en boards/ (por omisión: el board.json del dispositivo)": "board name in boards/ (default: the board.json on the device)",
+        "pulsera: referencia de caso seudónima, p. ej. PR-2026-00123 (nunca un nombre)": "bracelet: pseudonymous case reference, e.g. PR-2026-00123 (never a name)",
+        "botón: nombre del sitio público": "button: public site name",
+        "botón: latitud": "button: latitude",
+        "botón: longitud": "button: longitude",
+        "botón: sector del C4": "button: C4 sector",
+        "reaprovisiona un dispositivo asignado a otra persona (clave nueva)": "re-provision a device assigned to someone else (new key)",
+        "permite una referencia de caso que ya tiene otra pulsera": "allow a case reference another bracelet holds",
+        "URL del broker al que se conectan los dispositivos (por omisión $AUXILIO_BROKER)": "the broker URL devices connect to (default $AUXILIO_BROKER)",
+        "la CA del broker (DER) para un broker mqtts://": "the broker's CA (DER) for an mqtts:// broker",
+        "prefijo de temas MQTT (por omisión auxilio)": "MQTT topic prefix (default auxilio)",
+        "nombre de la red Wi-Fi": "Wi-Fi network name",
+        "contraseña Wi-Fi (por omisión $AUXILIO_WIFI_PASSWORD; la línea de órdenes la ven otros usuarios)": "Wi-Fi password (default $AUXILIO_WIFI_PASSWORD; other users can see the command line)",
+        "APN de LTE": "LTE APN",
+        "número SMS del C4 (E.164) para el respaldo por SMS": "the C4's SMS number (E.164) for the SMS fallback",
+        "intervalo de latido en segundos (por omisión el del rol)": "heartbeat interval in seconds (role default)",
+        "ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db)": "registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)",
+        "archivo de la clave pública del gateway (por omisión <dir. de claves>/gateway.pub)": "gateway public key file (default <keys dir>/gateway.pub)",
+        "directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)": "keys directory (default $AUXILIO_KEYS_DIR or var/keys)",
+        "un directorio de `auxilio broker config`: renueva sus usuarios y recarga el broker tras cada registro (brokers sin gestión de usuarios en vivo)": "an `auxilio broker config` directory: refresh its users and reload the broker after each registration (brokers without live user management)",
+        "quién aprovisiona, para la bitácora (por omisión $AUXILIO_ACTOR)": "who provisions, for the audit log (default $AUXILIO_ACTOR)",
+        "nombre de esta estación para la bitácora (por omisión el nombre del equipo)": "this station's name for the audit log (default hostname)",
+        "directorio de etiquetas": "label directory",
+        "directorio de informes de bandeja (por omisión ./reports)": "batch report directory (default ./reports)",
+        "el acceso al broker de la estación (operator.json): comprueba primero el gateway y hace la prueba en vivo a través de él (por omisión $AUXILIO_BROKER_CREDENTIALS; sin él, no hay prueba en vivo)": "the station's broker login (operator.json): checks the gateway first and runs the live test through it (default $AUXILIO_BROKER_CREDENTIALS; none: no live test)",
+        "segundos que tiene la usuaria para la pulsación de prueba (por omisión 120; el dispositivo limita a 600)": "seconds the wearer has for the test press (default 120; the device caps 600)",
+        "omite la prueba del botón con la usuaria": "skip the wearer's button test",
+        "resultado para máquinas en stdout": "machine-readable result on stdout",
     }
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", help="serial port, rfc2217:// URL or USB serial number")
+    where.add_argument("--port", help=_("puerto serie, URL rfc2217:// o número de serie USB"))
     where.add_argument(
-        "--batch", metavar="FILE.csv", help="a tray: one row per device (see README)"
-    )
-    p.add_argument("--role", choices=["bracelet", "button"], help="what the device becomes")
-    p.add_argument("--board", help="board name in boards/ (default: the board.json on the device)")
-    p.add_argument("--case", help="bracelet: pseudonymous case reference, e.g. PR-2026-00123")
-    p.add_argument("--site", help="button: public site name")
-    p.add_argument("--lat", help="button: latitude")
-    p.add_argument("--lon", help="button: longitude")
-    p.add_argument("--sector", help="button: C4 sector")
-    p.add_argument(
-        "--reassign", action="store_true", help="re-provision a device assigned to someone else"
+        "--batch", metavar="FILE.csv", help=_("una bandeja: una fila por dispositivo (ver README)")
     )
     p.add_argument(
-        "--force", action="store_true", help="allow a case reference another bracelet holds"
+        "--role", choices=["bracelet", "button"], help=_("en qué se convierte el dispositivo")
+    )
+    p.add_argument(
+        "--board", help=_("nombre de placa en boards/ (por omisión: el board.json del dispositivo)")
+    )
+    p.add_argument(
+        "--case",
+        help=_("pulsera: referencia de caso seudónima, p. ej. PR-2026-00123 (nunca un nombre)"),
+    )
+    p.add_argument("--site", help=_("botón: nombre del sitio público"))
+    p.add_argument("--lat", help=_("botón: latitud"))
+    p.add_argument("--lon", help=_("botón: longitud"))
+    p.add_argument("--sector", help=_("botón: sector del C4"))
+    p.add_argument(
+        "--reassign",
+        action="store_true",
+        help=_("reaprovisiona un dispositivo asignado a otra persona (clave nueva)"),
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help=_("permite una referencia de caso que ya tiene otra pulsera"),
     )
     p.add_argument(
         "--broker",
         default=os.environ.get("AUXILIO_BROKER"),
-        help="the broker URL devices connect to (default $AUXILIO_BROKER)",
+        help=_("URL del broker al que se conectan los dispositivos (por omisión $AUXILIO_BROKER)"),
     )
-    p.add_argument("--tls-ca", type=Path, help="the broker's CA (DER) for an mqtts:// broker")
-    p.add_argument("--prefix", default="auxilio", help="MQTT topic prefix (default auxilio)")
-    p.add_argument("--wifi-ssid", help="Wi-Fi network name")
+    p.add_argument("--tls-ca", type=Path, help=_("la CA del broker (DER) para un broker mqtts://"))
+    p.add_argument(
+        "--prefix", default="auxilio", help=_("prefijo de temas MQTT (por omisión auxilio)")
+    )
+    p.add_argument("--wifi-ssid", help=_("nombre de la red Wi-Fi"))
     p.add_argument(
         "--wifi-password",
         default=os.environ.get("AUXILIO_WIFI_PASSWORD"),
-        help="Wi-Fi password (default $AUXILIO_WIFI_PASSWORD; argv is visible to other users)",
+        help=_(
+            "contraseña Wi-Fi (por omisión $AUXILIO_WIFI_PASSWORD; la línea de órdenes la ven otros usuarios)"
+        ),
     )
-    p.add_argument("--apn", help="LTE APN")
+    p.add_argument("--apn", help=_("APN de LTE"))
     p.add_argument("--sim-pin", default=os.environ.get("AUXILIO_SIM_PIN"), help=argparse.SUPPRESS)
-    p.add_argument("--sms-to", help="the C4's SMS number (E.164) for the SMS fallback")
-    p.add_argument("--heartbeat", type=int, help="heartbeat interval in seconds (role default)")
+    p.add_argument("--sms-to", help=_("número SMS del C4 (E.164) para el respaldo por SMS"))
     p.add_argument(
-        "--registry", help="registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)"
+        "--heartbeat", type=int, help=_("intervalo de latido en segundos (por omisión el del rol)")
     )
-    p.add_argument("--pubkey", help="gateway public key file (default <keys dir>/gateway.pub)")
-    p.add_argument("--keys-dir", help="keys directory (default $AUXILIO_KEYS_DIR or var/keys)")
+    p.add_argument(
+        "--registry",
+        help=_("ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db)"),
+    )
+    p.add_argument(
+        "--pubkey",
+        help=_(
+            "archivo de la clave pública del gateway (por omisión <dir. de claves>/gateway.pub)"
+        ),
+    )
+    p.add_argument(
+        "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
+    )
     p.add_argument(
         "--broker-config",
         type=Path,
-        help="an `auxilio broker config` directory: refresh its users and reload the broker "
-        "after each registration (brokers without live user management)",
+        help=_(
+            "un directorio de `auxilio broker config`: renueva sus usuarios y recarga el broker tras cada registro (brokers sin gestión de usuarios en vivo)"
+        ),
     )
-    p.add_argument("--actor", help="who provisions, for the audit log (default $AUXILIO_ACTOR)")
-    p.add_argument("--station", help="this station's name for the audit log (default hostname)")
-    p.add_argument("--labels", type=Path, default=Path("labels"), help="label directory")
-    p.add_argument("--reports", type=Path, help="batch report directory (default ./reports)")
+    p.add_argument(
+        "--actor", help=_("quién aprovisiona, para la bitácora (por omisión $AUXILIO_ACTOR)")
+    )
+    p.add_argument(
+        "--station",
+        help=_("nombre de esta estación para la bitácora (por omisión el nombre del equipo)"),
+    )
+    p.add_argument("--labels", type=Path, default=Path("labels"), help=_("directorio de etiquetas"))
+    p.add_argument(
+        "--reports", type=Path, help=_("directorio de informes de bandeja (por omisión ./reports)")
+    )
     p.add_argument(
         "--broker-credentials",
         type=Path,
         default=os.environ.get("AUXILIO_BROKER_CREDENTIALS"),
-        help="the station's broker login (operator.json): checks the gateway first and runs "
-        "the live test through it (default $AUXILIO_BROKER_CREDENTIALS; none: no live test)",
+        help=_(
+            "el acceso al broker de la estación (operator.json): comprueba primero el gateway y hace la prueba en vivo a través de él (por omisión $AUXILIO_BROKER_CREDENTIALS; sin él, no hay prueba en vivo)"
+        ),
     )
     p.add_argument(
         "--test-window",
         type=int,
         default=120,
-        help="seconds the wearer has for the test press (default 120; the device caps 600)",
+        help=_(
+            "segundos que tiene la usuaria para la pulsación de prueba (por omisión 120; el dispositivo limita a 600)"
+        ),
     )
-    p.add_argument("--no-live-test", action="store_true", help="skip the wearer's button test")
+    p.add_argument(
+        "--no-live-test", action="store_true", help=_("omite la prueba del botón con la usuaria")
+    )
     p.add_argument("--boot-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
-    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    p.add_argument("--json", action="store_true", help=_("resultado para máquinas en stdout"))
 
 
 def _actor(args: argparse.Namespace) -> str:
@@ -171,7 +240,7 @@ def _reload_sync(directory: Path, registry: Any) -> Any:
 
     lock = threading.Lock()  # batch rows commit from several threads; one writer at a time
 
-    def sync() -> None:
+    def sync(_device: int, _password: str | None) -> None:
         with lock:
             refresh_users(directory, registry)
             reload_broker(directory)

@@ -99,6 +99,7 @@ register(
         "Etiqueta: {png} y {svg}": "Label: {png} and {svg}",
         "Aprovisionamiento deshecho: {what}": "Provisioning rolled back: {what}",
         "caso {ref}": "case {ref}",
+        "aviso: el caso {ref} ya tiene otra pulsera ({devices})": "warning: case {ref} already has another bracelet ({devices})",
         "sitio {site} ({sector})": "site {site} ({sector})",
     }
 )
@@ -135,9 +136,10 @@ class Request:
     live_test: bool = True
     boot_timeout: float = BOOT_TIMEOUT_S
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S
-    # Called after the registry changed what the broker must know (commit, rollback):
-    # the broker's own interface (dynsec) or a reload. None: the broker learns by itself.
-    broker_sync: Callable[[], None] | None = None
+    # Called after the registry changed what the broker must know (commit, resume,
+    # rollback) with (device id, its new MQTT password or None): the broker's own
+    # interface (dynsec) or a reload. None: the broker learns by itself.
+    broker_sync: Callable[[int, str | None], None] | None = None
     # The station's own broker login (operator.json path or {"username", "password"}): it
     # asks the gateway for the live test (auxilio.selftest) and checks the gateway answers.
     # None: no live test, and no gateway check before registering.
@@ -251,23 +253,30 @@ def gateway_answers(req: Request) -> None:
         )
 
 
-def check_duplicate_case(req: Request, assignment: dict[str, Any], device: int | None) -> None:
-    """A case reference another bracelet holds is refused unless --force (a typo, usually)."""
-    if "case" not in assignment or req.force:
-        return
+def check_duplicate_case(
+    req: Request, assignment: dict[str, Any], device: int | None
+) -> str | None:
+    """A case reference another bracelet holds: refused, or with --force a warning (returned)."""
+    if "case" not in assignment:
+        return None
     holders = [
         d
         for d, a in req.registry.current_assignments().items()
         if a.get("case_ref") == assignment["case"] and d != device
     ]
-    if holders:
-        from auxilio.protocol import codec
+    if not holders:
+        return None
+    from auxilio.protocol import codec
 
+    names = ", ".join(codec.device_str(d) for d in holders)
+    if not req.force:
         raise UsageError(
-            f"case {assignment['case']} is already assigned to "
-            f"{', '.join(codec.device_str(d) for d in holders)}: check the reference, "
+            f"case {assignment['case']} is already assigned to {names}: check the reference, "
             "or pass --force to give this case a second bracelet"
         )
+    return _("aviso: el caso {ref} ya tiene otra pulsera ({devices})").format(
+        ref=assignment["case"], devices=names
+    )
 
 
 def _broker_reachable(url: str) -> None:
@@ -335,7 +344,10 @@ class Pass:
         board = board_for(board_name, req.role)
         self.res.board = board.name
         rec, mode = self._match(state, assignment)
-        check_duplicate_case(req, assignment, rec.id if rec is not None else None)
+        warning = check_duplicate_case(req, assignment, rec.id if rec is not None else None)
+        if warning is not None:
+            self.res.warnings.append(warning)
+            self.say(warning)
         try:
             if mode == "resume":
                 ident = None
@@ -346,12 +358,12 @@ class Pass:
                 )
                 self.res.resumed = True
                 self._fill(rec)
-                self._sync()  # a run killed after its commit may not have told the broker
+                self._sync(rec.id)  # a run killed after its commit may not have told the broker
             elif mode == "commit":
                 self.res.resumed = True
                 self._fill(rec)
                 self.res.config_sha256 = state.sha256
-                self._step("commit", lambda: self._commit(rec.id, rec.sealed_secret))
+                self._step("commit", lambda: self._commit(rec.id, rec.sealed_secret, None))
             else:
                 did = rec.id if rec is not None else self._free_id(state)
                 ident = self._step("identity", lambda: new_identity(did))
@@ -364,7 +376,7 @@ class Pass:
                 self.res.counter_floor = ident.counter_floor
                 self.res.key_id = ident.key_id
                 self._step("configure", lambda: self._configure(ident, board))
-                self._step("commit", lambda: self._commit(ident.device, sealed))
+                self._step("commit", lambda: self._commit(ident.device, sealed, ident.password))
             device = self.res.device
             assert device is not None
             self._step("reboot", self._reboot)
@@ -511,15 +523,15 @@ class Pass:
         self.res.config_sha256 = sha
         self.say(_("Configuración escrita y verificada (sha256 {sha})").format(sha=sha[:16]))
 
-    def _commit(self, device: int, sealed: bytes) -> None:
+    def _commit(self, device: int, sealed: bytes, password: str | None) -> None:
         self.reg.commit_provisioning(device, sealed_id(sealed), self.req.actor)
         self.committed_here = True
-        self._sync()
+        self._sync(device, password)
         self.say(_("Dispositivo en servicio (registro confirmado)"))
 
-    def _sync(self) -> None:
+    def _sync(self, device: int, password: str | None = None) -> None:
         if self.req.broker_sync is not None:
-            self.req.broker_sync()
+            self.req.broker_sync(device, password)
 
     def _reboot(self) -> None:
         self.say(_("Reiniciando el dispositivo…"))
@@ -686,7 +698,7 @@ class Pass:
                     did, self.req.actor, f"error={type(exc).__name__}", states
                 )
                 what.append("registro eliminado" if removed else "registro sin servicio")
-                self._sync()
+                self._sync(did)
             if removed and self.res.config_sha256:
                 # Only with the row gone: a board without config and a row in service
                 # would be the one inconsistency this module exists to prevent.

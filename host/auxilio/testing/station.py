@@ -57,7 +57,7 @@ class ProvisionStation:
         """What devices connect to (no credentials: each has its own login)."""
         return self.chain.url
 
-    def sync(self) -> None:
+    def sync(self, *_changed: Any) -> None:
         """Make the broker take the registry's device logins now (password file + SIGHUP)."""
         from auxilio.broker.config import refresh_users
 
