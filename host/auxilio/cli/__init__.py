@@ -53,7 +53,11 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("ports", "ports", "serial ports that look like boards (virtual ones too)"),
     ("flash", "flash", "flash MicroPython and the app onto one board or a whole tray"),
     ("deploy", "deploy", "install the application on a board running MicroPython"),
-    ("provision", "provision", "one pass: identity, registry, config, live test, label"),
+    (
+        "provision",
+        "provision",
+        N_("una pasada: identidad, registro, configuración, prueba en vivo, etiqueta"),
+    ),
     ("factory-test", "factory_test", "hardware self-test of a flashed board over its REPL"),
     ("modem-check", "modem_check", "check a board's modem: SIM, network, signal, data, GNSS, SMS"),
     ("power-budget", "power_budget", "battery life projection from datasheet currents x emulation"),

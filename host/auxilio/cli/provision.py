@@ -14,60 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auxilio.i18n import _, register
-
-register(
-    {
-        "Aprovisionamiento": "Provisioning",
-        "Dispositivo": "Device",
-        "Tipo": "Kind",
-        "Placa": "Board",
-        "Puerto": "Port",
-        "MAC": "MAC",
-        "Época de clave": "Key epoch",
-        "Piso de contador": "Counter floor",
-        "Config. sha256": "Config sha256",
-        "Asignación": "Assignment",
-        "Arranque (s)": "Boot (s)",
-        "Primer latido (s)": "First heartbeat (s)",
-        "Prueba (ms)": "Test (ms)",
-        "Etiqueta": "Label",
-        "retomado": "resumed",
-        "Paso": "Step",
-        "Segundos": "Seconds",
-        "puerto serie, URL rfc2217:// o número de serie USB": "serial port, rfc2217:// URL or USB serial number",
-        "una bandeja: una fila por dispositivo (ver README)": "a tray: one row per device (see README)",
-        "en qué se convierte el dispositivo": "what the device becomes",
-        "nombre de placa en boards/ (por omisión: el board.json del dispositivo)": "board name in boards/ (default: the board.json on the device)",
-        "pulsera: referencia de caso seudónima, p. ej. PR-2026-00123 (nunca un nombre)": "bracelet: pseudonymous case reference, e.g. PR-2026-00123 (never a name)",
-        "botón: nombre del sitio público": "button: public site name",
-        "botón: latitud": "button: latitude",
-        "botón: longitud": "button: longitude",
-        "botón: sector del C4": "button: C4 sector",
-        "reaprovisiona un dispositivo asignado a otra persona (clave nueva)": "re-provision a device assigned to someone else (new key)",
-        "permite una referencia de caso que ya tiene otra pulsera": "allow a case reference another bracelet holds",
-        "URL del broker al que se conectan los dispositivos (por omisión $AUXILIO_BROKER)": "the broker URL devices connect to (default $AUXILIO_BROKER)",
-        "la CA del broker (DER) para un broker mqtts://": "the broker's CA (DER) for an mqtts:// broker",
-        "prefijo de temas MQTT (por omisión auxilio)": "MQTT topic prefix (default auxilio)",
-        "nombre de la red Wi-Fi": "Wi-Fi network name",
-        "contraseña Wi-Fi (por omisión $AUXILIO_WIFI_PASSWORD; la línea de órdenes la ven otros usuarios)": "Wi-Fi password (default $AUXILIO_WIFI_PASSWORD; other users can see the command line)",
-        "APN de LTE": "LTE APN",
-        "número SMS del C4 (E.164) para el respaldo por SMS": "the C4's SMS number (E.164) for the SMS fallback",
-        "intervalo de latido en segundos (por omisión el del rol)": "heartbeat interval in seconds (role default)",
-        "ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db)": "registry path or URL (default $AUXILIO_REGISTRY or var/auxilio.db)",
-        "archivo de la clave pública del gateway (por omisión <dir. de claves>/gateway.pub)": "gateway public key file (default <keys dir>/gateway.pub)",
-        "directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)": "keys directory (default $AUXILIO_KEYS_DIR or var/keys)",
-        "un directorio de `auxilio broker config`: renueva sus usuarios y recarga el broker tras cada registro (brokers sin gestión de usuarios en vivo)": "an `auxilio broker config` directory: refresh its users and reload the broker after each registration (brokers without live user management)",
-        "quién aprovisiona, para la bitácora (por omisión $AUXILIO_ACTOR)": "who provisions, for the audit log (default $AUXILIO_ACTOR)",
-        "nombre de esta estación para la bitácora (por omisión el nombre del equipo)": "this station's name for the audit log (default hostname)",
-        "directorio de etiquetas": "label directory",
-        "directorio de informes de bandeja (por omisión ./reports)": "batch report directory (default ./reports)",
-        "el acceso al broker de la estación (operator.json): comprueba primero el gateway y hace la prueba en vivo a través de él (por omisión $AUXILIO_BROKER_CREDENTIALS; sin él, no hay prueba en vivo)": "the station's broker login (operator.json): checks the gateway first and runs the live test through it (default $AUXILIO_BROKER_CREDENTIALS; none: no live test)",
-        "segundos que tiene la usuaria para la pulsación de prueba (por omisión 120; el dispositivo limita a 600)": "seconds the wearer has for the test press (default 120; the device caps 600)",
-        "omite la prueba del botón con la usuaria": "skip the wearer's button test",
-        "resultado para máquinas en stdout": "machine-readable result on stdout",
-    }
-)
+from auxilio.i18n import _
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,6 +84,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
     )
     p.add_argument(
+        "--broker-admin",
+        help=_(
+            "archivo de administración del broker (por omisión $AUXILIO_BROKER_ADMIN): "
+            "el acceso del dispositivo llega al broker en el acto"
+        ),
+    )
+    p.add_argument(
         "--broker-config",
         type=Path,
         help=_(
@@ -199,8 +153,14 @@ def base_request(args: argparse.Namespace, registry: Any) -> dict[str, Any]:
             ca = args.tls_ca.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {args.tls_ca}: {exc.strerror}") from None
+    from auxilio.broker.lifecycle import load_admin
+    from auxilio.provision.run import broker_authority_sync
+
     sync = None
-    if args.broker_config:
+    admin = load_admin(args.broker_admin)  # read before anything changes
+    if admin is not None:
+        sync = broker_authority_sync(admin, registry)
+    elif args.broker_config:
         sync = _reload_sync(args.broker_config, registry)
     out: dict[str, Any] = {
         "broker_url": args.broker,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilio.errors import AuxilioError, UsageError
-from auxilio.i18n import _, register
+from auxilio.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,6 @@ REPORT_COLUMNS = (
     "result",
     "seconds",
     "error",
-)
-
-register(
-    {
-        "fila {n} ({port}): {line}": "row {n} ({port}): {line}",
-        "fila {n} ({port}): LISTO {device} {what} en {s:.1f} s": "row {n} ({port}): DONE {device} {what} in {s:.1f} s",
-        "fila {n} ({port}): FALLÓ: {error}": "row {n} ({port}): FAILED: {error}",
-        "fila {n}: RECHAZADA: {error}": "row {n}: REFUSED: {error}",
-    }
 )
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from auxilio.boards import board_for, load_board
 from auxilio.errors import AuxilioError, ConnectionFailed, NotFoundError, UsageError
-from auxilio.i18n import _, register
+from auxilio.i18n import _
 from auxilio.keys import seal, sealed_id
 from auxilio.provision import writer
 from auxilio.provision.config import PROVISION_TUNABLES, check_config, device_config
@@ -77,32 +77,6 @@ TEST_WINDOW_S = 120
 # The gateway pre-check: a self-test request for an unregistered id is answered
 # "failed: unknown_device" at once by a running gateway (and changes nothing).
 GATEWAY_CHECK_TIMEOUT_S = 10.0
-
-register(
-    {
-        "Identificando el dispositivo en {port}…": "Identifying the device on {port}…",
-        "Dispositivo {mac}: MicroPython {mp}, {what}": "Device {mac}: MicroPython {mp}, {what}",
-        "sin configuración": "no configuration",
-        "configuración a medias": "half-written configuration",
-        "configurado como {device}": "configured as {device}",
-        "Identidad {device} creada (época de clave {epoch})": "Identity {device} created (key epoch {epoch})",
-        "Identidad {device}: ya registrada y en el dispositivo, se retoma": "Identity {device}: already registered and on the device, resuming",
-        "Secreto sellado y registrado; auditado ({actor} en {station})": "Secret sealed and registered; audited ({actor} at {station})",
-        "Configuración escrita y verificada (sha256 {sha})": "Configuration written and verified (sha256 {sha})",
-        "Dispositivo en servicio (registro confirmado)": "Device in service (registration committed)",
-        "Reiniciando el dispositivo…": "Rebooting the device…",
-        "Arranque recibido por el C4 en {s:.1f} s; primer latido en {hb:.1f} s": "BOOT received by the C4 in {s:.1f} s; first heartbeat in {hb:.1f} s",
-        "Prueba en vivo: pida a la usuaria que mantenga pulsado el botón": "Live test: ask the wearer to hold the button down",
-        "Prueba recibida y confirmada en {ms:.0f} ms (no se reenvía como alerta)": "Test received and acked in {ms:.0f} ms (not forwarded as an alert)",
-        "Prueba en vivo omitida": "Live test skipped",
-        "Asignado a {what}": "Assigned to {what}",
-        "Etiqueta: {png} y {svg}": "Label: {png} and {svg}",
-        "Aprovisionamiento deshecho: {what}": "Provisioning rolled back: {what}",
-        "caso {ref}": "case {ref}",
-        "aviso: el caso {ref} ya tiene otra pulsera ({devices})": "warning: case {ref} already has another bracelet ({devices})",
-        "sitio {site} ({sector})": "site {site} ({sector})",
-    }
-)
 
 
 class ProvisionError(AuxilioError):
@@ -710,6 +684,35 @@ class Pass:
         if what:
             self.res.rolled_back = ", ".join(what)
             self.say(_("Aprovisionamiento deshecho: {what}").format(what=self.res.rolled_back))
+
+
+def broker_authority_sync(admin: Any, registry: Any) -> Callable[[int, str | None], None]:
+    """A Request.broker_sync that tells the broker (auxilio.broker.authority) at once.
+
+    ``admin``: the broker admin file's AdminConfig (broker.lifecycle.load_admin). A
+    device the registry no longer holds (a rolled-back provisioning) is removed; any
+    other is mirrored as the registry has it (in service: its login; else none). A
+    broker that cannot be told is one warning line: its BOOT then never arrives, and
+    the run rolls back.
+    """
+    from auxilio.broker.authority import open_authority
+    from auxilio.broker.lifecycle import after_change
+    from auxilio.protocol import codec
+
+    lock = threading.Lock()  # batch rows commit from several threads
+
+    def sync(device: int, password: str | None) -> None:
+        with lock:
+            if registry.get_device(device) is not None:
+                after_change(admin, registry, device, password)
+                return
+            authority = open_authority(admin)
+            try:
+                authority.remove_device(codec.device_str(device))
+            finally:
+                authority.close()
+
+    return sync
 
 
 def provision(req: Request, say: Callable[[str], None] | None = None) -> Result:

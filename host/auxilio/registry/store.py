@@ -546,26 +546,6 @@ class Registry:
             self._audit(conn, actor, "rekey", device_id, detail)
         return epoch
 
-    def drop_expired_previous_keys(self, now: float | dt.datetime | None = None) -> int:
-        """Erase the keys rekeys replaced whose grace has ended (SPEC §12.1); returns how many.
-
-        Never used past ``prev_valid_until`` anyway; the gateway runs this with its
-        retention purge so a sealed old secret is not kept for nothing.
-        """
-        if now is None:
-            when = utcnow()
-        elif isinstance(now, dt.datetime):
-            when = now
-        else:
-            when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        d = schema.devices
-        with self.engine.begin() as conn:
-            return conn.execute(
-                d.update()
-                .where(d.c.prev_valid_until.is_not(None), d.c.prev_valid_until <= when)
-                .values(**NO_PREVIOUS_KEY)
-            ).rowcount
-
     # --------------------------------------------------------- provisioning ---
     # Issue 11 §7: a device is registered in state "provisioning" (no broker login,
     # frames rejected) with the secret about to be written to it; only once the
@@ -632,6 +612,8 @@ class Registry:
                         window=0,
                         state="provisioning",
                         updated_at=now,
+                        # A re-provisioned device is a new hand-over: no grace for the old key.
+                        **NO_PREVIOUS_KEY,
                     )
                 )
                 self._end_assignment(conn, device_id, now)
@@ -712,6 +694,26 @@ class Registry:
                 if state == "provisioning":
                     return did
         return None
+
+    def drop_expired_previous_keys(self, now: float | dt.datetime | None = None) -> int:
+        """Erase the keys rekeys replaced whose grace has ended (SPEC §12.1); returns how many.
+
+        Never used past ``prev_valid_until`` anyway; the gateway runs this with its
+        retention purge so a sealed old secret is not kept for nothing.
+        """
+        if now is None:
+            when = utcnow()
+        elif isinstance(now, dt.datetime):
+            when = now
+        else:
+            when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        d = schema.devices
+        with self.engine.begin() as conn:
+            return conn.execute(
+                d.update()
+                .where(d.c.prev_valid_until.is_not(None), d.c.prev_valid_until <= when)
+                .values(**NO_PREVIOUS_KEY)
+            ).rowcount
 
     def counter_floor(self, device_id: int | str) -> int:
         """The lowest counter a known secret may restart at (SPEC §12.1 counter_floor).

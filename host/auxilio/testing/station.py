@@ -6,16 +6,14 @@ the station's key files, and blank virtual boards to provision.
         res = provision(st.request(vd, "bracelet", case="PR-2026-00123"))
         st.login_works(res.device, password)        # the broker takes the new login
 
-Until the broker manages users live (issue 11 §2), `sync()` refreshes the
-generated password file and sends mosquitto SIGHUP; it is the Request's
-`broker_sync`, and a watcher thread runs it whenever the registry's logins
-change (so a `auxilio provision` process needs no reload either).
+The broker holds device logins in mosquitto's dynamic-security plugin
+(auxilio.broker.authority, "dynsec"): a provisioning run tells it at once
+through the station's broker admin file, with no reload.
 """
 
 from __future__ import annotations
 
 import io
-import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +24,6 @@ from auxilio.testing.chain import SecureChain
 
 # The live tests wait for a BOOT over a real broker and gateway; a busy machine is slow.
 BOOT_TIMEOUT_S = 90.0
-# How often the watcher compares the registry's logins with what the broker was given.
-WATCH_S = 0.2
 
 
 class ProvisionStation:
@@ -35,7 +31,7 @@ class ProvisionStation:
 
     def __init__(self, workdir: Path) -> None:
         self.dir = Path(workdir)
-        self.chain = SecureChain(self.dir, devices=())
+        self.chain = SecureChain(self.dir, devices=(), authority="dynsec")
         self.registry = self.chain.registry
         self.public_key = self.chain.key.public_key()
         self.pubkey_file = self.dir / "gateway.pub"
@@ -46,39 +42,17 @@ class ProvisionStation:
         self.gateway = self.chain.start_gateway(sink=JsonlSink(self.forwarded))
         self.operator = self.chain.files.operator  # the station's broker login
         self.labels = self.dir / "labels"
-        self._stop = threading.Event()
         self._boards: list[Any] = []
-        self._seen: object = None
-        self._watcher = threading.Thread(target=self._watch, name="station-sync", daemon=True)
-        self._watcher.start()
+        from auxilio.broker.lifecycle import load_admin
+        from auxilio.provision.run import broker_authority_sync
+
+        self.admin_file = self.chain.admin_file
+        self.sync = broker_authority_sync(load_admin(self.admin_file), self.registry)
 
     @property
     def broker_url(self) -> str:
         """What devices connect to (no credentials: each has its own login)."""
         return self.chain.url
-
-    def sync(self, *_changed: Any) -> None:
-        """Make the broker take the registry's device logins now (password file + SIGHUP)."""
-        from auxilio.broker.config import refresh_users
-
-        refresh_users(self.dir / "broker", self.registry)
-        proc = self.chain.broker.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGHUP)
-
-    def _logins(self) -> object:
-        return tuple((r.id, r.state, r.mqtt_password_hash) for r in self.registry.list_devices())
-
-    def _watch(self) -> None:
-        """Registry changes made by another process (a CLI run) reach the broker too."""
-        while not self._stop.wait(WATCH_S):
-            try:
-                now = self._logins()
-                if now != self._seen:
-                    self._seen = now
-                    self.sync()
-            except Exception:  # noqa: BLE001 - a locked registry: try again next tick
-                continue
 
     @staticmethod
     def press_when_asked(vd: Any, lines: list[str], stop: threading.Event) -> threading.Thread:
@@ -169,6 +143,8 @@ class ProvisionStation:
             "station-1",
             "--broker-credentials",
             str(self.operator),
+            "--broker-admin",
+            str(self.admin_file),
             *(() if live else ("--no-live-test",)),
             *extra,
         ]
@@ -181,8 +157,6 @@ class ProvisionStation:
     def close(self) -> None:
         for vd in self._boards:
             vd.close()
-        self._stop.set()
-        self._watcher.join(5)
         self.chain.close()
 
     def __enter__(self) -> ProvisionStation:
