@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -83,6 +84,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workdir", help="fleet directory (device roots; kept, so identities persist)"
     )
     fleet.add_argument("--keys", help="directory of the gateway keypair used to seal secrets")
+    fleet.add_argument(
+        "--broker-admin",
+        metavar="FILE",
+        default=os.environ.get("AUXILIO_BROKER_ADMIN"),
+        help="with --registry: tell the broker about the new devices at once "
+        "(broker-admin.json of `auxilio broker config`; default $AUXILIO_BROKER_ADMIN)",
+    )
     fleet.add_argument("--manifest", help="write the fleet's identities here (JSON, mode 0600)")
     p.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
 
@@ -261,7 +269,14 @@ def _run_fleet(args: argparse.Namespace) -> int:
     _wait_for_signal(stop)
     admin = None
     try:
-        fleet.start(timeout=max(60.0, args.count * 0.5))
+        added = None
+        if args.registry:
+            # Registered (with their MQTT passwords) and known to the broker before
+            # they start: else the broker refuses every one of them.
+            from auxilio.broker.lifecycle import load_admin
+
+            added = fleet.register(args.registry, args.keys, load_admin(args.broker_admin))
+        fleet.start(timeout=max(60.0, args.count * 0.5), stop=stop)
         info: dict[str, object] = {
             "name": name,
             "devices": args.count,
@@ -270,7 +285,6 @@ def _run_fleet(args: argparse.Namespace) -> int:
             "broker": f"{args.broker} via 127.0.0.1:{fleet.proxy.port}" if fleet.proxy else None,
         }
         if args.registry:
-            added = fleet.register(args.registry, args.keys)
             info["registry"] = f"{added} devices added to {args.registry}"
         if args.manifest or not args.registry:
             manifest = Path(args.manifest) if args.manifest else fleet.workdir / "manifest.json"

@@ -99,7 +99,8 @@ class VirtualFleet:
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="auxilio-fleet-")
             workdir = self._tmp.name
-        self.workdir = Path(workdir)
+        # Absolute: the interpreters run from inside it (a relative --workdir broke them).
+        self.workdir = Path(workdir).resolve()
         self.devices: list[FleetDevice] = []
         self.controls: list[ControlServer] = []
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -158,9 +159,13 @@ class VirtualFleet:
             self._floors.close()
             self._floors = None
 
-    def start(self, timeout: float = 120.0, wait: bool = True) -> VirtualFleet:
+    def start(
+        self, timeout: float = 120.0, wait: bool = True, stop: threading.Event | None = None
+    ) -> VirtualFleet:
+        """Run the fleet (preparing it first unless `prepare` already ran); `stop` aborts the wait."""
         try:
-            self.prepare()
+            if not self.devices:
+                self.prepare()
             mp = micropython_binary()
             groups = [
                 self.devices[k : k + self.per_interpreter]
@@ -201,13 +206,13 @@ class VirtualFleet:
                     logf.close()
                 self.procs.append(proc)
             if wait:
-                self.wait_ready(timeout)
+                self.wait_ready(timeout, stop)
         except BaseException:
             self.close()
             raise
         return self
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, stop: threading.Event | None = None) -> None:
         """Wait until every device holds its MQTT connection (through the proxy).
 
         Connections are counted at the proxy rather than from "hello" events:
@@ -218,12 +223,35 @@ class VirtualFleet:
         assert self.proxy is not None
         while self.proxy.connections() < self.count:
             self._check_alive()
+            if stop is not None and stop.is_set():  # Ctrl-C while the fleet comes up
+                raise KeyboardInterrupt
             if time.monotonic() > deadline:
                 raise AuxilioError(
                     f"fleet: only {self.proxy.connections()}/{self.count} devices connected "
-                    f"after {timeout:.0f}s"
+                    f"after {timeout:.0f}s{self._refusals()}"
                 )
             time.sleep(0.1)
+
+    def _refusals(self) -> str:
+        """Why devices are not on the broker, when their logs say it refused them."""
+        refused = 0
+        where = ""
+        for g in range(len(self.procs)):
+            log_path = self.workdir / f"run-{g}.log"
+            try:
+                n = log_path.read_text(errors="replace").count("not authorized")
+            except OSError:
+                continue
+            if n and not where:
+                where = log_path.name
+            refused += n
+        if not refused:
+            return ""
+        return (
+            f": the broker refused {refused} login(s) ('not authorized' in {where}); "
+            "register the devices first (--registry with --broker-admin, or "
+            "`auxilio broker config` and a SIGHUP to mosquitto)"
+        )
 
     def _check_alive(self) -> None:
         for g, proc in enumerate(self.procs):
@@ -338,21 +366,37 @@ class VirtualFleet:
             for d in self.devices
         ]
 
-    def register(self, registry_url: str, keys: str | os.PathLike[str] | None = None) -> int:
-        """Add every device to the registry with its secret sealed to the gateway key."""
+    def register(
+        self,
+        registry_url: str,
+        keys: str | os.PathLike[str] | None = None,
+        broker_admin: Any = None,
+    ) -> int:
+        """Add every device to the registry (sealed secret, MQTT password hash) and the broker.
+
+        Call it after `prepare` and before `start`: a device the broker does not
+        know is refused (`not authorized`) and never connects. `broker_admin`
+        (broker.lifecycle.load_admin) tells a dynsec broker at once; without it
+        the broker learns them from `auxilio broker config` and a SIGHUP.
+        """
+        from auxilio.broker.lifecycle import after_changes
+        from auxilio.broker.passwords import hash_password
         from auxilio.keys import PUBLIC_KEY_FILE, load_public_key, seal
         from auxilio.protocol import codec
         from auxilio.registry import RegistryError, open_registry
 
+        if not self.devices:
+            self.prepare()
         if keys is not None and Path(keys).is_dir():
             keys = Path(keys) / PUBLIC_KEY_FILE
         public = load_public_key(keys)
-        added = 0
+        added: list[tuple[int | str, str | None]] = []
         with open_registry(registry_url) as reg:
             kind = "button" if self.board_def.role == "button" else "bracelet"
             for d in self.devices:
                 device_id = codec.device_int(d.device)
                 secret = bytes.fromhex(d.config["secret"])
+                password = d.config.get("password")
                 try:
                     reg.add_device(
                         device_id,
@@ -360,11 +404,15 @@ class VirtualFleet:
                         self.board_def.name,
                         seal(secret, public, device_id),
                         actor="emulator",
+                        mqtt_password_hash=hash_password(password) if password else None,
                     )
-                    added += 1
+                    added.append((device_id, password))
                 except RegistryError:
                     pass  # already registered (a restarted fleet keeps its identities)
-        return added
+            rc = after_changes(broker_admin, reg, added)
+        if rc:
+            raise AuxilioError("fleet: the broker was not told about the new devices (see above)")
+        return len(added)
 
     def close(self) -> None:
         self._close_floors()
