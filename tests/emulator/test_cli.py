@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -225,3 +226,30 @@ def test_killed_emulator_leaves_no_orphan_and_stale_link_is_reclaimed(
         assert os.path.exists(os.readlink(link))
     finally:
         again.stop()
+
+
+def test_a_stale_link_is_reclaimed_even_when_its_pty_number_was_reused(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A killed emulator's /dev/pts/N soon belongs to someone else: the owner file decides."""
+    image = tmp_path / "r.img"
+    FlashImage(image, load_board("bracelet-c3")).create()
+    master, slave = pty.openpty()  # a live pty that is not the dead emulator's any more
+    other = os.ttyname(slave)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    link = tmp_path / "ttyR"
+    os.symlink(other, link)
+    (tmp_path / "ttyR.owner").write_text(f"{dead.pid} {other}\n")
+    try:
+        emu = Emulator(["--image", str(image), "--pty", str(link), "--name", "r"], cli_env)
+        try:
+            assert os.readlink(link) != other and os.path.exists(os.readlink(link))
+            owner_pid, device = (tmp_path / "ttyR.owner").read_text().split()
+            assert device == os.readlink(link) and int(owner_pid) != dead.pid
+        finally:
+            emu.stop()
+        assert not link.exists() and not (tmp_path / "ttyR.owner").exists()
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -42,9 +42,34 @@ class Pacer:
             time.sleep(delay)
 
 
-def _link_target_alive(link: Path) -> bool:
+def _owner_file(link: Path) -> Path:
+    """Beside the link: the pid of the emulator that made it, and its pty."""
+    return link.with_name(link.name + ".owner")
+
+
+def _link_in_use(link: Path) -> bool:
+    """Whether a live emulator still serves this link.
+
+    The link's pty existing is not enough: a killed emulator's /dev/pts/N is
+    soon handed to another process (another board, a terminal), so the owner
+    file names the emulator's pid and its pty, and both must still hold.
+    """
     target = os.readlink(link)
-    return os.path.exists(target if os.path.isabs(target) else link.parent / target)
+    owner = _owner_file(link)
+    try:
+        pid_text, device = owner.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return os.path.exists(target if os.path.isabs(target) else link.parent / target)
+    if device != target:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 class PtyEndpoint:
@@ -57,7 +82,7 @@ class PtyEndpoint:
     def __init__(self, on_rx: Callable[[bytes], None], link: str | os.PathLike[str] | None) -> None:
         self.link = Path(link) if link else None
         if self.link is not None and (self.link.exists() or self.link.is_symlink()):
-            if self.link.is_symlink() and not _link_target_alive(self.link):
+            if self.link.is_symlink() and not _link_in_use(self.link):
                 log.info("removing stale pty link %s", self.link)
                 self.link.unlink()
             else:
@@ -75,6 +100,7 @@ class PtyEndpoint:
             except FileExistsError:
                 os.close(self.master)
                 raise UsageError(f"port path {self.link} is already in use") from None
+            _owner_file(self.link).write_text(f"{os.getpid()} {self.device}\n")
         self._closed = False
         self._thread = threading.Thread(target=self._reader, name="vb-pty", daemon=True)
         self._thread.start()
@@ -137,6 +163,7 @@ class PtyEndpoint:
             try:
                 if self.link.is_symlink() and os.readlink(self.link) == self.device:
                     self.link.unlink()
+                    _owner_file(self.link).unlink(missing_ok=True)
             except OSError:
                 pass
         self._thread.join(1.0)
