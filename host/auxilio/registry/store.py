@@ -956,17 +956,10 @@ class Registry:
     def current_assignment(self, device_id: int | str) -> dict[str, Any] | None:
         """The open assignment row as a dict (plus ``active``: inside its validity now)."""
         device_id = v.device_id(device_id)
-        a = schema.assignments
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(a)
-                .where(a.c.device_id == device_id, a.c.ended_at.is_(None))
-                .order_by(a.c.id.desc())
-                .limit(1)
-            ).first()
-        if row is None:
+            out = self._open_assignment_row(conn, device_id)
+        if out is None:
             return None
-        out = dict(row._mapping)
         now = utcnow()
         out["active"] = out["valid_from"] <= now and (
             out["valid_to"] is None or now < out["valid_to"]
@@ -1056,10 +1049,8 @@ class Registry:
         return _record(row)
 
     @staticmethod
-    def _open_assignment(
-        conn: Connection, device_id: int, now: dt.datetime
-    ) -> dict[str, Any] | None:
-        """The device's open assignment still in force (not past its valid_to), if any."""
+    def _open_assignment_row(conn: Connection, device_id: int) -> dict[str, Any] | None:
+        """The device's open (not ended) assignment row, whatever its validity."""
         a = schema.assignments
         row = conn.execute(
             select(a)
@@ -1067,9 +1058,16 @@ class Registry:
             .order_by(a.c.id.desc())
             .limit(1)
         ).first()
-        if row is None:
+        return None if row is None else dict(row._mapping)
+
+    @classmethod
+    def _open_assignment(
+        cls, conn: Connection, device_id: int, now: dt.datetime
+    ) -> dict[str, Any] | None:
+        """The device's open assignment still in force (not past its valid_to), if any."""
+        m = cls._open_assignment_row(conn, device_id)
+        if m is None:
             return None
-        m = dict(row._mapping)
         end = m["valid_to"]
         if end is not None and end.tzinfo is None:
             end = end.replace(tzinfo=dt.timezone.utc)
