@@ -58,6 +58,11 @@ COMMANDS: list[tuple[str, str, str]] = [
         "provision",
         N_("una pasada: identidad, registro, configuración, prueba en vivo, etiqueta"),
     ),
+    (
+        "rotate-key",
+        "rotate_key",
+        N_("clave nueva para un dispositivo en servicio, por su puerto serie (con gracia)"),
+    ),
     ("factory-test", "factory_test", "hardware self-test of a flashed board over its REPL"),
     ("modem-check", "modem_check", "check a board's modem: SIM, network, signal, data, GNSS, SMS"),
     ("power-budget", "power_budget", "battery life projection from datasheet currents x emulation"),

@@ -17,6 +17,44 @@ from typing import Any
 from auxilio.i18n import _
 
 
+def add_station_arguments(p: argparse.ArgumentParser) -> None:
+    """The station's registry, gateway key, broker admin and audit options (rotate-key too)."""
+    p.add_argument(
+        "--registry",
+        help=_("ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db)"),
+    )
+    p.add_argument(
+        "--pubkey",
+        help=_(
+            "archivo de la clave pública del gateway (por omisión <dir. de claves>/gateway.pub)"
+        ),
+    )
+    p.add_argument(
+        "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
+    )
+    p.add_argument(
+        "--broker-admin",
+        help=_(
+            "archivo de administración del broker (por omisión $AUXILIO_BROKER_ADMIN): "
+            "el acceso del dispositivo llega al broker en el acto"
+        ),
+    )
+    p.add_argument(
+        "--broker-config",
+        type=Path,
+        help=_(
+            "un directorio de `auxilio broker config`: renueva sus usuarios y recarga el broker tras cada registro (brokers sin gestión de usuarios en vivo)"
+        ),
+    )
+    p.add_argument(
+        "--actor", help=_("quién aprovisiona, para la bitácora (por omisión $AUXILIO_ACTOR)")
+    )
+    p.add_argument(
+        "--station",
+        help=_("nombre de esta estación para la bitácora (por omisión el nombre del equipo)"),
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help=_("puerto serie, URL rfc2217:// o número de serie USB"))
@@ -70,40 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heartbeat", type=int, help=_("intervalo de latido en segundos (por omisión el del rol)")
     )
-    p.add_argument(
-        "--registry",
-        help=_("ruta o URL del registro (por omisión $AUXILIO_REGISTRY o var/auxilio.db)"),
-    )
-    p.add_argument(
-        "--pubkey",
-        help=_(
-            "archivo de la clave pública del gateway (por omisión <dir. de claves>/gateway.pub)"
-        ),
-    )
-    p.add_argument(
-        "--keys-dir", help=_("directorio de claves (por omisión $AUXILIO_KEYS_DIR o var/keys)")
-    )
-    p.add_argument(
-        "--broker-admin",
-        help=_(
-            "archivo de administración del broker (por omisión $AUXILIO_BROKER_ADMIN): "
-            "el acceso del dispositivo llega al broker en el acto"
-        ),
-    )
-    p.add_argument(
-        "--broker-config",
-        type=Path,
-        help=_(
-            "un directorio de `auxilio broker config`: renueva sus usuarios y recarga el broker tras cada registro (brokers sin gestión de usuarios en vivo)"
-        ),
-    )
-    p.add_argument(
-        "--actor", help=_("quién aprovisiona, para la bitácora (por omisión $AUXILIO_ACTOR)")
-    )
-    p.add_argument(
-        "--station",
-        help=_("nombre de esta estación para la bitácora (por omisión el nombre del equipo)"),
-    )
+    add_station_arguments(p)
     p.add_argument("--labels", type=Path, default=Path("labels"), help=_("directorio de etiquetas"))
     p.add_argument(
         "--reports", type=Path, help=_("directorio de informes de bandeja (por omisión ./reports)")
@@ -153,15 +158,7 @@ def base_request(args: argparse.Namespace, registry: Any) -> dict[str, Any]:
             ca = args.tls_ca.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {args.tls_ca}: {exc.strerror}") from None
-    from auxilio.broker.lifecycle import load_admin
-    from auxilio.provision.run import broker_authority_sync
-
-    sync = None
-    admin = load_admin(args.broker_admin)  # read before anything changes
-    if admin is not None:
-        sync = broker_authority_sync(admin, registry)
-    elif args.broker_config:
-        sync = _reload_sync(args.broker_config, registry)
+    sync = broker_sync(args, registry)
     out: dict[str, Any] = {
         "broker_url": args.broker,
         "registry": registry,
@@ -190,6 +187,19 @@ def base_request(args: argparse.Namespace, registry: Any) -> dict[str, Any]:
     if args.station:
         out["station"] = args.station
     return out
+
+
+def broker_sync(args: argparse.Namespace, registry: Any) -> Any:
+    """How this run tells the broker (--broker-admin authority, --broker-config reload, or not)."""
+    from auxilio.broker.lifecycle import load_admin
+    from auxilio.provision.run import broker_authority_sync
+
+    admin = load_admin(args.broker_admin)  # read before anything changes
+    if admin is not None:
+        return broker_authority_sync(admin, registry)
+    if args.broker_config:
+        return _reload_sync(args.broker_config, registry)
+    return None
 
 
 def _reload_sync(directory: Path, registry: Any) -> Any:

@@ -38,6 +38,8 @@ FIRMWARE_SUFFIXES = (".py", ".mpy")
 ENTRY_POINTS = ("main.py", "main.mpy", "boot.py")
 CONFIG = "config.json"
 CONFIG_TMP = "config.json.tmp"
+# A new identity on its way into config.json (a key rotation, auxilio.provision.rotate).
+CONFIG_KEY = "config.json.key"
 # Where a pinned CA goes on the device (DER: this MicroPython's mbedTLS takes DER only).
 CA_FILE = "ca.der"
 MARK = "AUXPROV "  # prefix of the one JSON line each board-side script prints
@@ -59,17 +61,18 @@ try:
     r['mac'] = ':'.join('%%02x' %% b for b in machine.unique_id())
 except Exception:
     r['mac'] = None
-r['sha256'] = _h('config.json')
-r['tmp'] = _h('config.json.tmp') is not None
-r['config'] = None
-if r['sha256']:
+def _fields(p):
     try:
-        with open('config.json') as f:
+        with open(p) as f:
             c = json.load(f)
-        r['config'] = {k: c.get(k) for k in %(fields)r} if isinstance(c, dict) else None
+        return {k: c.get(k) for k in %(fields)r} if isinstance(c, dict) else None
     except Exception:
-        pass
-    c = None
+        return None
+r['sha256'] = _h('config.json')
+r['tmp_sha256'] = _h('config.json.tmp')
+r['tmp'] = r['tmp_sha256'] is not None
+r['config'] = _fields('config.json') if r['sha256'] else None
+r['staged'] = _fields('config.json.tmp') if r['tmp'] else None
 r['board'] = None
 try:
     with open('board.json') as f:
@@ -94,6 +97,42 @@ if ok:
 elif got is not None:
     os.remove('config.json.tmp')
 print('AUXPROV ' + json.dumps({'ok': ok and got == %(want)r, 'sha256': got}))
+"""
+)
+# Runs on the board: config.json with the identity fields of config.json.key (copied from
+# a 0600 host file) put over it, as config.json.tmp; the key file goes. Reports the temp
+# file's hash, its DEVICE_FIELDS and a digest of the secret and password it now holds
+# (so the host checks them without the board ever printing a secret).
+_STAGE = (
+    """
+import os, json, hashlib, binascii
+"""
+    + BOARD_SHA256
+    + """
+r = {'ok': False}
+try:
+    with open('config.json') as f:
+        c = json.load(f)
+    with open('config.json.key') as f:
+        k = json.load(f)
+    c.update(k)
+    k = None
+    with open('config.json.tmp', 'w') as f:
+        f.write(json.dumps(c))
+    c = None
+    with open('config.json.tmp') as f:
+        t = json.load(f)
+    s = hashlib.sha256(('%%s|%%s' %% (t.get('secret'), t.get('password'))).encode())
+    r = {'ok': True, 'sha256': _h('config.json.tmp'), 'identity': binascii.hexlify(s.digest()).decode(),
+         'config': {n: t.get(n) for n in %(fields)r}}
+    t = None
+except Exception as e:
+    r['why'] = type(e).__name__
+try:
+    os.remove('config.json.key')
+except OSError:
+    pass
+print('AUXPROV ' + json.dumps(r))
 """
 )
 _REMOVE = """
@@ -207,6 +246,8 @@ class DeviceState:
     sha256: str | None  # of config.json, None when there is none
     half_written: bool  # a config.json.tmp is left over (an interrupted write)
     board: str | None = None  # the name in the board's board.json (deployed by `auxilio flash`)
+    staged: dict[str, Any] | None = None  # DEVICE_FIELDS of a readable config.json.tmp
+    staged_sha256: str | None = None  # of config.json.tmp, None when there is none
 
     @property
     def corrupt(self) -> bool:
@@ -249,6 +290,8 @@ def read_device(url: str, cancel: threading.Event | None = None) -> DeviceState:
         sha256=r.get("sha256"),
         half_written=bool(r.get("tmp")),
         board=r.get("board"),
+        staged=r.get("staged"),
+        staged_sha256=r.get("tmp_sha256"),
     )
 
 
@@ -288,6 +331,62 @@ def write_config(
         raise DeviceWriteError(
             f"config.json on {url} does not read back as written (sha256 {r.get('sha256')}); "
             "nothing was changed on the board"
+        )
+    return str(r["sha256"])
+
+
+def identity_digest(secret_hex: str, password: str | None) -> str:
+    """What the board's stage script reports for the secret and password it holds."""
+    return hashlib.sha256(f"{secret_hex}|{password}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A config.json.tmp the board wrote from its config and a new identity (not yet renamed)."""
+
+    sha256: str
+    config: dict[str, Any]  # its DEVICE_FIELDS
+    identity: str  # identity_digest of its secret and password
+
+
+def stage_identity(
+    url: str, fields: dict[str, Any], cancel: threading.Event | None = None
+) -> Staged:
+    """config.json with these identity fields put over it, as config.json.tmp (not renamed).
+
+    Every other key (broker, Wi-Fi, role, intervals) stays as the board has it; the
+    new fields travel in a 0600 host file, never on a command line.
+    """
+    with tempfile.TemporaryDirectory(prefix="auxilio-prov-") as tmp:  # 0700
+        local = Path(tmp) / CONFIG_KEY
+        write_private(local, json.dumps(fields).encode())
+        from auxilio.flash.mpremote import chain
+
+        out = _mpremote(
+            url,
+            chain(
+                ["fs", "cp", str(local), f":{CONFIG_KEY}"],
+                ["exec", _STAGE % {"fields": DEVICE_FIELDS}],
+            ),
+            cancel,
+        )
+    r = _mark(out, url)
+    if not r.get("ok"):
+        raise DeviceWriteError(
+            f"the board on {url} could not stage its new config ({r.get('why')}); "
+            "its config.json is unchanged"
+        )
+    return Staged(str(r["sha256"]), dict(r["config"]), str(r["identity"]))
+
+
+def commit_staged(url: str, sha256: str, cancel: threading.Event | None = None) -> str:
+    """Rename config.json.tmp over config.json if its hash is ``sha256``; the final hash."""
+    out = _mpremote(url, ["exec", _COMMIT % {"want": sha256}], cancel)
+    r = _mark(out, url)
+    if not r.get("ok"):
+        raise DeviceWriteError(
+            f"the staged config.json on {url} does not read back as written "
+            f"(sha256 {r.get('sha256')}); config.json is unchanged"
         )
     return str(r["sha256"])
 

@@ -29,7 +29,8 @@ BOOT_TIMEOUT_S = 90.0
 class ProvisionStation:
     """Registry + gateway key + secured mosquitto + running gateway, and the station's files."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, **gateway_kw: Any) -> None:
+        """``gateway_kw``: for the gateway (e.g. ``clock=``, so a test moves past a grace)."""
         self.dir = Path(workdir)
         self.chain = SecureChain(self.dir, devices=(), authority="dynsec")
         self.registry = self.chain.registry
@@ -39,7 +40,7 @@ class ProvisionStation:
         from auxilio.gateway.forward import JsonlSink
 
         self.forwarded = io.StringIO()  # what the gateway sends on to dispatch (JSONL)
-        self.gateway = self.chain.start_gateway(sink=JsonlSink(self.forwarded))
+        self.gateway = self.chain.start_gateway(sink=JsonlSink(self.forwarded), **gateway_kw)
         self.operator = self.chain.files.operator  # the station's broker login
         self.labels = self.dir / "labels"
         self._boards: list[Any] = []
