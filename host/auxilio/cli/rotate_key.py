@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from auxilio.i18n import _
+from auxilio.i18n import N_, _
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,12 +78,12 @@ def _summary(res: object) -> None:
     r = res.__dict__
     t = Table(title=_("Rotación de clave"), show_header=False)
     for k, val in (
-        ("Dispositivo", r["device"] + (f" ({_('retomado')})" if r["resumed"] else "")),
-        ("Puerto", r["port"]),
-        ("Época de clave", f"{r['old_epoch']} → {r['key_epoch']}"),
-        ("Clave anterior válida hasta", r["grace_until"] or "—"),
-        ("Config. sha256", r["config_sha256"] or "—"),
-        ("Arranque (s)", f"{r['boot_s']:.1f}" if r["boot_s"] is not None else "—"),
+        (N_("Dispositivo"), r["device"] + (f" ({_('retomado')})" if r["resumed"] else "")),
+        (N_("Puerto"), r["port"]),
+        (N_("Época de clave"), f"{r['old_epoch']} → {r['key_epoch']}"),
+        (N_("Clave anterior válida hasta"), r["grace_until"] or "—"),
+        (N_("Config. sha256"), r["config_sha256"] or "—"),
+        (N_("Arranque (s)"), f"{r['boot_s']:.1f}" if r["boot_s"] is not None else "—"),
     ):
         t.add_row(_(k), val)
     Console(soft_wrap=False).print(t)
