@@ -238,7 +238,14 @@ def test_killed_between_steps_then_rerun(
         assert rec.key_epoch == 2 and rec.previous_key is not None
         held = cfg if cfg["key_epoch"] == 2 else writer.read_device(vd.board.rfc2217_url).staged
         assert held["key_id"] == sealed_id(rec.sealed_secret)
+    # No secret (old or new, staged or in place) in anything the killed run printed.
+    held_now = [cfg["secret"], cfg["password"]]
+    staged = writer.read_device(vd.board.rfc2217_url).staged
+    assert staged is None or "secret" not in staged  # the board reports no secret back
+    assert not [s for s in held_now if s in proc.stdout + proc.stderr]
     res = rotate_key(request(station, vd))
+    new_cfg, _raw = flash_config(vd)
+    assert new_cfg["secret"] not in proc.stdout + proc.stderr
     # The re-run finishes the job: one rotation (epoch 2), however far the killed one got.
     resumed = {"stage": None, "rekey": "finish"}.get(point, "resume")
     assert res.ok and res.key_epoch == 2 and res.resumed == resumed

@@ -136,13 +136,20 @@ class Rotation(Pass):
                     device=rec.label, epoch=rec.key_epoch
                 )
             )
-        if mode in ("rotate", "finish"):
-            self._step("configure", lambda: self._configure(sha))
-        else:
-            res.config_sha256 = st.sha256
-        self._step("broker", lambda: self._sync(rec.id, password))
-        self._step("reboot", self._reboot)
-        self._step("boot", lambda: self._wait_boot(rec.id))
+        try:
+            if mode in ("rotate", "finish"):
+                self._step("configure", lambda: self._configure(sha))
+            else:
+                res.config_sha256 = st.sha256
+            self._step("broker", lambda: self._sync(rec.id, password))
+            self._step("reboot", self._reboot)
+            self._step("boot", lambda: self._wait_boot(rec.id))
+        except ProvisionError as exc:
+            # The registry holds the new key and the board has it (staged or in place).
+            raise ProvisionError(
+                f"{exc}; the new key is on the device: run `auxilio rotate-key --port` "
+                "again to finish"
+            ) from None
         self.reg.audit(
             req.actor,
             AUDIT_DONE,
