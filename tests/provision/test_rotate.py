@@ -90,6 +90,35 @@ def bad_tags(st: ProvisionStation) -> int:
         return len(conn.execute(q).all())
 
 
+def run_cli(st: ProvisionStation, vd: Any, env: dict[str, str], *extra: str) -> Any:
+    """`auxilio rotate-key` for this station and board, as staff run it (a real process)."""
+    args = [
+        "rotate-key",
+        "--port",
+        vd.board.rfc2217_url,
+        "--grace",
+        str(GRACE_S),
+        "--registry",
+        str(st.chain.registry_path),
+        "--pubkey",
+        str(st.pubkey_file),
+        "--broker-admin",
+        str(st.admin_file),
+        "--actor",
+        "staff-test",
+        "--station",
+        "station-1",
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "auxilio.cli", *args],
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
 def assert_holds_registry_key(st: ProvisionStation, vd: Any) -> dict[str, Any]:
     """The board's config.json is the registry's current key (issue 11 §7), nothing staged."""
     cfg, _raw = flash_config(vd)
@@ -204,29 +233,7 @@ def test_killed_between_steps_then_rerun(
     vd = station.blank_board(virtual_board)
     first = provision(station.request(vd, "bracelet", case=CASE))
     did = station.registry.require_device(first.device).id
-    args = [
-        "rotate-key",
-        "--port",
-        vd.board.rfc2217_url,
-        "--grace",
-        str(GRACE_S),
-        "--registry",
-        str(station.chain.registry_path),
-        "--pubkey",
-        str(station.pubkey_file),
-        "--broker-admin",
-        str(station.admin_file),
-        "--actor",
-        "staff-test",
-        "--json",
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "auxilio.cli", *args],
-        env=dict(os.environ, **{DIE_ENV: point}),
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+    proc = run_cli(station, vd, {DIE_ENV: point}, "--json")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     rec = station.registry.require_device(did)
     cfg, _raw = flash_config(vd)
@@ -253,3 +260,24 @@ def test_killed_between_steps_then_rerun(
     assert [r["key_epoch"] for r in rows(station, did, "BOOT")][-1] == 2
     # The old key's grace survives the interruption (the device may still have sent under it).
     assert station.registry.require_device(did).previous_key.epoch == 1
+
+
+def test_cli_in_english_one_line_errors_and_json(station: ProvisionStation, virtual_board) -> None:
+    vd = station.blank_board(virtual_board)
+    en = {"AUXILIO_LANG": "en"}
+    blank = run_cli(station, vd, en)
+    assert blank.returncode != 0 and blank.stderr.startswith("error: ")
+    assert len(blank.stderr.strip().splitlines()) == 1 and "Traceback" not in blank.stderr
+    first = provision(station.request(vd, "bracelet"))
+    old_cfg, _raw = flash_config(vd)
+    proc = run_cli(station, vd, en, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    rec = station.registry.require_device(first.device)
+    assert out["ok"] and out["device"] == rec.label and out["key_epoch"] == rec.key_epoch == 2
+    cfg = assert_holds_registry_key(station, vd)
+    assert out["config_sha256"] == hashlib.sha256(flash_config(vd)[1]).hexdigest()
+    # Progress lines (stderr with --json) in English; no secret anywhere.
+    assert "New key for" in proc.stderr and "Identificando" not in proc.stderr
+    for secret in (old_cfg["secret"], cfg["secret"], old_cfg["password"], cfg["password"]):
+        assert secret not in proc.stdout + proc.stderr
