@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auxilio.i18n import _
+from auxilio.i18n import N_, _
 
 
 def add_station_arguments(p: argparse.ArgumentParser) -> None:
@@ -279,19 +279,19 @@ def _summary(res: Any) -> None:
 
     t = Table(title=_("Aprovisionamiento"), show_header=False)
     for k, val in (
-        ("Dispositivo", res.device + (f" ({_('retomado')})" if res.resumed else "")),
-        ("Tipo", word(res.role)),
-        ("Placa", res.board),
-        ("Puerto", res.port),
-        ("MAC", res.mac or "—"),
-        ("Época de clave", str(res.key_epoch)),
-        ("Piso de contador", str(res.counter_floor) if res.counter_floor else "—"),
-        ("Config. sha256", res.config_sha256 or "—"),
-        ("Asignación", res.assignment or "—"),
-        ("Arranque (s)", f"{res.boot_s:.1f}" if res.boot_s is not None else "—"),
-        ("Primer latido (s)", f"{res.heartbeat_s:.1f}" if res.heartbeat_s is not None else "—"),
-        ("Prueba (ms)", f"{res.test_ms:.0f}" if res.test_ms is not None else "—"),
-        ("Etiqueta", f"{res.label_png}\n{res.label_svg}"),
+        (N_("Dispositivo"), res.device + (f" ({_('retomado')})" if res.resumed else "")),
+        (N_("Tipo"), word(res.role)),
+        (N_("Placa"), res.board),
+        (N_("Puerto"), res.port),
+        (N_("MAC"), res.mac or "—"),
+        (N_("Época de clave"), str(res.key_epoch)),
+        (N_("Piso de contador"), str(res.counter_floor) if res.counter_floor else "—"),
+        (N_("Config. sha256"), res.config_sha256 or "—"),
+        (N_("Asignación"), res.assignment or "—"),
+        (N_("Arranque (s)"), f"{res.boot_s:.1f}" if res.boot_s is not None else "—"),
+        (N_("Primer latido (s)"), f"{res.heartbeat_s:.1f}" if res.heartbeat_s is not None else "—"),
+        (N_("Prueba (ms)"), f"{res.test_ms:.0f}" if res.test_ms is not None else "—"),
+        (N_("Etiqueta"), f"{res.label_png}\n{res.label_svg}"),
     ):
         t.add_row(_(k), val)
     con = Console(soft_wrap=False)
