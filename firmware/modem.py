@@ -31,6 +31,7 @@ import os
 from time import ticks_add, ticks_diff, ticks_ms
 
 from at import AT, CME, OK, RESET, TIMEOUT, field, field_int, put_int
+from auxcodec import MODEM_FAULTS
 
 try:
     from micropython import const
@@ -51,16 +52,8 @@ FAULT_NO_SERVICE = const(4)  # searching / no signal until the attach timeout
 FAULT_NOT_RESPONDING = const(5)  # no answer to AT even after power-on
 FAULT_DATA_DOWN = const(6)  # registered (SMS works) but the PDP context fails
 FAULT_OTHER = const(7)
-FAULTS = (
-    "none",
-    "sim_missing",
-    "sim_locked",
-    "denied",
-    "no_service",
-    "not_responding",
-    "data_down",
-    "other",
-)
+# Their names, as HEARTBEATs carry the code (SPEC §8.3, §9): the codec's one table.
+FAULTS = MODEM_FAULTS
 
 # Driver states.
 OFF = const(0)
